@@ -1,0 +1,126 @@
+"""Find DICOM files under a path and read their headers (never their pixel data).
+
+The first pass over a folder reads only headers (``stop_before_pixels``): series selection needs
+nothing else, and keeping headers without pixels is what lets a 1,000-slice study load with a
+single copy of its pixels in memory. Files that are not DICOM are counted, not fatal: PACS exports
+carry DICOMDIRs, NIfTI side-cars, README files and thumbnails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+log = logging.getLogger(__name__)
+
+#: Media Storage Directory (DICOMDIR): an index of files, never an image.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+@dataclass(frozen=True)
+class DicomFile:
+    """One DICOM file found on disk with its header (pixel data not loaded)."""
+
+    path: Path
+    header: Dataset
+
+    @property
+    def transfer_syntax(self) -> str:
+        meta = getattr(self.header, "file_meta", None)
+        return str(getattr(meta, "TransferSyntaxUID", "") or "")
+
+    @property
+    def sop_class_uid(self) -> str:
+        value = self.header.get("SOPClassUID") or ""
+        if not value:
+            meta = getattr(self.header, "file_meta", None)
+            value = getattr(meta, "MediaStorageSOPClassUID", "") or ""
+        return str(value)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        value = self.header.get("SOPInstanceUID") or ""
+        if not value:
+            meta = getattr(self.header, "file_meta", None)
+            value = getattr(meta, "MediaStorageSOPInstanceUID", "") or ""
+        return str(value)
+
+
+@dataclass
+class ScanResult:
+    """DICOM files found under a path, and what was skipped and why."""
+
+    files: list[DicomFile] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def iter_candidate_files(root: Path) -> Iterator[Path]:
+    """Every regular file under ``root`` (recursive, any name), in a stable order."""
+    if root.is_file():
+        yield root
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.is_file():
+                yield path
+
+
+def read_header(path: Path) -> Dataset | None:
+    """Read a file's DICOM header, or return None when the file is not DICOM.
+
+    Files without the 128-byte preamble are accepted only if pydicom can still parse a
+    plausible dataset from them (``force=True`` with a sanity check), because some PACS
+    exports write bare datasets.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        pass
+    except Exception as exc:  # truncated or garbled: pydicom raises many types here
+        log.debug("cannot parse %s as DICOM: %s", path.name, exc)
+        return None
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.ERROR)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return None
+    finally:
+        pydicom_log.setLevel(level)
+    # A forced read of a random file yields garbage tags; require the basics of an image.
+    if "SOPClassUID" in ds and "Rows" in ds and "Columns" in ds:
+        return ds
+    return None
+
+
+def scan_dicom(root: Path) -> ScanResult:
+    """Read the headers of all DICOM files under ``root``."""
+    result = ScanResult()
+    for path in iter_candidate_files(root):
+        with warnings.catch_warnings():
+            # pydicom warns about every oddity of non-DICOM files; what matters is the verdict.
+            warnings.simplefilter("ignore")
+            header = read_header(path)
+        if header is None:
+            result.skip("not DICOM")
+            continue
+        dicom_file = DicomFile(path=path, header=header)
+        if dicom_file.sop_class_uid == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in header:
+            result.skip("DICOMDIR")
+            continue
+        result.files.append(dicom_file)
+    return result
