@@ -119,6 +119,9 @@ def scan_dicom(root: Path) -> ScanResult:
             result.skip("not DICOM")
             continue
         dicom_file = DicomFile(path=path, header=header)
+        if not dicom_file.sop_class_uid:
+            result.skip("not DICOM")
+            continue
         if dicom_file.sop_class_uid == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in header:
             result.skip("DICOMDIR")
             continue

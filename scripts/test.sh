@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh machine, then run the whole suite.
+#
+#   ./scripts/test.sh [extra pytest arguments]
+#
+# - DCMTK and Orthanc come from Debian packages when absent (they are the independent DICOM
+#   peers of the integration tests); this needs root or sudo.
+# - Python dependencies go into ./.venv (created when missing), bodycomp itself in editable mode.
+# - Then: ruff (lint), mypy (types), pytest (all tests). The script fails when any step fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v storescp >/dev/null 2>&1 && command -v dcmcjpeg >/dev/null 2>&1 || need_apt+=(dcmtk)
+command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing ${need_apt[*]} (Debian packages)"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+echo "== installing Python dependencies"
+.venv/bin/python -m pip install --quiet --upgrade pip 2>/dev/null || true
+.venv/bin/python -m pip install --quiet -e ".[test]"
+
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy"
+mypy
+echo "== pytest"
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+    echo "pytest collected no tests: that is a failure here" >&2
+    exit 1
+fi
+exit "$status"
