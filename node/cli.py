@@ -1,9 +1,10 @@
 """The ``bodycomp`` command.
 
-Subcommands (more arrive with the node): ``inspect PATH`` describes what a folder or file holds
-and which series would be analysed; ``analyze PATH --out DIR`` runs the analysis and writes
-``DIR/result.json``. Exit codes: 0 success (also when a result is flagged for review), 2 bad input
-or configuration, 3 the anatomy to measure is not in the field of view.
+Subcommands: ``serve`` runs the DICOM node (C-ECHO, C-STORE into a durable spool);
+``inspect PATH`` describes what a folder or file holds and which series would be analysed;
+``analyze PATH --out DIR`` runs the analysis and writes ``DIR/result.json``.
+Exit codes: 0 success (also when a result is flagged for review), 2 bad input or configuration,
+3 the anatomy to measure is not in the field of view.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import ConfigError, Settings, load_settings
+from node.scp import serve
 from workers import __version__
 from workers.errors import BodycompError
 from workers.load import load_series
@@ -48,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", type=Path, help="DICOM folder (recursive), DICOM file or NIfTI file")
     _add_common(inspect)
 
+    serve = sub.add_parser("serve", help="run the DICOM node: C-ECHO and C-STORE into the spool")
+    serve.add_argument("--config", help="TOML settings file (default: $BODYCOMP_CONFIG)")
+    serve.add_argument("--ae-title", help="this node's AE title (default BODYCOMP)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 11112)")
+    serve.add_argument("--spool", type=Path, help="folder for received instances (default var/spool)")
+    serve.add_argument("-v", "--verbose", action="store_true")
+
     analyze = sub.add_parser("analyze", help="analyse one CT and write DIR/result.json")
     analyze.add_argument("path", type=Path, help="DICOM folder (recursive), DICOM file or NIfTI file")
     analyze.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -56,13 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, dict[str, Any]] = {
-        "selection": {
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.command == "serve":
+        overrides["node"] = {
+            "ae_title": args.ae_title,
+            "host": args.host,
+            "port": args.port,
+            "spool_dir": args.spool,
+        }
+    else:
+        overrides["selection"] = {
             "series_instance_uid": args.series,
             "allow_derived": False if args.no_derived else None,
-        },
-    }
+        }
     return load_settings(args.config, overrides)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    logging.getLogger("bodycomp").setLevel(logging.INFO)
+    try:
+        serve(settings.node, block=True)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"bodycomp: cannot listen on {settings.node.host}:{settings.node.port}: {exc}", file=sys.stderr)
+        return 1
+    return EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
@@ -84,7 +113,7 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"inspect": cmd_inspect, "analyze": cmd_analyze}
+COMMANDS = {"inspect": cmd_inspect, "analyze": cmd_analyze, "serve": cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

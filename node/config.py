@@ -1,7 +1,7 @@
 """One settings object for the whole product: defaults < TOML file < environment < command line.
 
 * TOML file: ``--config PATH`` or ``BODYCOMP_CONFIG``; sections are the attribute names of
-  :class:`Settings` (``[selection]``, ``[stack]``, ``[analysis]``), keys their fields.
+  :class:`Settings` (``[node]``, ``[selection]``, ``[stack]``, ``[analysis]``), keys their fields.
 * Environment: ``BODYCOMP_<SECTION>__<KEY>`` (double underscore), e.g.
   ``BODYCOMP_STACK__MAX_GAP_MM=20``.
 * Command-line flags override both (each subcommand maps its flags onto the same fields).
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.scp import ScpSettings
 from workers.series_selection import SelectionPolicy
 from workers.stack import StackPolicy
 
@@ -46,6 +47,7 @@ class AnalysisSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    node: ScpSettings = field(default_factory=ScpSettings)
     selection: SelectionPolicy = field(default_factory=SelectionPolicy)
     stack: StackPolicy = field(default_factory=StackPolicy)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
@@ -61,7 +63,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return None
         return _coerce(value, non_none[0], where)
     if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else list(value)
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in items)
         if len(items) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} comma-separated values, got {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(items, args, strict=True))
@@ -83,6 +87,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return float(value)
         if annotation is str:
             return str(value)
+        if annotation is Path:
+            return Path(str(value)).expanduser()
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"{where}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}"

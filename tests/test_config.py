@@ -18,7 +18,9 @@ def test_defaults() -> None:
 
 def test_precedence(tmp_path: Path) -> None:
     config = tmp_path / "bodycomp.toml"
-    config.write_text('[stack]\nmax_gap_mm = 20.0\nmax_tilt_deg = 10\n[selection]\npreferred_spacing_mm = [0.5, 3.0]\n')
+    config.write_text(
+        "[stack]\nmax_gap_mm = 20.0\nmax_tilt_deg = 10\n[selection]\npreferred_spacing_mm = [0.5, 3.0]\n"
+    )
     env = {"BODYCOMP_STACK__MAX_TILT_DEG": "5", "BODYCOMP_SELECTION__ALLOW_DERIVED": "no"}
     settings = load_settings(config, environ=env)
     assert settings.stack.max_gap_mm == 20.0
@@ -56,3 +58,15 @@ def test_bad_settings_are_refused(tmp_path: Path, text: str, env: dict[str, str]
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_node_settings_from_environment(tmp_path: Path) -> None:
+    env = {
+        "BODYCOMP_NODE__CALLING_AE_WHITELIST": "PACS, ORTHANC",
+        "BODYCOMP_NODE__SPOOL_DIR": str(tmp_path / "spool"),
+        "BODYCOMP_NODE__PORT": "11113",
+    }
+    node = load_settings(environ=env).node
+    assert node.calling_ae_whitelist == ("PACS", "ORTHANC")
+    assert node.spool_dir == tmp_path / "spool"
+    assert node.port == 11113

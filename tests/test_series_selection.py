@@ -25,7 +25,9 @@ def write(path: Path, n_slices: int = 10, slice_spacing: float = 3.0, **options:
 def study(tmp_path: Path) -> dict[str, str]:
     """A routed study: scout, sharp-kernel, thin soft, thick soft, derived axial and an MR series."""
     return {
-        "scout": write(tmp_path / "s1", n_slices=3, series_number=1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")),
+        "scout": write(
+            tmp_path / "s1", n_slices=3, series_number=1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")
+        ),
         "bone": write(tmp_path / "s2", series_number=2, kernel="B70f", description="bone"),
         "soft": write(tmp_path / "s3", series_number=3, kernel="B30f", description="soft 3 mm"),
         "soft_thin": write(tmp_path / "s4", n_slices=60, slice_spacing=0.5, series_number=4, kernel="B30f"),
@@ -34,7 +36,9 @@ def study(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def test_soft_tissue_original_series_in_the_spacing_band_is_chosen(study: dict[str, str], tmp_path: Path) -> None:
+def test_soft_tissue_original_series_in_the_spacing_band_is_chosen(
+    study: dict[str, str], tmp_path: Path
+) -> None:
     volume = load_series(tmp_path)
     assert volume.series is not None
     assert volume.series.series_instance_uid == study["soft"]
@@ -68,8 +72,23 @@ def test_derived_series_is_a_fallback_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kernel", "expected"),
-    [("B30f", 1), ("Br38f", 1), ("I31f", 1), ("B70f", -1), ("Br64d", -1), ("STANDARD", 1), ("SOFT", 1),
-     ("BONE", -1), ("LUNG", -1), ("FC03", 1), ("FC52", -1), ("B", 1), ("YC", -1), ("", 0), ("XYZ", 0)],
+    [
+        ("B30f", 1),
+        ("Br38f", 1),
+        ("I31f", 1),
+        ("B70f", -1),
+        ("Br64d", -1),
+        ("STANDARD", 1),
+        ("SOFT", 1),
+        ("BONE", -1),
+        ("LUNG", -1),
+        ("FC03", 1),
+        ("FC52", -1),
+        ("B", 1),
+        ("YC", -1),
+        ("", 0),
+        ("XYZ", 0),
+    ],
 )
 def test_kernel_classification(kernel: str, expected: int) -> None:
     assert classify_kernel(kernel) == expected

@@ -130,10 +130,14 @@ def test_missing_image_position(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert_cli_refuses(tmp_path, capsys, paths[4].name, "ImagePositionPatient")
 
 
-def test_gap_beyond_the_limit_names_the_missing_positions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gap_beyond_the_limit_names_the_missing_positions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good_series(tmp_path, n_slices=20, missing=[8, 9, 10])
     # 20 slices 3 mm apart centred on z = 0; slices 8–10 sit at z = −4.5, −1.5 and 1.5 mm.
-    assert_cli_refuses(tmp_path, capsys, "3 slice(s) missing between slices 7 and 8", "z ≈ -4.5, -1.5, 1.5 mm")
+    assert_cli_refuses(
+        tmp_path, capsys, "3 slice(s) missing between slices 7 and 8", "z ≈ -4.5, -1.5, 1.5 mm"
+    )
 
 
 def test_small_gap_is_reported_not_refused(tmp_path: Path) -> None:

@@ -76,9 +76,7 @@ def format_text(volume: Volume) -> str:
     if volume.tilt_deg:
         lines.append(f"  tilt {volume.tilt_deg:g}°")
     for gap in volume.gaps:
-        lines.append(
-            f"  gap after slice {gap.after_slice}: {gap.gap_mm} mm, {gap.missing} slice(s) missing"
-        )
+        lines.append(f"  gap after slice {gap.after_slice}: {gap.gap_mm} mm, {gap.missing} slice(s) missing")
     acq = volume.acquisition
     if acq:
         contrast = acq.get("contrast_agent") or "none recorded"

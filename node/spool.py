@@ -1,0 +1,103 @@
+"""Durable storage of received instances.
+
+An instance is acknowledged to the sender only after this module returns: the bytes are written
+to a temporary file in the spool, flushed and fsync'd, renamed atomically to their final name, and
+the directory entry is fsync'd too. A crash at any point leaves either no file or a complete one,
+never a partial instance under a final name.
+
+File names are built only from UIDs that pass :func:`checked_uid`, so a dataset value such as
+``../../etc`` can never choose where a file lands.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class SpoolFullError(OSError):
+    """The spool cannot take another instance (disk full or below the reserve)."""
+
+
+class InvalidUIDError(ValueError):
+    """A dataset UID that is not a valid DICOM UID and so cannot name a file."""
+
+
+def checked_uid(value: object, what: str) -> str:
+    """Return ``value`` if it is a syntactically valid DICOM UID (≤ 64 chars, digits and dots)."""
+    text = str(value or "").strip().rstrip("\0")
+    if not text or len(text) > 64 or not UID_PATTERN.match(text):
+        raise InvalidUIDError(f"{what} {text[:80]!r} is not a valid DICOM UID")
+    return text
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    path: Path
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    size: int
+
+
+class Spool:
+    """``root/studies/<study>/<series>/<sop>.dcm``, written durably; ``root/tmp`` for partial writes."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 512 * 1024 * 1024) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.studies = root / "studies"
+        self.min_free_bytes = min_free_bytes
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.studies.mkdir(parents=True, exist_ok=True)
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        parts = [
+            checked_uid(study_uid, "StudyInstanceUID"),
+            checked_uid(series_uid, "SeriesInstanceUID"),
+            checked_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm",
+        ]
+        path = self.studies.joinpath(*parts)
+        # Belt and braces: the checked UIDs cannot contain separators, but never trust one check.
+        if self.studies.resolve() not in path.resolve().parents:
+            raise InvalidUIDError("instance path escapes the spool")
+        return path
+
+    def store(self, data: bytes, study_uid: str, series_uid: str, sop_instance_uid: str) -> StoredInstance:
+        """Write one encoded instance (with its File Meta Information) durably; return where."""
+        target = self.path_for(study_uid, series_uid, sop_instance_uid)
+        if self.free_bytes() - len(data) < self.min_free_bytes:
+            raise SpoolFullError(errno.ENOSPC, f"spool has less than {self.min_free_bytes} bytes free")
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="rx-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Path(tmp_name).replace(target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            Path(tmp_name).unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(exc.errno, str(exc)) from exc
+            raise
+        return StoredInstance(target, study_uid, series_uid, sop_instance_uid, len(data))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

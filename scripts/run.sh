@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install bodycomp into ./.venv (when needed) and start the DICOM node with its embedded defaults:
+# AE title BODYCOMP on 127.0.0.1:11112, received instances in ./var/spool. No external server.
+#
+#   ./scripts/run.sh [bodycomp serve options, e.g. --host 0.0.0.0 --port 104 --ae-title BODYCOMP]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/bodycomp ] || [ pyproject.toml -nt .venv/.installed ]; then
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip 2>/dev/null || true
+    .venv/bin/python -m pip install --quiet -e .
+    touch .venv/.installed
+fi
+exec .venv/bin/bodycomp serve "$@"

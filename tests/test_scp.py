@@ -1,0 +1,140 @@
+"""The storage SCP against DCMTK, the independent DICOM peer (loopback only)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.scp import ScpSettings, serve
+from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
+
+DCMTK_BIN = Path("/usr/bin")  # not the venv's pynetdicom apps of the same names
+
+
+def dcmtk(tool: str) -> str:
+    path = DCMTK_BIN / tool
+    if not path.exists():
+        found = shutil.which(tool, path="/usr/local/bin:/usr/bin:/bin")
+        if not found:
+            pytest.fail(f"DCMTK {tool} is required by the test suite: run the README's test command")
+        return found
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def node(tmp_path: Path) -> Iterator[ScpSettings]:
+    settings = ScpSettings(port=free_port(), spool_dir=tmp_path / "spool", min_free_mb=1)
+    server = serve(settings, block=False)
+    try:
+        yield settings
+    finally:
+        server.shutdown()
+
+
+def storescu(
+    settings: ScpSettings, *files: Path, calling: str = "STORESCU", extra: tuple[str, ...] = ()
+) -> str:
+    result = subprocess.run(
+        [
+            dcmtk("storescu"),
+            "-v",
+            *extra,
+            "-aet",
+            calling,
+            "-aec",
+            settings.ae_title,
+            settings.host,
+            str(settings.port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"TCP_NODELAY": "1"},
+    )
+    return result.stdout + result.stderr
+
+
+def spooled(settings: ScpSettings) -> list[Path]:
+    return sorted((settings.spool_dir / "studies").rglob("*.dcm"))
+
+
+def test_echo(node: ScpSettings) -> None:
+    result = subprocess.run(
+        [dcmtk("echoscu"), "-aec", node.ae_title, node.host, str(node.port)], capture_output=True, timeout=30
+    )
+    assert result.returncode == 0
+
+
+def test_vendor_jpeg2000_series_is_stored_unchanged(node: ScpSettings, example_ct_dicom: Path) -> None:
+    files = sorted(example_ct_dicom.iterdir())
+    output = storescu(node, *files, extra=("-xv",))
+    assert "Failed" not in output, output
+    stored = spooled(node)
+    assert len(stored) == 20
+    assert not list((node.spool_dir / "tmp").iterdir()), "no partial files left behind"
+    for original in files:
+        sent = pydicom.dcmread(original)
+        path = (
+            node.spool_dir
+            / "studies"
+            / sent.StudyInstanceUID
+            / sent.SeriesInstanceUID
+            / f"{sent.SOPInstanceUID}.dcm"
+        )
+        received = pydicom.dcmread(path)
+        assert received.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+        assert received.PixelData == sent.PixelData
+
+
+def test_uid_with_path_characters_is_refused_and_lands_nowhere(node: ScpSettings, tmp_path: Path) -> None:
+    g = axial_geometry(n_slices=2)
+    paths = write_series(tmp_path / "evil", sample(block_phantom(), g), g, SeriesOptions())
+    ds = pydicom.dcmread(paths[0])
+    ds.SeriesInstanceUID = "../../../escaped"
+    ds.save_as(paths[0], enforce_file_format=True)
+    output = storescu(node, paths[0])
+    assert "Error: CannotUnderstand" in output, output
+    assert spooled(node) == []
+    assert not (tmp_path / "escaped").exists() and not (node.spool_dir / "escaped").exists()
+    output = storescu(node, paths[1])
+    assert len(spooled(node)) == 1, output
+
+
+def test_unknown_calling_ae_is_rejected(tmp_path: Path, example_ct_dicom: Path) -> None:
+    settings = ScpSettings(
+        port=free_port(), spool_dir=tmp_path / "spool", calling_ae_whitelist=("PACS",), min_free_mb=1
+    )
+    server = serve(settings, block=False)
+    try:
+        file = sorted(example_ct_dicom.iterdir())[0]
+        output = storescu(settings, file, calling="INTRUDER", extra=("-xv",))
+        assert "Association Rejected" in output, output
+        assert spooled(settings) == []
+        storescu(settings, file, calling="PACS", extra=("-xv",))
+        assert len(spooled(settings)) == 1
+    finally:
+        server.shutdown()
+
+
+def test_spool_below_reserve_answers_out_of_resources(tmp_path: Path, example_ct_dicom: Path) -> None:
+    settings = ScpSettings(port=free_port(), spool_dir=tmp_path / "spool", min_free_mb=10**9)
+    server = serve(settings, block=False)
+    try:
+        output = storescu(settings, sorted(example_ct_dicom.iterdir())[0], extra=("-xv",))
+        assert "Refused: OutOfResources" in output, output
+        assert spooled(settings) == []
+    finally:
+        server.shutdown()
