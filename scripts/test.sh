@@ -3,8 +3,8 @@
 #
 #   ./scripts/test.sh [extra pytest arguments]
 #
-# - DCMTK and Orthanc come from Debian packages when absent (they are the independent DICOM
-#   peers of the integration tests); this needs root or sudo.
+# - DCMTK, Orthanc and dicom3tools (dciodvfy) come from Debian packages when absent: they are the
+#   independent DICOM peers and validators of the integration tests; this needs root or sudo.
 # - Python dependencies go into ./.venv (created when missing), bodycomp itself in editable mode.
 # - Then: ruff (lint), mypy (types), pytest (all tests). The script fails when any step fails.
 set -euo pipefail
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v storescp >/dev/null 2>&1 && command -v dcmcjpeg >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]} (Debian packages)"
     SUDO=""

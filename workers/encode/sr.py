@@ -1,0 +1,325 @@
+"""The TID 1500 Imaging Measurement Report (Comprehensive 3D SR) of the L3 measurements.
+
+Two groups per tissue, on purpose:
+
+* a planar ROI group that references the tissue's SEG segment (3D Slicer's Quantitative
+  Reporting tabulates these), and
+* a measurement group whose area carries the tissue's outline as a SCOORD on the CT image
+  (TID 300 "inferred from" coordinates) with a Cornerstone tracking identifier: OHIF draws only
+  measurements with spatial coordinates, and only in this form yields live, labelled
+  measurements.
+
+A derived group (TID 1501) holds SMI, BMI, VAT/SAT ratio, IMAT %, the body perimeter, the patient
+inputs used and the qualitative evaluations (low skeletal muscle mass, myosteatosis) with the
+rule set as the method. A value that cannot be computed is stated as such (see :class:`_Group`), never
+left out silently.
+
+The SEG reference is built by hand: highdicom's ``ReferencedSegmentationFrame.from_segmentation``
+copies the SEG frame number onto the single-frame CT reference, which dciodvfy rejects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+
+from workers.encode import codes as c
+from workers.encode.contours import largest_outline, polyline_length_mm, to_scoord
+from workers.encode.inputs import MANUFACTURER, MODEL_NAME, EncodeInput
+from workers.encode.seg import ALGORITHM_NAME
+
+OHIF_FREEHAND = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+class _Group:
+    """Measurements of one group, plus a coded statement for every value that is missing.
+
+    A value that cannot be computed is not left out silently: it becomes a qualitative evaluation
+    whose name is the measurement's concept and whose value says why (e.g. "Not computable: height
+    not recorded"). A NUM item without a value (allowed by the standard with a Numeric Value
+    Qualifier) would be the other encoding, but highdicom 0.28 cannot read such an SR back and
+    viewers are known to trip over it.
+    """
+
+    def __init__(self) -> None:
+        self.measurements: list[hd.sr.Measurement] = []
+        self.missing: list[hd.sr.QualitativeEvaluation] = []
+
+    def add(
+        self,
+        name: hd.sr.CodedConcept,
+        value: float | None,
+        unit: hd.sr.CodedConcept,
+        *,
+        reason: str = "not available",
+        derivation: hd.sr.CodedConcept | None = None,
+        sites: list[hd.sr.FindingSite] | None = None,
+        coordinates: list[hd.sr.CoordinatesForMeasurement] | None = None,
+        algorithm: hd.sr.AlgorithmIdentification | None = None,
+    ) -> None:
+        if value is None:
+            label = (
+                name
+                if derivation is None
+                else c.private(f"{name.value}{derivation.value}"[:16], f"{derivation.meaning} {name.meaning}")
+            )
+            self.missing.append(hd.sr.QualitativeEvaluation(name=label, value=c.not_computable(reason)))
+            return
+        self.measurements.append(
+            hd.sr.Measurement(
+                name=name,
+                value=value,
+                unit=unit,
+                derivation=derivation,
+                finding_sites=sites,
+                referenced_coordinates=coordinates,
+                algorithm_id=algorithm,
+            )
+        )
+
+
+def _frame_only_segment_references(items: Any) -> int:
+    """Drop the segment number from "Referenced Segmentation Frame" image references.
+
+    The Image SOP Instance Reference macro forbids Referenced Segment Number next to Referenced
+    Frame Number (dciodvfy: "Shall not be present when ReferencedFrameNumber is present"); the
+    SEG frame already identifies its segment. highdicom 0.28 writes both.
+    """
+    count = 0
+    for item in items:
+        name = item.get("ConceptNameCodeSequence")
+        if item.get("ValueType") == "IMAGE" and name and name[0].CodeValue == "121214":
+            for ref in item.ReferencedSOPSequence:
+                if "ReferencedFrameNumber" in ref and "ReferencedSegmentNumber" in ref:
+                    del ref.ReferencedSegmentNumber
+                    count += 1
+        count += _frame_only_segment_references(item.get("ContentSequence", []))
+    return count
+
+
+def _qualitative(name: hd.sr.CodedConcept, value: bool | None) -> hd.sr.QualitativeEvaluation:
+    answer = c.UNDETERMINED if value is None else c.PRESENT if value else c.ABSENT
+    return hd.sr.QualitativeEvaluation(name=name, value=answer)
+
+
+def _segment_frame(seg: hd.seg.Segmentation, segment_number: int, ct_uid: str) -> int:
+    """The SEG frame (1-based) holding ``segment_number`` on the CT instance ``ct_uid``."""
+    for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        sources = {
+            str(src.ReferencedSOPInstanceUID)
+            for derivation in frame.DerivationImageSequence
+            for src in derivation.SourceImageSequence
+        }
+        if segment == segment_number and ct_uid in sources:
+            return index
+    raise ValueError(f"SEG has no frame for segment {segment_number} on {ct_uid}")
+
+
+def _tissue_groups(
+    data: EncodeInput, seg: hd.seg.Segmentation, algorithm: hd.sr.AlgorithmIdentification
+) -> list[Any]:
+    central = data.central
+    ct_class, ct_uid = str(central.SOPClassUID), str(central.SOPInstanceUID)
+    l3 = [hd.sr.FindingSite(c.L3_VERTEBRA)]
+    tissues: Mapping[str, Any] = data.result.get("tissues", {})
+    groups: list[Any] = []
+    for tissue in c.TISSUES:
+        values = tissues.get(tissue.key, {})
+        area, mean, sd = (_number(values.get(k)) for k in ("area_cm2", "mean_hu", "sd_hu"))
+        empty = "no pixels of this tissue"
+        group = _Group()
+        group.add(c.AREA, area, c.UNIT_CM2, sites=l3, reason="tissue not measured")
+        group.add(c.ATTENUATION, mean, c.UNIT_HU, derivation=c.MEAN, sites=l3, reason=empty)
+        group.add(c.ATTENUATION, sd, c.UNIT_HU, derivation=c.STANDARD_DEVIATION, sites=l3, reason=empty)
+        reference = hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=str(seg.SOPClassUID),
+            sop_instance_uid=str(seg.SOPInstanceUID),
+            frame_number=_segment_frame(seg, tissue.label, ct_uid),
+            segment_number=tissue.label,
+            source_image=hd.sr.SourceImageForSegmentation(ct_class, ct_uid),
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=data.identity.uid(f"tracking/{tissue.key}"), identifier=f"L3 {tissue.short}"
+                ),
+                referenced_segment=reference,
+                finding_type=tissue.type,
+                finding_sites=l3,
+                algorithm_id=algorithm,
+                measurements=group.measurements,
+                qualitative_evaluations=group.missing or None,
+            )
+        )
+        outline = largest_outline(data.labels[data.central_index] == tissue.label)
+        if outline is None or area is None:
+            continue
+        coordinates = hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=to_scoord(outline),
+            source_image=hd.sr.SourceImageForRegion(ct_class, ct_uid),
+        )
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=data.identity.uid(f"ohif/{tissue.key}"), identifier=OHIF_FREEHAND
+                ),
+                finding_type=tissue.type,
+                finding_sites=l3,
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=c.AREA,
+                        value=area,
+                        unit=c.UNIT_CM2,
+                        finding_sites=l3,
+                        referenced_coordinates=[coordinates],
+                    )
+                ],
+            )
+        )
+    contour = data.peritoneal_contour_px
+    if contour is not None and len(contour) >= 2:
+        spacing = tuple(float(v) for v in central.PixelSpacing)
+        line = hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=to_scoord(contour),
+            source_image=hd.sr.SourceImageForRegion(ct_class, ct_uid),
+        )
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=data.identity.uid("ohif/peritoneal-line"), identifier=OHIF_FREEHAND
+                ),
+                finding_type=c.PERITONEAL_LINE,
+                finding_sites=l3,
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=c.LENGTH,
+                        value=round(polyline_length_mm(np.asarray(contour), (spacing[0], spacing[1])), 1),
+                        unit=c.UNIT_MM,
+                        referenced_coordinates=[line],
+                    )
+                ],
+            )
+        )
+    return groups
+
+
+def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) -> Any:
+    metrics: Mapping[str, Any] = data.result.get("metrics", {})
+    patient: Mapping[str, Any] = data.result.get("patient", {})
+    rule_set = str(data.result.get("rule_set", {}).get("id", data.identity.rule_set))
+    l3 = [hd.sr.FindingSite(c.L3_VERTEBRA)]
+    height, weight = _number(patient.get("height_m")), _number(patient.get("weight_kg"))
+    no_height = "height not recorded or implausible" if height is None else "not available"
+    no_weight = "weight not recorded" if weight is None else no_height
+    group = _Group()
+    group.add(c.SMI, _number(metrics.get("smi_cm2_m2")), c.UNIT_CM2_PER_M2, sites=l3, reason=no_height)
+    group.add(c.BMI, _number(metrics.get("bmi")), c.UNIT_KG_PER_M2, reason=no_weight)
+    group.add(c.VAT_SAT_RATIO, _number(metrics.get("vat_sat_ratio")), c.UNIT_RATIO, sites=l3, reason="no SAT")
+    group.add(
+        c.IMAT_PERCENT, _number(metrics.get("imat_percent")), c.UNIT_PERCENT, sites=l3, reason="no muscle"
+    )
+    group.add(
+        c.WAIST,
+        _number(metrics.get("waist_circumference_cm")),
+        c.UNIT_CM,
+        sites=l3,
+        reason="body outline truncated",
+    )
+    group.add(c.BODY_HEIGHT, height, c.UNIT_M, reason="not recorded")
+    group.add(c.BODY_WEIGHT, weight, c.UNIT_KG, reason="not recorded")
+
+    def flag(key: str) -> bool | None:
+        value = metrics.get(key)
+        return value.get("value") if isinstance(value, Mapping) else None
+
+    sex = str(patient.get("sex") or "").upper()
+    sex_code = {
+        "M": hd.sr.CodedConcept("248153007", "SCT", "Male"),
+        "F": hd.sr.CodedConcept("248152002", "SCT", "Female"),
+    }
+    source = str(patient.get("source") or "none")
+    evaluations = [
+        *group.missing,
+        _qualitative(c.LSMM, flag("lsmm")),
+        _qualitative(c.MYOSTEATOSIS, flag("myosteatosis")),
+        hd.sr.QualitativeEvaluation(
+            name=hd.sr.CodedConcept("46098-0", "LN", "Sex"), value=sex_code.get(sex, c.UNDETERMINED)
+        ),
+        hd.sr.QualitativeEvaluation(
+            name=c.private("INPUTSRC", "Source of height, weight and sex"),
+            value=c.private(source.upper().replace("-", "")[:16] or "NONE", f"Patient inputs from {source}"),
+        ),
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=data.identity.uid("tracking/derived"), identifier="L3 body composition metrics"
+        ),
+        finding_type=c.DERIVED_METRICS,
+        finding_sites=l3,
+        method=c.rule_set_method(rule_set),
+        algorithm_id=algorithm,
+        measurements=group.measurements,
+        qualitative_evaluations=evaluations,
+    )
+
+
+def build_report(data: EncodeInput, seg: hd.seg.Segmentation) -> hd.sr.Comprehensive3DSR:
+    algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=data.version)
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=data.identity.uid("device"),
+        name="bodycomp",
+        manufacturer_name=MANUFACTURER,
+        model_name=MODEL_NAME,
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    groups = [*_tissue_groups(data, seg, algorithm), _derived_group(data, algorithm)]
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=c.CT_OF_ABDOMEN,
+        imaging_measurements=groups,
+        title=codes.DCM.ImagingMeasurementReport,
+        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
+            hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
+        ),
+        referenced_images=list(data.source_slices),
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*data.source_slices, seg],
+        content=report[0],
+        series_instance_uid=data.identity.series_uid("sr"),
+        series_number=data.series_number(2),
+        sop_instance_uid=data.identity.instance_uid("sr"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        record_evidence=True,
+    )
+    _frame_only_segment_references(sr.ContentSequence)
+    sr.SeriesDescription = "bodycomp L3 body composition report"
+    sr.CodingSchemeIdentificationSequence = [c.coding_scheme_identification()]
+    return sr
