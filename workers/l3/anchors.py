@@ -1,0 +1,250 @@
+"""Anatomical anchors to count vertebrae from: the sacrum (via the sacroiliac joints) and the ribs.
+
+Both anchors only give a z position; the caller ties it to the disc chain. Both are deliberately
+conservative: a missed anchor costs confidence, a false anchor costs a whole vertebra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from workers.l3.grid import WorkGrid
+from workers.l3.spine import SpineTrack
+
+ANCHOR_BONE_HU = 180.0
+SI_MIN_AREA_MM2 = 400.0  # filled bone beyond 40 mm on EACH side (real SI level: 500-2500)
+RIB_CAGE_MIN = 10  # rib cross-sections per slice that mean "inside the thoracic cage"
+
+
+@dataclass(frozen=True)
+class SacrumAnchor:
+    """Top (z, mm) of the run of slices where bone is continuous from the spine to both iliac bones."""
+
+    z_top: float
+    z_bottom: float
+    strength: float  # mean lateral bone area per side beyond 40 mm, in cm^2
+
+
+@dataclass(frozen=True)
+class Rib:
+    side: str  # "right" or "left" (patient)
+    z_medial: float  # patient z of the medial end (rib head/neck), mm
+    length_mm: float  # radial reach beyond the medial end
+    volume_ml: float
+    touches_fov_edge: bool
+
+
+@dataclass(frozen=True)
+class RibAnchor:
+    """The lowest rib: its medial end marks the T12 body (12 rib pairs assumed)."""
+
+    z_lowest: float
+    ribs: tuple[Rib, ...]
+    sides_agree: bool
+    lowest_short: bool  # the lowest rib is short enough to be confused with a transverse process
+
+
+def find_sacrum(g: WorkGrid, body: np.ndarray, t: SpineTrack, si_hu: float = 150.0) -> SacrumAnchor | None:
+    """Sacroiliac level: going down the spine, where bone becomes continuous from the midline far
+    out to BOTH sides (sacral alae joined to the iliac bones).
+
+    A one-voxel closing bridges the narrow SI joint space. Ribs attached to a thoracic vertebra can
+    also reach far out on both sides, but only over a few millimetres of z and with thin bone; we
+    require >= 6 mm (two slices) of consecutive hits and a substantial bone area beyond 40 mm on each side.
+    """
+    nz, ny, nx = g.hu.shape
+    st = np.ones((3, 3), dtype=bool)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    hit = np.zeros(nz, dtype=bool)
+    area = np.zeros(nz)
+    px_area = g.dx * g.dy
+    for k in range(nz):
+        if not t.valid[k] and not body[k].any():
+            continue
+        bone = ndi.binary_closing((g.hu[k] > si_hu) & body[k], st)
+        lab, n = ndi.label(bone, st)
+        if n == 0:
+            continue
+        dxf = (xx - t.x[k]) * g.dx
+        dyf = (yy - t.y_canal[k]) * g.dy
+        sel = (np.abs(dxf) <= 6.0) & (np.abs(dyf) <= 50.0) & bone
+        ids = np.unique(lab[sel])
+        ids = ids[ids > 0]
+        if ids.size == 0:
+            continue
+        comp = np.isin(lab, ids)
+        reach_l = float(dxf[comp].max())
+        reach_r = float(-dxf[comp].min())
+        if min(reach_l, reach_r) < 60.0:
+            continue
+        fill = ndi.binary_fill_holes(comp)
+        a_l = float((fill & (dxf > 40.0)).sum()) * px_area
+        a_r = float((fill & (dxf < -40.0)).sum()) * px_area
+        if min(a_l, a_r) >= SI_MIN_AREA_MM2:
+            hit[k] = True
+            area[k] = 0.5 * (a_l + a_r)
+    if hit.any():
+        # Inside the rib cage, ribs attached to a vertebra can also reach far out on both sides:
+        # the sacroiliac joints are never inside the rib cage.
+        ks = np.nonzero(hit)[0]
+        cage = rib_cage_count(g, body, t, si_hu, slices=ks)
+        hit[ks[cage[ks] >= RIB_CAGE_MIN]] = False
+    if not hit.any():
+        return None
+    # Group hits into runs (tolerating gaps up to 10 mm, e.g. the S1 foramina level).
+    z = g.z_mm
+    ks = np.nonzero(hit)[0]
+    runs: list[list[int]] = [[int(ks[0])]]
+    for k in ks[1:]:
+        if z[k] - z[runs[-1][-1]] <= 10.0:
+            runs[-1].append(int(k))
+        else:
+            runs.append([int(k)])
+    best = None
+    best_score = 0.0
+    for r in runs:
+        length = z[r[-1]] - z[r[0]] + _slice_thickness(z, r[0])
+        if length < 6.0 or len(r) < 2:
+            continue
+        s = float(area[r].sum())
+        if s > best_score:
+            best, best_score = r, s
+    if best is None:
+        return None
+    return SacrumAnchor(
+        z_top=float(z[best[-1]]), z_bottom=float(z[best[0]]), strength=float(area[best].mean() / 100.0)
+    )
+
+
+def _slice_thickness(z: np.ndarray, k: int) -> float:
+    if z.size < 2:
+        return 3.0
+    if k + 1 < z.size:
+        return float(z[k + 1] - z[k])
+    return float(z[k] - z[k - 1])
+
+
+def _rib_shaped(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> bool:
+    """A rib is a thin bar: its point cloud has one long principal axis, a much shorter second one
+    (curvature only) and almost no thickness. Iliac-bone fragments and cortical shells of the pelvis
+    are plates (second axis > 0.35 of the first, or thick), contrast-filled kidneys are blobs."""
+    if z.size < 4 or float(z.max() - z.min()) <= 0.0:
+        return False
+    p = np.stack([z, y, x], axis=1).astype(np.float64)
+    p -= p.mean(axis=0)
+    ev = np.sort(np.linalg.eigvalsh(np.cov(p.T)))[::-1]
+    sd = np.sqrt(np.clip(ev, 0.0, None))
+    return bool(sd[0] > 0 and sd[1] <= 0.35 * sd[0] and sd[2] <= 5.0)
+
+
+def find_ribs(
+    g: WorkGrid,
+    body: np.ndarray,
+    t: SpineTrack,
+    sacrum: SacrumAnchor | None = None,
+    bone_hu: float = ANCHOR_BONE_HU,
+) -> RibAnchor | None:
+    """Ribs: bone pieces outside a 30 mm cylinder around the canal whose medial end touches that
+    cylinder (they start at the vertebra), behind the front of the vertebral body, that run at least
+    45 mm further out, and that are thin (cross-section below ~2.5 cm^2; contrast-filled kidneys,
+    the iliac bones and calcified aorta fail this). Lumbar transverse processes reach at most about
+    55-60 mm from the canal, so a 75 mm reach separates them from all but hypoplastic 12th ribs.
+    """
+    nz, ny, nx = g.hu.shape
+    R = 30.0
+    yy = (np.arange(ny) * g.dy)[None, :, None]
+    xx = (np.arange(nx) * g.dx)[None, None, :]
+    cy = (t.y_canal * g.dy)[:, None, None]
+    cx = (t.x * g.dx)[:, None, None]
+    r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2).astype(np.float32)
+    bone = (g.hu > bone_hu) & body & (r > R)
+    # Only slices with a tracked spine can carry a rib anchor.
+    bone &= t.valid[:, None, None]
+    lab, n = ndi.label(bone, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return None
+    vox_ml = g.dx * g.dy * float(np.median(np.diff(g.z_mm)) if nz > 1 else 3.0) / 1000.0
+    ribs: list[Rib] = []
+    front = (t.y_body * g.dy) - 0.5 * t.depth_mm  # anterior surface of the body per slice, mm
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        m = lab[sl] == i
+        nvox = int(m.sum())
+        if nvox < 3:
+            continue
+        rr = np.broadcast_to(r[:, :, :], lab.shape)[sl][m]
+        r_min, r_max = float(rr.min()), float(rr.max())
+        if r_min > R + 6.0 or r_max < R + 45.0:
+            continue
+        vol = nvox * vox_ml
+        length = r_max - r_min
+        if vol * 1000.0 / max(length, 1.0) > 250.0 or vol > 60.0:
+            continue
+        kk, jj, ii = np.nonzero(m)
+        kk = kk + sl[0].start
+        jj = jj + sl[1].start
+        ii = ii + sl[2].start
+        if not _rib_shaped(g.z_mm[kk], jj * g.dy, ii * g.dx):
+            continue
+        med = rr <= r_min + 10.0
+        k_med = kk[med]
+        if k_med.max() >= nz - 1:
+            continue  # cut by the top of the image: its head may lie above, so its level is unknown
+        if (jj[med] * g.dy < front[k_med] - 5.0).mean() > 0.5:
+            continue  # medial end in front of the vertebral body: not a rib head
+        z_med = float(np.median(g.z_mm[k_med]))
+        if sacrum is not None and z_med < sacrum.z_top + 90.0:
+            continue  # T12 lies at least five vertebrae above the sacroiliac joints
+        side = "left" if float(np.median(ii[med] * g.dx - t.x[k_med] * g.dx)) > 0 else "right"
+        touches = bool(kk.min() == 0 or kk.max() == nz - 1)
+        ribs.append(Rib(side, z_med, length, vol, touches))
+    if not ribs:
+        return None
+    lowest = min(ribs, key=lambda rb: rb.z_medial)
+    per_side = {}
+    for s in ("left", "right"):
+        zs = [rb.z_medial for rb in ribs if rb.side == s]
+        if zs:
+            per_side[s] = min(zs)
+    agree = len(per_side) == 2 and abs(per_side["left"] - per_side["right"]) <= 15.0
+    return RibAnchor(
+        z_lowest=lowest.z_medial,
+        ribs=tuple(sorted(ribs, key=lambda rb: rb.z_medial)),
+        sides_agree=agree,
+        lowest_short=lowest.length_mm < 70.0,
+    )
+
+
+def rib_cage_count(
+    g: WorkGrid,
+    body: np.ndarray,
+    t: SpineTrack,
+    bone_hu: float = ANCHOR_BONE_HU,
+    slices: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per slice, the number of separate small bone pieces near the body surface and away from the
+    spine: rib cross-sections. The rib cage shows 6-20 of them on every slice down to about L1;
+    at L3 there are at most the tips of the floating ribs. Used only when no rib can be followed to
+    the spine (e.g. a short field of view), to recognise a purely thoracic scan."""
+    nz, ny, nx = g.hu.shape
+    out = np.zeros(nz, dtype=int)
+    st = np.ones((3, 3), dtype=bool)
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    px = g.dx * g.dy
+    depth_px = max(1, round(40.0 / min(g.dx, g.dy)))
+    for k in range(nz) if slices is None else (int(i) for i in slices):
+        if not body[k].any():
+            continue
+        rim = body[k] & ~ndi.binary_erosion(body[k], st, iterations=depth_px)
+        r = np.hypot((yy - t.y_canal[k]) * g.dy, (xx - t.x[k]) * g.dx)
+        bone = (g.hu[k] > bone_hu) & rim & (r > 60.0)
+        lab, n = ndi.label(bone, st)
+        if n == 0:
+            continue
+        areas = np.bincount(lab.ravel())[1:] * px
+        out[k] = int(((areas >= 15.0) & (areas <= 500.0)).sum())
+    return out

@@ -1,0 +1,585 @@
+"""The classical (no learned weights) L3 localiser: track the spine, find the discs, count from
+the sacrum and from the last rib, and say how sure it is.
+
+Errors of this kind of method come in whole vertebrae (30-40 mm); when the level is right the
+centre is within about a slice. So most of this module is about *not* being wrong silently: two
+independent counts, an agreement check, plausibility checks on every vertebra counted over, and
+flags that explain every reduction of confidence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from workers.l3.anchors import (
+    RIB_CAGE_MIN,
+    RibAnchor,
+    SacrumAnchor,
+    find_ribs,
+    find_sacrum,
+    rib_cage_count,
+)
+from workers.l3.discs import Disc, DiscResult, find_discs, weak_disc_near
+from workers.l3.grid import BoneThresholds, WorkGrid, body_mask, bone_thresholds, make_work_grid
+from workers.l3.result import (
+    FLAG_ANCHORS_DISAGREE,
+    FLAG_FOV_EDGE,
+    FLAG_LEVEL_AMBIGUOUS,
+    FLAG_LOW_CONTRAST,
+    FLAG_NO_ANCHOR,
+    FLAG_NO_SPINE,
+    FLAG_ONLY_RIBS,
+    FLAG_ONLY_SACRUM,
+    FLAG_THICK_SLICES,
+    FLAG_TRANSITIONAL,
+    FLAG_UNUSUAL_HEIGHT,
+    FLAG_Z_GAP,
+    LEVEL_ORDER,
+    L3Result,
+)
+from workers.l3.spine import SpineTrack, body_profile, track_spine
+
+_V = TypeVar("_V")
+
+ENGINE_NAME = "classical"
+ENGINE_VERSION = "0.1.0"
+
+# Vertebra + disc height limits used for plausibility (mm). Outside the soft range: lower
+# confidence; outside the hard range: the count over it is considered ambiguous.
+HEIGHT_SOFT = (24.0, 48.0)
+HEIGHT_HARD = (20.0, 56.0)
+SACRUM_DISC_OFFSET_MM = 5.0  # L5/S1 disc lies on average a few mm below the top of the SI bone bridge
+SACRUM_DISC_TOL_MM = 16.0
+RIB_TO_DISC_MAX_MM = 30.0  # measured rib neck to T12/L1 disc: at most about one T12 body
+RIB_HEAD_TOL_MM = 3.0
+# Mid-L3 lies ~100 mm below the last rib's neck (half T12 + L1 + L2 + half L3) and ~90 mm above the
+# top of the sacroiliac bridge. Only closer image edges let us claim "L3 is not in the image".
+RIB_TO_L3_MIN_MM = 80.0
+SACRUM_TO_L3_MIN_MM = 70.0  # measured rib 'medial end' (neck, 30-40 mm from the canal) may sit this low
+LOW_CONTRAST_HU = 35.0  # typical disc depth below the endplates (top-hat); ~78 HU on example_ct
+THICK_SLICE_MM = 5.5  # beyond this, thin discs blur into their neighbours
+
+
+@dataclass
+class _Ctx:
+    g: WorkGrid
+    body: np.ndarray
+    thr: BoneThresholds
+    track: SpineTrack
+    discs: DiscResult
+    sacrum: SacrumAnchor | None
+    ribs: RibAnchor | None
+    z_lo: float  # extent of the tracked spine (mm)
+    z_hi: float
+
+
+class ClassicalL3Localiser:
+    """Default engine. Stateless; safe to reuse across volumes."""
+
+    name = ENGINE_NAME
+    version = ENGINE_VERSION
+
+    def locate(self, hu: np.ndarray, z_mm: np.ndarray, spacing_yx_mm: tuple[float, float]) -> L3Result:
+        z_mm = np.asarray(z_mm, dtype=np.float64)
+        _check_input(hu, z_mm, spacing_yx_mm)
+        g = make_work_grid(hu, z_mm, spacing_yx_mm)
+        body = body_mask(g)
+        thr = bone_thresholds(g, body)
+        track = track_spine(g, body, thr.spine)
+        spine_yx = _spine_yx_mm(track, g, spacing_yx_mm)
+        if track.valid.sum() < 3:
+            return self._not_found("no spine found in the field of view", (FLAG_NO_SPINE,), (), spine_yx)
+        prof = body_profile(g, track)
+        discs = find_discs(g.z_mm, prof, track.valid)
+        sacrum = find_sacrum(g, body, track, thr.si_bridge)
+        ribs = find_ribs(g, body, track, sacrum, thr.anchor)
+        zv = g.z_mm[track.valid]
+        ctx = _Ctx(g, body, thr, track, discs, sacrum, ribs, float(zv.min()), float(zv.max()))
+        res = self._decide(ctx, spine_yx)
+        anchors: dict[str, float] = {}
+        if sacrum is not None:
+            anchors["sacroiliac_bridge_top"] = sacrum.z_top
+        if ribs is not None:
+            anchors["lowest_rib_neck"] = ribs.z_lowest
+        return dataclasses.replace(res, anchors_z_mm=anchors)
+
+    # ------------------------------------------------------------------ decision
+    def _decide(self, c: _Ctx, spine_yx: tuple[tuple[float, float], ...]) -> L3Result:
+        d = list(c.discs.discs)
+        flags: list[str] = []
+        notes: list[str] = []
+        conf = 1.0
+
+        i_s = _sacrum_disc_index(d, c.sacrum)
+        if c.sacrum is not None and i_s is None:
+            # The L5/S1 disc is tilted and often faint in an axial profile; the sacrum says where it
+            # must be, so accept a weaker dip there (it still has to pass the height checks).
+            extra = weak_disc_near(c.discs, c.sacrum.z_top - SACRUM_DISC_OFFSET_MM, SACRUM_DISC_TOL_MM)
+            if extra is None:
+                extra = _virtual_sacral_disc(d, c.sacrum.z_top - SACRUM_DISC_OFFSET_MM)
+            if extra is not None:
+                d = sorted([*d, extra], key=lambda x: x.z)
+                i_s = _sacrum_disc_index(d, c.sacrum)
+                kind = "estimated" if extra.strength == 0.0 else "faint"
+                notes.append(f"{kind} L5/S1 disc at z={extra.z:.1f} mm accepted because the sacrum is there")
+        i_r = _rib_disc_index(d, c.ribs)
+        if c.ribs is not None and i_r is not None and c.ribs.z_lowest - d[i_r].z > RIB_TO_DISC_MAX_MM:
+            # The rib neck lies within T12, so the T12/L1 disc is close below it; a long distance
+            # means that disc was missed. Accept a weaker dip there, or do not use the ribs.
+            extra = weak_disc_near(c.discs, c.ribs.z_lowest - 12.0, 12.0)
+            if extra is not None:
+                d = sorted([*d, extra], key=lambda x: x.z)
+                i_s = _sacrum_disc_index(d, c.sacrum)
+                i_r = _rib_disc_index(d, c.ribs)
+                notes.append(f"faint T12/L1 disc at z={extra.z:.1f} mm accepted: the last rib is there")
+            else:
+                notes.append("no disc within 30 mm below the last rib: rib anchor not used")
+                i_r = None
+        if c.sacrum is not None and i_s is None:
+            notes.append("sacroiliac bone bridge seen but no disc near it: sacrum anchor not used")
+        if c.ribs is not None and i_r is None and not _ribs_reach_bottom(c):
+            notes.append("ribs seen but no disc below the lowest rib in the tracked spine")
+
+        # Index of the L3/L4 disc in the chain according to each anchor.
+        a_s = i_s + 2 if i_s is not None else None
+        a_r = i_r - 3 if i_r is not None else None
+
+        if a_s is not None and a_r is not None:
+            if a_s == a_r:
+                method, a = "sacrum+ribs", a_s
+                conf = 0.92
+            else:
+                # Trust the sacrum count (TotalSegmentator convention; ribs are the more fragile
+                # anchor), but make the disagreement impossible to miss.
+                method, a = "sacrum", a_s
+                conf = 0.3
+                flags += [FLAG_ANCHORS_DISAGREE, FLAG_LEVEL_AMBIGUOUS, FLAG_TRANSITIONAL]
+                n_lumbar = (i_r - i_s) if i_r is not None and i_s is not None else 0
+                notes.append(
+                    f"sacrum count and rib count differ by {abs(a_s - a_r)} vertebra(e): "
+                    f"{n_lumbar} segments between the last rib and the sacrum (expected 5)"
+                )
+        elif a_s is not None:
+            method, a = "sacrum", a_s
+            conf = 0.72
+            flags.append(FLAG_ONLY_SACRUM)
+        elif a_r is not None:
+            method, a = "ribs", a_r
+            conf = 0.55
+            flags.append(FLAG_ONLY_RIBS)
+        else:
+            return self._no_anchor(c, d, spine_yx, notes)
+
+        if c.ribs is not None and "ribs" in method:
+            if c.ribs.lowest_short:
+                conf *= 0.92
+                notes.append("lowest rib is short (could be confused with a transverse process)")
+            if not c.ribs.sides_agree:
+                conf *= 0.85
+                notes.append("lowest rib seen on one side only or at different levels left and right")
+
+        # Label every vertebra of the chain relative to the L3/L4 disc at index a.
+        levels, ranges, seen = _label(d, a, c)
+        typical = _typical_height(d)
+        cut = [n for n, (lo, hi) in ranges.items() if n != "S" and (lo <= c.z_lo + 1.0 or hi >= c.z_hi - 1.0)]
+        if cut:
+            notes.append("cut by the image edge, centre estimated from typical height: " + ", ".join(cut))
+
+        # L3 itself.
+        z_low_disc, z_high_disc, est_low, est_high = _l3_discs(d, a, typical)
+        if z_low_disc is None or z_high_disc is None:
+            z_est = _extrapolated_l3(d, a, typical)
+            if z_est is not None and c.z_lo + 10.0 < z_est < c.z_hi - 10.0:
+                # By extrapolation L3 lies inside the tracked spine, but its discs were not found:
+                # do not claim that it is outside the image.
+                seen.add("L3")
+                flags = [*flags, FLAG_LEVEL_AMBIGUOUS]
+                notes.append(f"L3 expected near z={z_est:.0f} mm by extrapolation; its discs were not found")
+            return self._out_of_fov(c, seen, levels, ranges, method, flags, notes, spine_yx)
+        lo_ep = z_low_disc[1]
+        hi_ep = z_high_disc[0]
+        z_c = 0.5 * (lo_ep + hi_ep)
+        z = c.g.z_native
+        if z_c < z[0] - 1.0 or z_c > z[-1] + 1.0:
+            return self._out_of_fov(c, seen, levels, ranges, method, flags, notes, spine_yx)
+        if est_low or est_high:
+            flags.append(FLAG_FOV_EDGE)
+            conf *= 0.7
+            notes.append("one L3 endplate lies outside the tracked spine: its position was estimated")
+        elif lo_ep - 10.0 < c.z_lo or hi_ep + 10.0 > c.z_hi:
+            flags.append(FLAG_FOV_EDGE)
+            conf *= 0.85
+
+        # Plausibility of every vertebra counted over (from the anchor to L3).
+        span = _counted_span(a, i_s if "sacrum" in method else None, i_r if method == "ribs" else None)
+        heights = [d[j + 1].z - d[j].z for j in range(span[0], span[1]) if j >= 0 and j + 1 < len(d)]
+        bad_soft = [h for h in heights if not HEIGHT_SOFT[0] <= h <= HEIGHT_SOFT[1]]
+        bad_hard = [h for h in heights if not HEIGHT_HARD[0] <= h <= HEIGHT_HARD[1]]
+        if bad_soft:
+            flags.append(FLAG_UNUSUAL_HEIGHT)
+            conf *= 0.75
+            notes.append("unusual vertebra+disc height(s): " + ", ".join(f"{h:.0f} mm" for h in bad_soft))
+        if bad_hard:
+            flags.append(FLAG_LEVEL_AMBIGUOUS)
+            conf *= 0.6
+        weak = [d[j].strength for j in range(span[0], span[1] + 1) if 0 <= j < len(d) and d[j].strength < 0.3]
+        if weak:
+            conf *= 0.9
+            notes.append(f"{len(weak)} faint disc(s) on the counting path")
+        if c.discs.typical_depth_hu < LOW_CONTRAST_HU:
+            # Faint discs are where mid-body dips get mistaken for discs (half-vertebra shifts).
+            flags.append(FLAG_LOW_CONTRAST)
+            conf *= 0.65
+        if z.size > 1 and float(np.median(np.diff(z))) > THICK_SLICE_MM:
+            flags.append(FLAG_THICK_SLICES)
+            conf *= 0.8
+            notes.append(f"slices {float(np.median(np.diff(z))):.1f} mm apart: discs are blurred")
+
+        k = int(np.argmin(np.abs(z - z_c)))
+        if abs(z[k] - z_c) > 5.0 or not _observed(c.discs, lo_ep, hi_ep):
+            flags.append(FLAG_Z_GAP)
+            conf *= 0.7
+        inside = np.nonzero((z >= lo_ep - 0.5) & (z <= hi_ep + 0.5))[0]
+        body_range = (int(inside[0]), int(inside[-1])) if inside.size else (k, k)
+
+        levels["L3"] = z_c
+        ranges["L3"] = (lo_ep, hi_ep)
+        return L3Result(
+            found=True,
+            engine=ENGINE_NAME,
+            engine_version=ENGINE_VERSION,
+            slice_index=k,
+            body_range=body_range,
+            z_mm=float(z[k]),
+            confidence=float(np.clip(conf, 0.05, 0.99)),
+            method=method,
+            levels=_ordered(levels),
+            level_ranges=_ordered(ranges),
+            levels_seen=_seen_tuple(seen),
+            flags=tuple(dict.fromkeys(flags)),
+            reason=None,
+            notes=tuple(notes),
+            disc_z_mm=tuple(x.z for x in d),
+            spine_yx_mm=spine_yx,
+        )
+
+    # ------------------------------------------------------------------ not found
+    def _not_found(
+        self,
+        reason: str,
+        flags: tuple[str, ...],
+        seen: tuple[str, ...],
+        spine_yx: tuple[tuple[float, float], ...] | None,
+        levels: dict[str, float] | None = None,
+        ranges: dict[str, tuple[float, float]] | None = None,
+        method: str = "none",
+        notes: tuple[str, ...] = (),
+        discs: tuple[float, ...] = (),
+    ) -> L3Result:
+        return L3Result(
+            found=False,
+            engine=ENGINE_NAME,
+            engine_version=ENGINE_VERSION,
+            confidence=0.0,
+            method=method,
+            levels=_ordered(levels or {}),
+            level_ranges=_ordered(ranges or {}),
+            levels_seen=seen,
+            flags=tuple(dict.fromkeys(flags)),
+            reason=reason,
+            notes=notes,
+            disc_z_mm=discs,
+            spine_yx_mm=spine_yx,
+        )
+
+    def _out_of_fov(
+        self,
+        c: _Ctx,
+        seen: set[str],
+        levels: dict[str, float],
+        ranges: dict[str, tuple[float, float]],
+        method: str,
+        flags: list[str],
+        notes: list[str],
+        spine_yx: tuple[tuple[float, float], ...],
+    ) -> L3Result:
+        s = _seen_tuple(seen)
+        where = _describe_seen(s)
+        i3 = LEVEL_ORDER.index("L3")
+        idx = [LEVEL_ORDER.index(n) for n in s]
+        if "L3" in s or (idx and min(idx) < i3 < max(idx)):
+            # L3 should be in the image but its own discs were not found: do not claim that it is
+            # outside the image, and do not guess a slice either.
+            flags = [*flags, FLAG_LEVEL_AMBIGUOUS]
+            reason = f"the L3 discs could not be found although the image covers {where}"
+        else:
+            side = "below" if idx and min(idx) > i3 else "above"
+            reason = f"L3 is not in the field of view (it lies {side} it): saw {where}"
+        return self._not_found(
+            reason,
+            tuple(flags),
+            s,
+            spine_yx,
+            levels,
+            ranges,
+            method,
+            tuple(notes),
+            tuple(x.z for x in c.discs.discs),
+        )
+
+    def _no_anchor(
+        self, c: _Ctx, d: list[Disc], spine_yx: tuple[tuple[float, float], ...], notes: list[str]
+    ) -> L3Result:
+        # Ribs down to the lower edge of the image: everything seen is thoracic, L3 is far below.
+        if c.ribs is not None and _ribs_reach_bottom(c):
+            seen: tuple[str, ...] = ()
+            reason = (
+                "L3 is not in the field of view (it lies below it): saw only rib-bearing thoracic "
+                "vertebrae (ribs reach the lower edge of the image)"
+            )
+            return self._not_found(
+                reason,
+                (),
+                seen,
+                spine_yx,
+                notes=(*notes, "thoracic spine only"),
+                discs=tuple(x.z for x in d),
+            )
+        discs = tuple(x.z for x in d)
+        if c.ribs is not None and c.ribs.z_lowest - c.z_lo < RIB_TO_L3_MIN_MM:
+            # The lowest rib is T12 and the spine ends too soon below it to reach mid-L3.
+            seen_l = _rib_only_levels(c, d)
+            reason = f"L3 is not in the field of view (it lies below it): saw {_describe_seen(seen_l)}"
+            return self._not_found(reason, (), seen_l, spine_yx, notes=tuple(notes), discs=discs)
+        if c.sacrum is not None and c.z_hi - c.sacrum.z_top < SACRUM_TO_L3_MIN_MM:
+            reason = (
+                "L3 is not in the field of view (it lies above it): the image ends within the lowest "
+                "lumbar vertebrae above the sacrum"
+            )
+            return self._not_found(reason, (), ("S",), spine_yx, notes=tuple(notes), discs=discs)
+        if c.ribs is not None or c.sacrum is not None:
+            seen_what = " and ".join(
+                w for w, a in (("the sacrum", c.sacrum), ("the last rib", c.ribs)) if a is not None
+            )
+            reason = (
+                f"the vertebral level cannot be determined: {seen_what} seen, but the discs needed to "
+                "count from it could not be identified"
+            )
+            return self._not_found(
+                reason, (FLAG_NO_ANCHOR, FLAG_LEVEL_AMBIGUOUS), (), spine_yx, notes=tuple(notes), discs=discs
+            )
+        cage = rib_cage_count(c.g, c.body, c.track, c.thr.anchor)
+        z = c.g.z_mm
+        bottom = cage[z <= z[0] + 20.0]
+        thoracic = bool(bottom.size) and min(float(np.median(bottom)), float(np.median(cage))) >= RIB_CAGE_MIN
+        if thoracic:
+            reason = (
+                "L3 is not in the field of view (it lies below it): saw only thoracic vertebrae "
+                "inside the rib cage (ribs around the body down to the lower edge of the image); "
+                "the exact thoracic levels cannot be counted without the last rib or the sacrum"
+            )
+            return self._not_found(
+                reason,
+                (),
+                (),
+                spine_yx,
+                notes=(*notes, "rib cage on every slice"),
+                discs=tuple(x.z for x in d),
+            )
+        reason = (
+            "the vertebral level cannot be determined: neither the sacrum nor the ribs are in the "
+            "field of view, so there is nothing to count from"
+        )
+        return self._not_found(
+            reason, (FLAG_NO_ANCHOR,), (), spine_yx, notes=tuple(notes), discs=tuple(x.z for x in d)
+        )
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_input(hu: np.ndarray, z_mm: np.ndarray, spacing: tuple[float, float]) -> None:
+    if hu.ndim != 3:
+        raise ValueError(f"hu must be 3-D [z, y, x], got shape {hu.shape}")
+    if z_mm.shape != (hu.shape[0],):
+        raise ValueError(f"z_mm must have shape ({hu.shape[0]},), got {z_mm.shape}")
+    if hu.shape[0] > 1 and not np.all(np.diff(z_mm) > 0):
+        raise ValueError("z_mm must be strictly ascending (canonical order is inferior -> superior)")
+    if len(spacing) != 2 or min(spacing) <= 0:
+        raise ValueError(f"spacing_yx_mm must be two positive numbers, got {spacing}")
+
+
+def _spine_yx_mm(t: SpineTrack, g: WorkGrid, spacing: tuple[float, float]) -> tuple[tuple[float, float], ...]:
+    """Vertebral-body centre per caller slice, in mm from the centre of original pixel (0, 0)."""
+    dy0, dx0 = spacing
+    ys = (t.y_body * g.fy + 0.5 * (g.fy - 1)) * dy0
+    xs = (t.x * g.fx + 0.5 * (g.fx - 1)) * dx0
+    if g.fz > 1:  # back from binned work slices to the caller's slices
+        ys = np.interp(g.z_native, g.z_mm, ys)
+        xs = np.interp(g.z_native, g.z_mm, xs)
+    return tuple((float(a), float(b)) for a, b in zip(ys, xs, strict=True))
+
+
+def _sacrum_disc_index(d: list[Disc], s: SacrumAnchor | None) -> int | None:
+    if s is None or not d:
+        return None
+    target = s.z_top - SACRUM_DISC_OFFSET_MM
+    j = int(np.argmin([abs(x.z - target) for x in d]))
+    return j if abs(d[j].z - target) <= SACRUM_DISC_TOL_MM else None
+
+
+def _virtual_sacral_disc(d: list[Disc], target: float) -> Disc | None:
+    """When no dip marks L5/S1 (thick slices blur the tilted disc), place it where the sacrum says,
+    but only if the lowest disc above is one plausible vertebra higher (so it is L4/L5)."""
+    above = [x for x in d if x.z > target]
+    if not above or not HEIGHT_SOFT[0] <= above[0].z - target <= HEIGHT_SOFT[1]:
+        return None
+    return Disc(z=target, z_lo=target - 4.0, z_hi=target + 4.0, depth_hu=0.0, strength=0.0)
+
+
+def _rib_disc_index(d: list[Disc], r: RibAnchor | None) -> int | None:
+    """T12/L1 disc: the first disc below the medial end of the lowest rib. The 12th rib head
+    articulates with the upper T12 body; what we measure is the rib neck just outside the 30 mm
+    cylinder around the canal, which descends laterally, so it lies 5-15 mm lower than the head
+    and can come within a few mm of the T12/L1 disc (seen with 5 mm slices)."""
+    if r is None:
+        return None
+    below = [j for j, x in enumerate(d) if x.z < r.z_lowest + RIB_HEAD_TOL_MM]
+    if not below:
+        return None
+    j = below[-1]
+    # The T12 segment must be a plausible height: the rib head lies within it.
+    if r.z_lowest - d[j].z > HEIGHT_HARD[1]:
+        return None
+    return j
+
+
+def _ribs_reach_bottom(c: _Ctx) -> bool:
+    """Ribs within 20 mm of the lower edge of the tracked spine: there may be more ribs below."""
+    return c.ribs is not None and c.ribs.z_lowest - c.z_lo < 20.0
+
+
+def _typical_height(d: list[Disc]) -> float:
+    gaps = [d[j + 1].z - d[j].z for j in range(len(d) - 1)]
+    gaps = [x for x in gaps if HEIGHT_SOFT[0] <= x <= HEIGHT_SOFT[1]]
+    return float(np.median(gaps)) if gaps else 34.0
+
+
+def _l3_discs(
+    d: list[Disc], a: int, typical: float
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None, bool, bool]:
+    """(lo, hi) endplate bounds of the L3/L4 and L2/L3 discs; estimated from the typical height
+    when exactly one of them lies beyond the chain (L3 at the edge of the field of view)."""
+    n = len(d)
+    have_lo = 0 <= a < n
+    have_hi = 0 <= a + 1 < n
+    if have_lo and have_hi:
+        return (d[a].z_lo, d[a].z_hi), (d[a + 1].z_lo, d[a + 1].z_hi), False, False
+    if have_lo:
+        z = d[a].z + typical
+        return (d[a].z_lo, d[a].z_hi), (z - 4.0, z + 4.0), False, True
+    if have_hi:
+        z = d[a + 1].z - typical
+        return (z - 4.0, z + 4.0), (d[a + 1].z_lo, d[a + 1].z_hi), True, False
+    return None, None, False, False
+
+
+def _extrapolated_l3(d: list[Disc], a: int, typical: float) -> float | None:
+    """Centre of L3 extrapolated along the chain with the typical height, when L3 is off the chain."""
+    if not d:
+        return None
+    if a < 0:
+        return d[0].z + a * typical + 0.5 * typical
+    if a >= len(d):
+        return d[-1].z + (a - len(d) + 1) * typical + 0.5 * typical
+    return d[a].z + 0.5 * typical
+
+
+def _counted_span(a: int, i_s: int | None, i_r: int | None) -> tuple[int, int]:
+    """Disc index range (inclusive) between the anchor disc(s) and the L3 discs."""
+    lo, hi = a, a + 1
+    if i_s is not None:
+        lo = min(lo, i_s)
+    if i_r is not None:
+        hi = max(hi, i_r)
+    return lo, hi
+
+
+def _label(
+    d: list[Disc], a: int, c: _Ctx
+) -> tuple[dict[str, float], dict[str, tuple[float, float]], set[str]]:
+    """Name every vertebra between chain discs. Segment j lies between d[j-1] and d[j]; the segment
+    just above d[a] (the L3/L4 disc) is L3. Partial segments at the ends count as seen."""
+    levels: dict[str, float] = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    seen: set[str] = set()
+    l3 = LEVEL_ORDER.index("L3")
+    n = len(d)
+    typical = _typical_height(d)
+    for j in range(n + 1):  # segment above disc j-1 and below disc j
+        idx = l3 + (j - 1 - a)
+        if idx < 0:
+            idx = 0  # everything below L5/S1 is the sacrum
+        if idx >= len(LEVEL_ORDER):
+            continue
+        name = LEVEL_ORDER[idx]
+        lo = d[j - 1].z_hi if j >= 1 else None
+        hi = d[j].z_lo if j < n else None
+        if name == "S":
+            if hi is not None and hi > c.z_lo + 5.0:
+                seen.add("S")
+                ranges["S"] = (c.z_lo if lo is None else min(lo, ranges.get("S", (lo, hi))[0]), hi)
+            continue
+        if lo is not None and hi is not None:
+            levels[name] = 0.5 * (lo + hi)
+            ranges[name] = (lo, hi)
+            seen.add(name)
+        elif lo is not None and c.z_hi - lo > 5.0:
+            seen.add(name)
+            est_hi = lo + typical - 8.0
+            ranges[name] = (lo, min(est_hi, c.z_hi))
+            if est_hi <= c.z_hi + 0.4 * typical:
+                levels[name] = 0.5 * (lo + est_hi)
+        elif hi is not None and hi - c.z_lo > 5.0:
+            seen.add(name)
+            est_lo = hi - typical + 8.0
+            ranges[name] = (max(est_lo, c.z_lo), hi)
+            if est_lo >= c.z_lo - 0.4 * typical:
+                levels[name] = 0.5 * (est_lo + hi)
+    return levels, ranges, seen
+
+
+def _rib_only_levels(c: _Ctx, d: list[Disc]) -> tuple[str, ...]:
+    """Levels when ribs are seen but no disc below the lowest rib: T12 at the rib, and above it as
+    many vertebrae as the remaining height allows."""
+    assert c.ribs is not None
+    n_above = int(max(0.0, c.z_hi - c.ribs.z_lowest) // 30.0)
+    idx = LEVEL_ORDER.index("T12")
+    names = [LEVEL_ORDER[min(idx + i, len(LEVEL_ORDER) - 1)] for i in range(0, 1 + max(1, n_above))]
+    return tuple(dict.fromkeys(names))
+
+
+def _observed(dr: DiscResult, lo: float, hi: float) -> bool:
+    if dr.grid_z.size == 0:
+        return True
+    m = (dr.grid_z >= lo) & (dr.grid_z <= hi)
+    return bool(dr.observed[m].all()) if m.any() else True
+
+
+def _ordered(dct: dict[str, _V]) -> dict[str, _V]:
+    """Levels in anatomical order (inferior first), so JSON output is stable and readable."""
+    return {k: dct[k] for k in LEVEL_ORDER if k in dct}
+
+
+def _seen_tuple(seen: set[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k for k in LEVEL_ORDER if k in seen)
+
+
+def _describe_seen(seen: tuple[str, ...]) -> str:
+    if not seen:
+        return "no identifiable vertebra"
+    if len(seen) == 1:
+        return seen[0]
+    return f"{seen[-1]}–{seen[0]}"  # superior first, as radiologists write it
