@@ -1,6 +1,9 @@
 """The ``bodycomp`` command.
 
-Subcommands: ``serve`` runs the DICOM node (C-ECHO, C-STORE into a durable spool);
+Subcommands: ``serve`` runs the DICOM node (receive, queue, analyse, send back; see
+:mod:`node.service`); ``worker`` runs a Celery worker for a node with an external broker;
+``status`` shows recent studies and their states; ``export --csv`` one row per analysed study;
+``echo AE@HOST:PORT`` checks connectivity with C-ECHO;
 ``inspect PATH`` describes what a folder or file holds and which series would be analysed;
 ``analyze PATH --out DIR`` runs the analysis and writes ``DIR/result.json``.
 Exit codes: 0 success (also when a result is flagged for review), 2 bad input or configuration,
@@ -18,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from node.config import ConfigError, Settings, load_settings
-from node.scp import serve
 from workers import __version__
-from workers.errors import BodycompError
+from workers.errors import BodycompError, NotInFieldOfViewError
 from workers.load import load_series
-from workers.pipeline import AnalysisOptions, analyse
-from workers.report import describe, format_text
+from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
+from workers.report import describe, format_text, summary_text
 
 log = logging.getLogger("bodycomp")
 
@@ -50,48 +52,155 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", type=Path, help="DICOM folder (recursive), DICOM file or NIfTI file")
     _add_common(inspect)
 
-    serve = sub.add_parser("serve", help="run the DICOM node: C-ECHO and C-STORE into the spool")
-    serve.add_argument("--config", help="TOML settings file (default: $BODYCOMP_CONFIG)")
-    serve.add_argument("--ae-title", help="this node's AE title (default BODYCOMP)")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 11112)")
-    serve.add_argument("--spool", type=Path, help="folder for received instances (default var/spool)")
-    serve.add_argument("-v", "--verbose", action="store_true")
+    _add_node_commands(sub)
 
     analyze = sub.add_parser("analyze", help="analyse one CT and write DIR/result.json")
     analyze.add_argument("path", type=Path, help="DICOM folder (recursive), DICOM file or NIfTI file")
     analyze.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    analyze.add_argument(
+        "--slice", type=int, metavar="K", help="analyse slice K (source indexing) instead of finding L3"
+    )
+    analyze.add_argument(
+        "--slices", type=int, metavar="N", help="average over N contiguous slices centred on L3"
+    )
+    analyze.add_argument("--height-m", type=float, help="patient height in metres (overrides PatientSize)")
+    analyze.add_argument("--weight-kg", type=float, help="patient weight in kg (overrides PatientWeight)")
+    analyze.add_argument("--sex", choices=["M", "F"], help="patient sex (overrides PatientSex)")
+    analyze.add_argument(
+        "--rule-set", help="cut-off rule set, e.g. martin2013@1 (default), fujiwara2015@1, ha2018@1"
+    )
+    analyze.add_argument("--preset", help="HU window preset: tomovision-l3@1 (default) or uniform-fat@1")
+    analyze.add_argument(
+        "--dicom", action="store_true", help="also write DIR/dicom/seg.dcm, sr.dcm, overlay.dcm"
+    )
     _add_common(analyze)
     return parser
 
 
+def _add_node_commands(sub: Any) -> None:
+    """``serve``, ``worker``, ``status``, ``export``, ``echo`` (the node's command-line contract).
+
+    Every flag is also ``BODYCOMP_<FLAG>`` in the environment and ``[node] <flag>`` in the TOML
+    file (``-`` as ``_``; ``--destination`` is the list ``destinations``).
+    """
+    config_help = "TOML settings file (default: $BODYCOMP_CONFIG)"
+    serve = sub.add_parser("serve", help="run the DICOM node: receive, queue, analyse, send results back")
+    serve.add_argument("--config", help=config_help)
+    serve.add_argument("--data-dir", type=Path, help="spool, index, results, embedded broker (default var)")
+    serve.add_argument("--ae-title", help="this node's AE title (default BODYCOMP)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 11112)")
+    serve.add_argument("--stable-seconds", type=float, help="idle time after which a study is complete (30)")
+    serve.add_argument(
+        "--destination",
+        action="append",
+        metavar="AE@HOST:PORT",
+        help="send results there (repeatable); none: results stay in the data directory",
+    )
+    serve.add_argument("--allow-ae", action="append", metavar="AE", help="accept only these calling AEs")
+    serve.add_argument("--broker-url", help="redis://… or amqp://… (default: embedded SQLite broker)")
+    serve.add_argument("--all-series", action="store_true", default=None, help="analyse all eligible series")
+    serve.add_argument("--workers", type=int, help="worker processes to start (default 1 if embedded broker)")
+    serve.add_argument("-v", "--verbose", action="store_true")
+
+    worker = sub.add_parser("worker", help="run a Celery worker (with an external broker)")
+    worker.add_argument("--config", help=config_help)
+    worker.add_argument("--data-dir", type=Path, help="the node's data directory (shared storage)")
+    worker.add_argument("--broker-url", help="the node's broker (redis://… or amqp://…)")
+    worker.add_argument("--concurrency", type=int, help="analyses at once (default 1)")
+    worker.add_argument("-v", "--verbose", action="store_true")
+
+    status = sub.add_parser("status", help="recent studies, their states, failures and deliveries")
+    status.add_argument("--config", help=config_help)
+    status.add_argument("--data-dir", type=Path, help="the node's data directory")
+    status.add_argument("--limit", type=int, default=50, help="how many studies (default 50)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("-v", "--verbose", action="store_true")
+
+    export = sub.add_parser("export", help="one CSV row per analysed study (for research)")
+    export.add_argument("--config", help=config_help)
+    export.add_argument("--data-dir", type=Path, help="the node's data directory")
+    export.add_argument("--csv", type=Path, required=True, metavar="FILE", help="CSV file to write")
+    export.add_argument("-v", "--verbose", action="store_true")
+
+    echo = sub.add_parser("echo", help="C-ECHO a DICOM peer: bodycomp echo AE@HOST:PORT")
+    echo.add_argument("target", metavar="AE@HOST:PORT")
+    echo.add_argument("--config", help=config_help)
+    echo.add_argument("--ae-title", help="calling AE title (default: the node's)")
+    echo.add_argument("-v", "--verbose", action="store_true")
+
+
+NODE_COMMANDS = ("serve", "worker", "status", "export", "echo")
+NODE_FLAGS = (
+    "data_dir",
+    "ae_title",
+    "host",
+    "port",
+    "stable_seconds",
+    "broker_url",
+    "all_series",
+    "concurrency",
+)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, dict[str, Any]] = {}
-    if args.command == "serve":
-        overrides["node"] = {
-            "ae_title": args.ae_title,
-            "host": args.host,
-            "port": args.port,
-            "spool_dir": args.spool,
-        }
+    if args.command in NODE_COMMANDS:
+        node: dict[str, Any] = {name: getattr(args, name, None) for name in NODE_FLAGS}
+        node["destinations"] = tuple(args.destination) if getattr(args, "destination", None) else None
+        node["allow_ae"] = tuple(args.allow_ae) if getattr(args, "allow_ae", None) else None
+        node["embedded_workers"] = getattr(args, "workers", None)
+        overrides["node"] = node
     else:
         overrides["selection"] = {
             "series_instance_uid": args.series,
             "allow_derived": False if args.no_derived else None,
         }
+    if args.command == "analyze":
+        overrides["analysis"] = {"rule_set": args.rule_set, "preset": args.preset, "slices": args.slices}
     return load_settings(args.config, overrides)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from node.service import run
+
     logging.getLogger("bodycomp").setLevel(logging.INFO)
     try:
-        serve(settings.node, block=True)
-    except KeyboardInterrupt:
-        pass
+        return run(settings, args.config)
     except OSError as exc:
         print(f"bodycomp: cannot listen on {settings.node.host}:{settings.node.port}: {exc}", file=sys.stderr)
         return 1
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from node.worker import run_worker
+
+    logging.getLogger("bodycomp").setLevel(logging.INFO)
+    return run_worker(settings)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from node.status import format_status, read_status
+
+    report = read_status(settings.node, limit=args.limit)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
     return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from node.status import export_csv
+
+    rows = export_csv(settings.node, args.csv)
+    print(f"{rows} analysed studies written to {args.csv}")
+    return EXIT_OK
+
+
+def cmd_echo(args: argparse.Namespace, settings: Settings) -> int:
+    from node.status import echo
+
+    ok, message = echo(args.target, settings.node.ae_title)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return EXIT_OK if ok else 1
 
 
 def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
@@ -104,16 +213,39 @@ def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
-    options = AnalysisOptions(selection=settings.selection, stack=settings.stack)
-    result = analyse(args.path, options, out_dir=args.out)
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(f"result written to {args.out / 'result.json'} (status: {result['status']})")
+    analysis = settings.analysis
+    options = AnalysisOptions(
+        selection=settings.selection,
+        stack=settings.stack,
+        localiser=analysis.localiser,
+        segmenter=analysis.segmenter,
+        preset=analysis.preset,
+        rule_set=analysis.rule_set,
+        slices=analysis.slices,
+        slice_index=args.slice,
+        patient=PatientOverrides(height_m=args.height_m, weight_kg=args.weight_kg, sex=args.sex),
+        write_dicom=args.dicom,
+    )
+    try:
+        result = analyse(args.path, options, out_dir=args.out)
+    except NotInFieldOfViewError as exc:
+        if args.json and (args.out / "result.json").exists():
+            print((args.out / "result.json").read_text(), end="")
+        print(f"bodycomp: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(result, indent=2, default=str) if args.json else summary_text(result))
     return EXIT_OK
 
 
-COMMANDS = {"inspect": cmd_inspect, "analyze": cmd_analyze, "serve": cmd_serve}
+COMMANDS = {
+    "inspect": cmd_inspect,
+    "analyze": cmd_analyze,
+    "serve": cmd_serve,
+    "worker": cmd_worker,
+    "status": cmd_status,
+    "export": cmd_export,
+    "echo": cmd_echo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,12 @@
 * TOML file: ``--config PATH`` or ``BODYCOMP_CONFIG``; sections are the attribute names of
   :class:`Settings` (``[node]``, ``[selection]``, ``[stack]``, ``[analysis]``), keys their fields.
 * Environment: ``BODYCOMP_<SECTION>__<KEY>`` (double underscore), e.g.
-  ``BODYCOMP_STACK__MAX_GAP_MM=20``.
+  ``BODYCOMP_STACK__MAX_GAP_MM=20``; and, for the node's command-line flags, the flat
+  ``BODYCOMP_<FLAG>`` form of the command-line contract (``BODYCOMP_STABLE_SECONDS=10``,
+  ``BODYCOMP_BROKER_URL=redis://…``, ``BODYCOMP_DATA_DIR=/srv/bodycomp``,
+  ``BODYCOMP_DESTINATION=PACS@10.0.0.5:104,ARCHIVE@10.0.0.6:11112``): a flat name is a key of
+  ``[node]`` (or one of :data:`NODE_ALIASES`). When both forms name the same key, the sectioned
+  form wins (it is the more specific).
 * Command-line flags override both (each subcommand maps its flags onto the same fields).
 
 Unknown sections or keys are errors, not silently ignored: a typo in a hospital's config must not
@@ -22,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.scp import ScpSettings
 from workers.series_selection import SelectionPolicy
 from workers.stack import StackPolicy
 
@@ -46,8 +50,123 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
+class NodeSettings:
+    """The DICOM node: who it is, where it keeps data, whom it trusts, where results go.
+
+    Field names are the long command-line flags of ``bodycomp serve`` with ``_`` for ``-``, so
+    ``--stable-seconds``, ``BODYCOMP_STABLE_SECONDS`` and ``[node] stable_seconds`` are one
+    setting.
+    """
+
+    ae_title: str = "BODYCOMP"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    data_dir: Path = Path("var")
+    """Holds ``spool/`` (received instances), ``index.sqlite``, ``results/`` and the embedded broker."""
+    stream_to_disk: bool = True
+    """Receive each dataset into a temporary file (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``)
+    instead of memory: bounded memory for large multi-frame instances and many associations."""
+    min_free_mb: int = 512
+    """Refuse C-STORE with 0xA700 (out of resources) below this much free space in the spool."""
+    allow_ae: tuple[str, ...] = ()
+    """Calling AE titles allowed to associate; empty: any."""
+    check_host: bool = False
+    """Also require a calling AE listed in ``destinations`` to connect from that host."""
+    require_called_ae: bool = True
+    stable_seconds: float = 30.0
+    """A study is complete after this long without a new instance (association release is a hint)."""
+    destinations: tuple[str, ...] = ()
+    """``AE@HOST:PORT`` of the PACS that receive results; empty: results stay in the data directory."""
+    return_to_sender: bool = True
+    """Send results only to the AE that sent the study when it is a destination; else to all."""
+    all_series: bool = False
+    """Analyse every eligible CT series of a study instead of the one the selection rules choose."""
+    keep_ignored: bool = True
+    """Keep instances of studies that cannot be analysed (non-CT, reports) in the spool."""
+    broker_url: str = ""
+    """Celery broker; empty: the embedded SQLite broker in the data directory (no server needed)."""
+    queue: str = "bodycomp.analyses"
+    """Celery queue name: give each node its own when several share one Redis or RabbitMQ."""
+    embedded_workers: int | None = None
+    """Worker processes ``serve`` starts itself; default 1 with the embedded broker, else 0."""
+    concurrency: int = 1
+    """Analyses at once per worker process (each in its own child process)."""
+    max_tasks_per_child: int = 1
+    """Recycle a worker child after this many analyses, releasing its memory."""
+    task_time_limit: int = 1800
+    """Seconds after which an analysis is killed and the job fails (soft limit 60 s earlier)."""
+    max_retries: int = 2
+    """Retries of an analysis after an unexpected error or a lost worker, then failed."""
+    send_retry_seconds: float = 10.0
+    """First delay before resending a result; doubles on each failure up to ``send_retry_max_seconds``."""
+    send_retry_max_seconds: float = 600.0
+    send_give_up_hours: float = 72.0
+    """An undelivered result is dead-lettered after this long (visible in ``bodycomp status``)."""
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def index_path(self) -> Path:
+        return self.data_dir / "index.sqlite"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker URL, with the embedded default resolved to an absolute SQLite path."""
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return not self.broker_url or self.broker_url.startswith("sqla+sqlite:")
+
+    def destination_list(self) -> list[Destination]:
+        return [parse_destination(text) for text in self.destinations]
+
+    @property
+    def workers_to_start(self) -> int:
+        if self.embedded_workers is not None:
+            return self.embedded_workers
+        return 1 if self.broker_is_embedded else 0
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer results are sent to (like an entry of Orthanc's ``DicomModalities``)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_destination(text: str) -> Destination:
+    """Parse ``AE@HOST:PORT`` (IPv6 hosts in brackets: ``AE@[::1]:104``)."""
+    ae, sep, address = text.strip().partition("@")
+    host, colon, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not colon or not ae or not host or not port.isdigit():
+        raise ConfigError(f"destination {text!r} is not AE@HOST:PORT")
+    if len(ae) > 16 or "\\" in ae:
+        raise ConfigError(f"destination {text!r}: an AE title has at most 16 characters and no backslash")
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"destination {text!r}: port out of range")
+    return Destination(ae, host, int(port))
+
+
+#: Flat ``BODYCOMP_<FLAG>`` names whose flag differs from the ``[node]`` key (repeated flags).
+NODE_ALIASES = {"destination": "destinations"}
+
+
+@dataclass(frozen=True)
 class Settings:
-    node: ScpSettings = field(default_factory=ScpSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
     selection: SelectionPolicy = field(default_factory=SelectionPolicy)
     stack: StackPolicy = field(default_factory=StackPolicy)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
@@ -112,6 +231,8 @@ def _apply(settings: Settings, updates: Mapping[str, Mapping[str, Any]], source:
         current = changed.get(section_name, getattr(settings, section_name))
         kwargs = {}
         for key, raw in values.items():
+            if section_name == "node":
+                key = NODE_ALIASES.get(key, key)
             if key not in hints:
                 raise ConfigError(f"{source}: unknown key {section_name}.{key} (known: {', '.join(hints)})")
             kwargs[key] = _coerce(raw, hints[key], f"{source}: {section_name}.{key}")
@@ -120,12 +241,21 @@ def _apply(settings: Settings, updates: Mapping[str, Mapping[str, Any]], source:
 
 
 def _env_updates(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    updates: dict[str, dict[str, str]] = {}
+    """``BODYCOMP_<SECTION>__<KEY>`` and the flat ``BODYCOMP_<FLAG>`` (a ``[node]`` key)."""
+    flat: dict[str, str] = {}
+    sectioned: dict[str, dict[str, str]] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG or "__" not in name:
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
             continue
-        section, key = name[len(ENV_PREFIX) :].lower().split("__", 1)
-        updates.setdefault(section, {})[key] = value
+        rest = name[len(ENV_PREFIX) :].lower()
+        if "__" in rest:
+            section, key = rest.split("__", 1)
+            sectioned.setdefault(section, {})[key] = value
+        else:
+            flat[NODE_ALIASES.get(rest, rest)] = value
+    updates: dict[str, dict[str, str]] = {"node": flat} if flat else {}
+    for section, values in sectioned.items():
+        updates.setdefault(section, {}).update(values)
     return updates
 
 
@@ -151,4 +281,8 @@ def load_settings(
     if overrides:
         cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
         settings = _apply(settings, {s: v for s, v in cleaned.items() if v}, "command line")
+    for text in settings.node.destinations:
+        parse_destination(text)
+    if settings.node.stable_seconds < 0:
+        raise ConfigError("node.stable_seconds must not be negative")
     return settings

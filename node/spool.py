@@ -14,9 +14,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -75,13 +78,37 @@ class Spool:
 
     def store(self, data: bytes, study_uid: str, series_uid: str, sop_instance_uid: str) -> StoredInstance:
         """Write one encoded instance (with its File Meta Information) durably; return where."""
+        return self._store(
+            lambda handle: handle.write(data), len(data), study_uid, series_uid, sop_instance_uid
+        )
+
+    def store_file(
+        self, source: Path, study_uid: str, series_uid: str, sop_instance_uid: str
+    ) -> StoredInstance:
+        """Like :meth:`store` for an instance already in a file (pynetdicom's chunked receive),
+        copied in blocks so that a large instance never sits in memory."""
+
+        def copy(handle: Any) -> None:
+            with source.open("rb") as src:
+                shutil.copyfileobj(src, handle, 1024 * 1024)
+
+        return self._store(copy, source.stat().st_size, study_uid, series_uid, sop_instance_uid)
+
+    def _store(
+        self,
+        write: Callable[[Any], object],
+        size: int,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+    ) -> StoredInstance:
         target = self.path_for(study_uid, series_uid, sop_instance_uid)
-        if self.free_bytes() - len(data) < self.min_free_bytes:
+        if self.free_bytes() - size < self.min_free_bytes:
             raise SpoolFullError(errno.ENOSPC, f"spool has less than {self.min_free_bytes} bytes free")
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="rx-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +119,7 @@ class Spool:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(exc.errno, str(exc)) from exc
             raise
-        return StoredInstance(target, study_uid, series_uid, sop_instance_uid, len(data))
+        return StoredInstance(target, study_uid, series_uid, sop_instance_uid, size)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install bodycomp into ./.venv (when needed) and start the DICOM node with its embedded defaults:
-# AE title BODYCOMP on 127.0.0.1:11112, received instances in ./var/spool. No external server.
+# AE title BODYCOMP on 127.0.0.1:11112, data (spool, index, results, broker) in ./var, its own
+# Celery worker on the embedded SQLite broker. No external server.
 #
 #   ./scripts/run.sh [bodycomp serve options, e.g. --host 0.0.0.0 --port 104 --ae-title BODYCOMP]
 set -euo pipefail

@@ -5,6 +5,9 @@
 #
 # - DCMTK, Orthanc and dicom3tools (dciodvfy) come from Debian packages when absent: they are the
 #   independent DICOM peers and validators of the integration tests; this needs root or sudo.
+# - The viewer test (tests/test_viewer_ohif.py, marker `viewer`) also needs Orthanc's DICOMweb
+#   plugin (orthanc-dicomweb), Chromium (chromium) and npm, which fetches OHIF's prebuilt viewer
+#   (@ohif/app) once into .cache/ohif/. Run only it with: ./scripts/test.sh -m viewer
 # - Python dependencies go into ./.venv (created when missing), bodycomp itself in editable mode.
 # - Then: ruff (lint), mypy (types), pytest (all tests). The script fails when any step fails.
 set -euo pipefail
@@ -14,6 +17,9 @@ need_apt=()
 command -v storescp >/dev/null 2>&1 && command -v dcmcjpeg >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]} (Debian packages)"
     SUDO=""
@@ -32,6 +38,8 @@ echo "== installing Python dependencies"
 .venv/bin/python -m pip install --quiet -e ".[test]"
 
 export PATH="$PWD/.venv/bin:$PATH"
+echo "== OHIF viewer (npm @ohif/app, cached in .cache/ohif)"
+python -c "from tests.ohif_server import ohif_dist; print(ohif_dist())"
 echo "== ruff"
 ruff check .
 ruff format --check .

@@ -1,8 +1,10 @@
 """A real Orthanc for tests: Debian's package, a temporary config and storage, loopback ports.
 
 Used wherever a test needs "a real PACS": it accepts C-STORE, answers REST queries about what it
-holds, and (with ``modalities``) can send on to other AEs. Orthanc is stopped and its storage
-removed when the context ends.
+holds, and (with ``modalities``) can send on to other AEs. With ``dicomweb=True`` it also loads
+Debian's DICOMweb plugin (package orthanc-dicomweb) and serves QIDO-RS/WADO-RS under
+``/dicom-web/`` (what a web viewer such as OHIF reads). Orthanc is stopped and its storage removed
+when the context ends.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ class Orthanc:
             text = response.read()
         return json.loads(text) if text else None
 
+    def upload(self, path: Path) -> Any:
+        """Store one DICOM file through the REST API (faster than C-STORE for a test's fixtures)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/instances", data=path.read_bytes(), method="POST"
+        )
+        request.add_header("Content-Type", "application/dicom")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
     def series_by_modality(self) -> dict[str, list[dict[str, Any]]]:
         """For each study UID: the series it holds, with their main tags."""
         studies: dict[str, list[dict[str, Any]]] = {}
@@ -55,6 +66,10 @@ class Orthanc:
             uid = study["MainDicomTags"]["StudyInstanceUID"]
             studies[uid] = [self.get(f"/series/{s}")["MainDicomTags"] for s in study["Series"]]
         return studies
+
+
+#: Where Debian's orthanc-dicomweb package puts the plugin.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def orthanc_binary() -> str:
@@ -68,10 +83,27 @@ def orthanc_binary() -> str:
 
 @contextmanager
 def running_orthanc(
-    workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None, **extra: Any
+    workdir: Path,
+    ae_title: str = "ORTHANC",
+    modalities: dict[str, list[Any]] | None = None,
+    *,
+    dicomweb: bool = False,
+    **extra: Any,
 ) -> Iterator[Orthanc]:
-    """Start Orthanc with a temporary configuration in ``workdir``; stop it afterwards."""
+    """Start Orthanc with a temporary configuration in ``workdir``; stop it afterwards.
+
+    ``dicomweb=True`` loads the DICOMweb plugin (root ``/dicom-web/``); ``extra`` keys are added to
+    the configuration as they are.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
+    plugins: list[str] = []
+    if dicomweb:
+        if not DICOMWEB_PLUGIN.exists():
+            pytest.fail(
+                f"{DICOMWEB_PLUGIN} missing (Debian package orthanc-dicomweb): run the README's test command"
+            )
+        plugins.append(str(DICOMWEB_PLUGIN))
+        extra.setdefault("DicomWeb", {"Enable": True, "Root": "/dicom-web/"})
     http_port, dicom_port = free_port(), free_port()
     config = {
         "Name": "bodycomp-test",
@@ -85,7 +117,7 @@ def running_orthanc(
         "DicomAlwaysAllowStore": True,
         "DicomCheckCalledAet": False,
         "DicomModalities": modalities or {},
-        "Plugins": [],
+        "Plugins": plugins,
         "HttpBindAddress": "127.0.0.1",
         "DicomBindAddress": "127.0.0.1",  # ignored by older Orthanc; loopback peers only anyway
         **extra,

@@ -34,8 +34,12 @@ RESULT: dict[str, Any] = {
         "lsmm": {"value": None, "rule_set": "martin2013@1", "reason": "height missing"},
         "myosteatosis": {"value": False, "rule_set": "martin2013@1"},
     },
-    "patient": {"height_m": None, "weight_kg": 79.0, "sex": None, "source": "dicom-header"},
-    "preset": {"id": "tomovision-l3@1"},
+    "patient_inputs": {
+        "height_m": {"value": None, "raw": None, "source": None},
+        "weight_kg": {"value": 79.0, "raw": 79.0, "source": "dicom-header"},
+        "sex": {"value": None, "raw": None, "source": None},
+    },
+    "hu_preset": {"id": "tomovision-l3@1"},
     "rule_set": {"id": "martin2013@1"},
 }
 

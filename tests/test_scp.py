@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom.dsutils import split_dataset
 
-from node.scp import ScpSettings, serve
+from node.config import NodeSettings
+from node.index import Index, digest_file
+from node.scp import serve
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 
 DCMTK_BIN = Path("/usr/bin")  # not the venv's pynetdicom apps of the same names
@@ -34,8 +37,8 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def node(tmp_path: Path) -> Iterator[ScpSettings]:
-    settings = ScpSettings(port=free_port(), spool_dir=tmp_path / "spool", min_free_mb=1)
+def node(tmp_path: Path) -> Iterator[NodeSettings]:
+    settings = NodeSettings(port=free_port(), data_dir=tmp_path / "data", min_free_mb=1)
     server = serve(settings, block=False)
     try:
         yield settings
@@ -44,7 +47,7 @@ def node(tmp_path: Path) -> Iterator[ScpSettings]:
 
 
 def storescu(
-    settings: ScpSettings, *files: Path, calling: str = "STORESCU", extra: tuple[str, ...] = ()
+    settings: NodeSettings, *files: Path, calling: str = "STORESCU", extra: tuple[str, ...] = ()
 ) -> str:
     result = subprocess.run(
         [
@@ -67,18 +70,33 @@ def storescu(
     return result.stdout + result.stderr
 
 
-def spooled(settings: ScpSettings) -> list[Path]:
+def spooled(settings: NodeSettings) -> list[Path]:
     return sorted((settings.spool_dir / "studies").rglob("*.dcm"))
 
 
-def test_echo(node: ScpSettings) -> None:
+def test_echo(node: NodeSettings) -> None:
     result = subprocess.run(
         [dcmtk("echoscu"), "-aec", node.ae_title, node.host, str(node.port)], capture_output=True, timeout=30
     )
     assert result.returncode == 0
 
 
-def test_vendor_jpeg2000_series_is_stored_unchanged(node: ScpSettings, example_ct_dicom: Path) -> None:
+@pytest.mark.parametrize("stream_to_disk", [True, False], ids=["chunked-to-disk", "in-memory"])
+def test_vendor_jpeg2000_series_is_stored_unchanged(
+    tmp_path: Path, example_ct_dicom: Path, stream_to_disk: bool
+) -> None:
+    """Both receive modes store the bytes as sent and record the same content digests."""
+    node = NodeSettings(
+        port=free_port(), data_dir=tmp_path / "data", min_free_mb=1, stream_to_disk=stream_to_disk
+    )
+    server = serve(node, block=False)
+    try:
+        _check_jpeg2000_series(node, example_ct_dicom)
+    finally:
+        server.shutdown()
+
+
+def _check_jpeg2000_series(node: NodeSettings, example_ct_dicom: Path) -> None:
     files = sorted(example_ct_dicom.iterdir())
     output = storescu(node, *files, extra=("-xv",))
     assert "Failed" not in output, output
@@ -97,9 +115,12 @@ def test_vendor_jpeg2000_series_is_stored_unchanged(node: ScpSettings, example_c
         received = pydicom.dcmread(path)
         assert received.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
         assert received.PixelData == sent.PixelData
+    index = Index(node.index_path)
+    assert len(index.query("SELECT * FROM instances")) == 20, "each instance is recorded before Success"
+    assert {r["calling_ae"] for r in index.query("SELECT calling_ae FROM instances")} == {"STORESCU"}
 
 
-def test_uid_with_path_characters_is_refused_and_lands_nowhere(node: ScpSettings, tmp_path: Path) -> None:
+def test_uid_with_path_characters_is_refused_and_lands_nowhere(node: NodeSettings, tmp_path: Path) -> None:
     g = axial_geometry(n_slices=2)
     paths = write_series(tmp_path / "evil", sample(block_phantom(), g), g, SeriesOptions())
     ds = pydicom.dcmread(paths[0])
@@ -114,9 +135,7 @@ def test_uid_with_path_characters_is_refused_and_lands_nowhere(node: ScpSettings
 
 
 def test_unknown_calling_ae_is_rejected(tmp_path: Path, example_ct_dicom: Path) -> None:
-    settings = ScpSettings(
-        port=free_port(), spool_dir=tmp_path / "spool", calling_ae_whitelist=("PACS",), min_free_mb=1
-    )
+    settings = NodeSettings(port=free_port(), data_dir=tmp_path / "data", allow_ae=("PACS",), min_free_mb=1)
     server = serve(settings, block=False)
     try:
         file = sorted(example_ct_dicom.iterdir())[0]
@@ -130,7 +149,7 @@ def test_unknown_calling_ae_is_rejected(tmp_path: Path, example_ct_dicom: Path) 
 
 
 def test_spool_below_reserve_answers_out_of_resources(tmp_path: Path, example_ct_dicom: Path) -> None:
-    settings = ScpSettings(port=free_port(), spool_dir=tmp_path / "spool", min_free_mb=10**9)
+    settings = NodeSettings(port=free_port(), data_dir=tmp_path / "data", min_free_mb=10**9)
     server = serve(settings, block=False)
     try:
         output = storescu(settings, sorted(example_ct_dicom.iterdir())[0], extra=("-xv",))
@@ -138,3 +157,23 @@ def test_spool_below_reserve_answers_out_of_resources(tmp_path: Path, example_ct
         assert spooled(settings) == []
     finally:
         server.shutdown()
+
+
+def test_both_receive_modes_record_the_same_digest(tmp_path: Path, example_ct_dicom: Path) -> None:
+    """The content digest (what decides "same instance re-sent") must not depend on the mode."""
+    file = sorted(example_ct_dicom.iterdir())[0]
+    digests = []
+    for stream in (True, False):
+        node = NodeSettings(
+            port=free_port(), data_dir=tmp_path / f"{stream}", min_free_mb=1, stream_to_disk=stream
+        )
+        server = serve(node, block=False)
+        try:
+            assert "Failed" not in storescu(node, file, extra=("-xv",))
+        finally:
+            server.shutdown()
+        [row] = Index(node.index_path).query("SELECT digest, path FROM instances")
+        path = Path(row["path"])
+        assert row["digest"] == digest_file(path, split_dataset(path)[1])
+        digests.append(row["digest"])
+    assert digests[0] == digests[1]

@@ -9,6 +9,8 @@ is wrong with it.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,8 @@ from workers.stack import SliceGeometry, StackGeometry, StackPolicy, build_stack
 from workers.volume import PatientInfo, Volume
 
 log = logging.getLogger(__name__)
+
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _floats(value: Any, n: int, what: str, where: str) -> tuple[float, ...]:
@@ -148,9 +152,16 @@ def load_dicom_series(candidate: SeriesCandidate, policy: StackPolicy) -> Volume
     dtype = np.int16 if all(rescale_is_integral(s, i) for s, i in slopes) else np.float32
     hu = np.empty(geometry.shape, dtype=dtype)
     fill = 0
-    for k, f in enumerate(ordered):
-        stored, ds = _decode_single(f, geometry)
-        fill += stored_to_hu(stored, *slopes[k], out=hu[k], padding_mask=_padding_mask(ds, stored))
+
+    def decode_into(k: int) -> int:
+        stored, ds = _decode_single(ordered[k], geometry)
+        return stored_to_hu(stored, *slopes[k], out=hu[k], padding_mask=_padding_mask(ds, stored))
+
+    # Decoders (openjpeg, CharLS, GDCM) release the GIL for most of their work, so threads
+    # decode compressed slices in parallel; each writes its own slice of the one array.
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        for count in pool.map(decode_into, range(len(ordered))):
+            fill += count
     volume = _volume(candidate, geometry, hu, ordered[0].header)
     volume.sop_instance_uids = [f.sop_instance_uid for f in ordered]
     volume.headers = [f.header for f in ordered]

@@ -37,21 +37,22 @@ class DicomFile:
         meta = getattr(self.header, "file_meta", None)
         return str(getattr(meta, "TransferSyntaxUID", "") or "")
 
-    @property
-    def sop_class_uid(self) -> str:
-        value = self.header.get("SOPClassUID") or ""
+    def _uid(self, keyword: str, meta_keyword: str) -> str:
+        """A UID from the dataset, or from the file meta information when the dataset's is empty
+        (some exports blank the dataset UIDs but keep the meta ones)."""
+        value = self.header.get(keyword) or ""
         if not value:
             meta = getattr(self.header, "file_meta", None)
-            value = getattr(meta, "MediaStorageSOPClassUID", "") or ""
+            value = getattr(meta, meta_keyword, "") or ""
         return str(value)
 
     @property
+    def sop_class_uid(self) -> str:
+        return self._uid("SOPClassUID", "MediaStorageSOPClassUID")
+
+    @property
     def sop_instance_uid(self) -> str:
-        value = self.header.get("SOPInstanceUID") or ""
-        if not value:
-            meta = getattr(self.header, "file_meta", None)
-            value = getattr(meta, "MediaStorageSOPInstanceUID", "") or ""
-        return str(value)
+        return self._uid("SOPInstanceUID", "MediaStorageSOPInstanceUID")
 
 
 @dataclass

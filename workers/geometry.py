@@ -80,6 +80,17 @@ class Orientation:
         inverse = np.argsort(self.order)
         return np.transpose(unflipped, inverse)
 
+    def canonical_to_stored_index(
+        self, points: npt.ArrayLike, stored_shape: tuple[int, ...]
+    ) -> npt.NDArray[np.float64]:
+        """Map (N, 3) canonical voxel indices (may be fractional) to stored-order indices."""
+        canonical = np.atleast_2d(np.asarray(points, dtype=float))
+        stored = np.empty_like(canonical)
+        for axis, (source_axis, flipped) in enumerate(zip(self.order, self.flip, strict=True)):
+            values = canonical[:, axis]
+            stored[:, source_axis] = (stored_shape[source_axis] - 1 - values) if flipped else values
+        return stored
+
     def canonical_affine(self, affine: npt.NDArray[np.floating], shape: tuple[int, ...]) -> np.ndarray:
         """The voxel→LPS affine of the canonical view of an array of stored ``shape``."""
         a = np.asarray(affine, dtype=float)

@@ -1,41 +1,405 @@
-"""The analysis of one CT, top to bottom: load → find L3 → segment → measure → report.
+"""The analysis of one CT, top to bottom: load → find L3 → segment → measure → report → encode.
 
-``analyse(path, options)`` is a plain function (no Celery, no sockets), called by the
-``bodycomp analyze`` command and, later, by the Celery task.
+``analyse(path, options, out_dir)`` is a plain function (no Celery, no sockets), called by
+``bodycomp analyze`` and by the Celery task. It writes into ``out_dir``:
+
+* ``result.json`` — everything measured, with the inputs, presets, rule sets and QC verdict;
+* ``l3_qc.png`` — sagittal and coronal reformats with the vertebrae labelled (to check the level);
+* ``l3_labels.npy`` — the label image of the analysed slice in the source's own array order;
+* ``l3_overlay.png`` — the slice with the tissues in colour and the key numbers;
+* ``dicom/seg.dcm``, ``dicom/sr.dcm``, ``dicom/overlay.dcm`` — with ``write_dicom`` (DICOM input).
+
+Slice indices in the result are the *source's*: for NIfTI the index along the file's slice axis,
+for DICOM the 0-based position in the series sorted inferior → superior (with the SOP Instance UID).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from workers import __version__
+from workers.errors import InputError, NotInFieldOfViewError
+from workers.l3.engine import get_localiser
+from workers.l3.qc import render_l3_qc
+from workers.l3.result import L3Result
 from workers.load import load_series
+from workers.metrics import (
+    PatientInputs,
+    average_results,
+    compute_result,
+    tissue_stats,
+    waist_circumference_cm,
+)
+from workers.overlay import render_overlay
+from workers.presets import get_preset
+from workers.qc_status import assess
 from workers.report import describe
+from workers.rules import get_rule_set
 from workers.series_selection import SelectionPolicy
 from workers.stack import StackPolicy
+from workers.tissues.engine import TissueSegmentation, get_segmenter
+from workers.volume import CanonicalView, Volume
+
+log = logging.getLogger(__name__)
+
+#: Neighbouring slices given to the segmenter as 3-D context, each side.
+CONTEXT_SLICES = 2
+
+
+@dataclass(frozen=True)
+class PatientOverrides:
+    """Values a user types on the command line; they replace the DICOM header's."""
+
+    height_m: float | None = None
+    weight_kg: float | None = None
+    sex: str | None = None
 
 
 @dataclass(frozen=True)
 class AnalysisOptions:
     selection: SelectionPolicy = field(default_factory=SelectionPolicy)
     stack: StackPolicy = field(default_factory=StackPolicy)
+    localiser: str = "classical"
+    segmenter: str = "classical"
+    preset: str = "tomovision-l3@1"
+    rule_set: str = "martin2013@1"
+    slice_index: int | None = None
+    """Analyse this source slice instead of localising L3 (``--slice K``)."""
+    slices: int = 1
+    """Average the metrics over this many contiguous slices centred on L3 (``--slices N``)."""
+    patient: PatientOverrides = field(default_factory=PatientOverrides)
+    write_dicom: bool = False
+
+
+class StageTimer:
+    """Wall-clock seconds per pipeline stage, reported in result.json and by the benchmarks."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
 def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = None) -> dict[str, Any]:
-    """Analyse the CT at ``path``; write ``result.json`` into ``out_dir`` when given."""
-    volume = load_series(path, options.selection, options.stack)
+    """Analyse the CT at ``path``; write the outputs into ``out_dir`` when given.
+
+    Raises :class:`InputError` for unusable input and :class:`NotInFieldOfViewError` (after writing
+    a result with ``l3: null`` and the reason) when L3 is not covered.
+    """
+    preset = get_preset(options.preset)
+    rule_set = get_rule_set(options.rule_set)
+    if options.slices < 1:
+        raise InputError("--slices must be at least 1")
+    timer = StageTimer()
+    with timer.stage("load"):
+        volume = load_series(path, options.selection, options.stack)
+    if options.write_dicom:
+        _check_dicom_identity(volume)
+    view = volume.canonical()
     result: dict[str, Any] = {
         "bodycomp_version": __version__,
-        "status": "loaded",
+        "status": "running",
         "input": describe(volume),
-        "l3": None,
+        "hu_preset": preset.to_json(),
+        "rule_set": rule_set.to_json(),
     }
+    files: dict[str, str] = {}
     if out_dir is not None:
-        write_result(result, out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    with timer.stage("l3"):
+        l3 = _locate(volume, view, options)
+    if out_dir is not None and options.slice_index is None:
+        with timer.stage("l3_qc_picture"):
+            qc_path = render_l3_qc(
+                np.asarray(view.hu),
+                view.z_mm,
+                view.spacing_yx_mm,
+                l3,
+                out_dir / "l3_qc.png",
+                slice_label=lambda k: _slice_label(volume, k),
+            )
+        files["l3_qc_png"] = str(qc_path)
+    result["timings_s"] = timer.seconds
+    if not l3.found or l3.slice_index is None:
+        result["status"] = "l3_not_found"
+        result["l3"] = None
+        result["l3_search"] = l3.to_json()
+        result["reason"] = l3.reason or "L3 not found"
+        result["files"] = files
+        if out_dir is not None:
+            files["result_json"] = str(write_result(result, out_dir))
+        raise NotInFieldOfViewError(result["reason"])
+    result["l3"] = _l3_json(volume, l3, manual=options.slice_index is not None)
+
+    centre = l3.slice_index
+    half = (options.slices - 1) // 2
+    ks = [k for k in range(centre - half, centre - half + options.slices) if 0 <= k < volume.shape[0]]
+    if len(ks) != options.slices:
+        raise InputError(f"--slices {options.slices} does not fit around slice {centre}: the scan ends there")
+    segmenter = get_segmenter(options.segmenter)
+    with timer.stage("segment"):
+        segmentations = {
+            k: segmenter.segment(
+                np.asarray(view.hu[k]), view.spacing_yx_mm, preset, context=_context(view, k)
+            )
+            for k in ks
+        }
+    seg = segmentations[centre]
+    inputs = _patient_inputs(volume, options.patient)
+    measure_start = time.perf_counter()
+    per_slice = [
+        tissue_stats(np.asarray(view.hu[k]), segmentations[k].labels, view.spacing_yx_mm) for k in ks
+    ]
+    waists = [
+        waist_circumference_cm(np.asarray(view.hu[k]), segmentations[k].body_mask, view.spacing_yx_mm)
+        for k in ks
+    ]
+    truncated = any("fov_truncated" in segmentations[k].flags for k in ks)
+    if len(ks) == 1:
+        body = compute_result(
+            per_slice[0],
+            inputs,
+            preset=preset,
+            rule_set=rule_set,
+            waist_cm=waists[0],
+            fov_truncated=truncated,
+        )
+    else:
+        body = average_results(
+            per_slice, inputs, preset=preset, rule_set=rule_set, waists_cm=waists, fov_truncated=truncated
+        )
+    timer.seconds["measure"] = round(time.perf_counter() - measure_start, 4)
+    result.update(body.to_json())
+    result["slices"] = [_slice_json(volume, k) for k in ks]
+    result["segmentation"] = seg.to_json()
+    result["peritoneal_contour_mm"] = _contour_mm(view, centre, seg.peritoneal_contour_px)
+    qc = assess(
+        l3.flags,
+        None if options.slice_index is not None else l3.confidence,
+        [f for k in ks for f in segmentations[k].flags],
+        seg.qc_notes,
+        result["tissues"],
+        volume.flags,
+        volume.acquisition,
+        manual_slice=options.slice_index is not None,
+        input_flags=result["patient_inputs"].get("flags", []),
+    )
+    result["qc"] = qc.to_json()
+    result["status"] = qc.status
+
+    labels_source = _to_source_2d(volume, view, seg.labels)
+    with timer.stage("overlay_picture"):
+        overlay = render_overlay(
+            np.asarray(view.hu[centre]),
+            seg.labels,
+            view.spacing_yx_mm,
+            result,
+            None,
+            peritoneal_contour_px=seg.peritoneal_contour_px,
+        )
+    if out_dir is not None:
+        np.save(out_dir / "l3_labels.npy", labels_source)
+        files["l3_labels_npy"] = str(out_dir / "l3_labels.npy")
+        overlay.save(out_dir / "l3_overlay.png")
+        files["l3_overlay_png"] = str(out_dir / "l3_overlay.png")
+    if options.write_dicom:
+        if out_dir is None:
+            raise InputError("DICOM outputs need an output folder")
+        with timer.stage("encode_dicom"):
+            files.update(
+                _encode(
+                    volume,
+                    view,
+                    result,
+                    centre,
+                    seg,
+                    labels_source,
+                    np.asarray(overlay.convert("RGB")),
+                    out_dir / "dicom",
+                )
+            )
+    result["files"] = files
+    if out_dir is not None:
+        files["result_json"] = str(write_result(result, out_dir))
     return result
+
+
+def _check_dicom_identity(volume: Volume) -> None:
+    if volume.source_kind == "nifti":
+        raise InputError(
+            "--dicom needs DICOM input: a NIfTI file has no patient or study to attach results to"
+        )
+    if volume.source_kind == "dicom-multiframe":
+        raise InputError("--dicom is not yet supported for multi-frame (Enhanced) CT input")
+    if "missing_uids" in volume.flags or not volume.series or not volume.series.series_instance_uid:
+        raise InputError("--dicom needs the source's Study, Series and SOP Instance UIDs, which are missing")
+
+
+def _locate(volume: Volume, view: CanonicalView, options: AnalysisOptions) -> L3Result:
+    if options.slice_index is None:
+        localiser = get_localiser(options.localiser)
+        return localiser.locate(np.asarray(view.hu), view.z_mm, view.spacing_yx_mm)
+    matches = np.nonzero(volume.source_slice_index == options.slice_index)[0]
+    if matches.size == 0:
+        last = int(volume.source_slice_index.max())
+        raise InputError(f"--slice {options.slice_index} is outside the series (valid: 0..{last})")
+    k = int(matches[0])
+    return L3Result(
+        found=True,
+        engine="manual",
+        engine_version="",
+        slice_index=k,
+        z_mm=float(view.z_mm[k]),
+        confidence=1.0,
+        method="manual",
+        reason=None,
+    )
+
+
+def _context(view: CanonicalView, k: int) -> npt.NDArray[Any]:
+    lo, hi = max(0, k - CONTEXT_SLICES), min(view.hu.shape[0], k + CONTEXT_SLICES + 1)
+    return np.asarray(view.hu[lo:hi])
+
+
+def _patient_inputs(volume: Volume, overrides: PatientOverrides) -> PatientInputs:
+    header = volume.patient
+    sources: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for key, typed, stored in (
+        ("height_m", overrides.height_m, header.height_m),
+        ("weight_kg", overrides.weight_kg, header.weight_kg),
+        ("sex", overrides.sex, header.sex),
+    ):
+        if typed is not None:
+            values[key], sources[key] = typed, "command line"
+        elif stored is not None:
+            values[key], sources[key] = stored, header.source
+        else:
+            values[key] = None
+    return PatientInputs(
+        height_m=values["height_m"], weight_kg=values["weight_kg"], sex=values["sex"], sources=sources
+    )
+
+
+def _source_index(volume: Volume, k: int) -> int:
+    return int(volume.source_slice_index[k])
+
+
+def _slice_label(volume: Volume, k: int) -> str:
+    if volume.source_kind == "nifti":
+        return f"slice {_source_index(volume, k)}"
+    header = volume.headers[k] if volume.source_kind == "dicom" else None
+    number = header.get("InstanceNumber") if header is not None else None
+    return f"slice {k}" + (f" (instance {number})" if number not in (None, "") else "")
+
+
+def _slice_json(volume: Volume, k: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "slice_index": _source_index(volume, k),
+        "z_mm": round(float(volume.slice_z_mm()[k]), 2),
+    }
+    if volume.sop_instance_uids:
+        entry["sop_instance_uid"] = volume.sop_instance_uids[k]
+    if volume.frame_numbers:
+        entry["frame_number"] = volume.frame_numbers[k]
+    return entry
+
+
+def _l3_json(volume: Volume, l3: L3Result, manual: bool) -> dict[str, Any]:
+    assert l3.slice_index is not None
+    data = l3.to_json()
+    data.update(_slice_json(volume, l3.slice_index))
+    data["canonical_slice_index"] = l3.slice_index
+    if l3.body_range is not None:
+        ends = sorted(_source_index(volume, k) for k in l3.body_range)
+        data["body_range"] = ends
+    data["manual"] = manual
+    return data
+
+
+def _contour_mm(view: CanonicalView, k: int, contour_px: npt.NDArray[np.float64]) -> list[list[float]]:
+    """Canonical (row, col) points of slice ``k`` → patient LPS mm."""
+    if contour_px is None or len(contour_px) == 0:
+        return []
+    index = np.column_stack(
+        [
+            np.full(len(contour_px), k, dtype=float),
+            contour_px[:, 0],
+            contour_px[:, 1],
+            np.ones(len(contour_px)),
+        ]
+    )
+    points = (view.affine @ index.T)[:3].T
+    return np.round(points, 2).tolist()
+
+
+def _to_source_2d(volume: Volume, view: CanonicalView, image: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """A canonical 2-D slice image back in the source's own array order."""
+    stored = view.orientation.from_canonical(image[None, ...])
+    return np.ascontiguousarray(stored[0])
+
+
+def _contour_source_px(
+    volume: Volume, view: CanonicalView, k: int, contour_px: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64] | None:
+    if contour_px is None or len(contour_px) == 0:
+        return None
+    canonical = np.column_stack([np.full(len(contour_px), k, dtype=float), contour_px])
+    stored = view.orientation.canonical_to_stored_index(canonical, volume.shape)
+    result: npt.NDArray[np.float64] = stored[:, 1:3]
+    return result
+
+
+def _encode(
+    volume: Volume,
+    view: CanonicalView,
+    result: dict[str, Any],
+    k: int,
+    seg: TissueSegmentation,
+    labels_source: npt.NDArray[np.uint8],
+    overlay_rgb: npt.NDArray[np.uint8],
+    folder: Path,
+) -> dict[str, str]:
+    from workers.encode import EncodeInput, encode_all
+    from workers.encode.uids import OutputIdentity
+
+    assert volume.series is not None
+    slices = [s["sop_instance_uid"] for s in result["slices"]]
+    identity = OutputIdentity.build(
+        volume.series.series_instance_uid,
+        slices,
+        __version__,
+        result["hu_preset"]["id"],
+        result["rule_set"]["id"],
+    )
+    data = EncodeInput(
+        source_slices=[volume.headers[k]],
+        labels=labels_source[None].astype(np.uint8),
+        result=result,
+        overlay_rgb=overlay_rgb,
+        identity=identity,
+        version=__version__,
+        peritoneal_contour_px=_contour_source_px(volume, view, k, seg.peritoneal_contour_px),
+    )
+    paths = encode_all(data).write(folder)
+    return {f"dicom_{name}": str(path) for name, path in paths.items()}
 
 
 def write_result(result: dict[str, Any], out_dir: Path) -> Path:

@@ -97,3 +97,33 @@ def format_text(volume: Volume) -> str:
         lines.append("Flags: " + ", ".join(volume.flags))
     lines += [f"Note: {n}" for n in volume.notes]
     return "\n".join(lines)
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    """What ``bodycomp analyze`` prints: a few lines to check at a glance (result.json has all)."""
+    lines = [f"status: {result.get('status')}"]
+    l3 = result.get("l3") or {}
+    if l3:
+        lines.append(
+            f"L3: slice {l3.get('slice_index')} at z = {l3.get('z_mm')} mm, "
+            f"confidence {l3.get('confidence')}, method {l3.get('method')}"
+        )
+    for key, name in (("skeletal_muscle", "muscle"), ("imat", "IMAT"), ("vat", "VAT"), ("sat", "SAT")):
+        tissue = result.get("tissues", {}).get(key)
+        if tissue:
+            mean = tissue.get("mean_hu")
+            shown = "n/a" if mean is None else f"{mean:.1f}"
+            lines.append(f"  {name:7s} {tissue['area_cm2']:7.1f} cm²   mean {shown} HU")
+    metrics = result.get("metrics", {})
+    smi = metrics.get("smi_cm2_m2")
+    reason = metrics.get("reasons", {}).get("smi_cm2_m2", "no height")
+    lsmm = metrics.get("lsmm", {})
+    lines.append(
+        ("SMI: not computable (" + str(reason) + ")" if smi is None else f"SMI: {smi} cm²/m²")
+        + f"; low skeletal muscle mass: {lsmm.get('value')} ({lsmm.get('rule_set')})"
+    )
+    lines += [f"review: {reason}" for reason in result.get("qc", {}).get("reasons", [])]
+    files = result.get("files", {})
+    if "result_json" in files:
+        lines.append(f"written: {files['result_json']} and the pictures beside it")
+    return "\n".join(lines)

@@ -4,11 +4,23 @@ BINARY, uncompressed, one frame per segment per analysed CT slice, pixel-aligned
 instance (the label image is already in the source's own pixel grid, so nothing is resampled and
 nothing can be flipped). ``omit_empty_frames=False`` keeps a frame for every segment even when a
 tissue is absent, so viewers and the SR's frame references see a regular layout.
+
+BINARY frames are packed 1 bit per pixel with no padding between frames. When a frame's pixel
+count is not a multiple of 8 (or its width is not: e.g. a 101 × 122 slice), frames no longer start
+on byte boundaries and the SEG cannot be shown in OHIF over DICOMweb: OHIF 3.13's parser (dcmjs)
+rejects the pad byte that makes the Pixel Data even-length ("calculated length … does not match
+the actual length"), and its per-frame fallback fails because Orthanc cannot cut such frames out
+("Bad number of columns for a black-and-white image"). Found by tests/test_viewer_ohif.py. For
+those grids only, the SEG is FRACTIONAL with Fractional Type OCCUPANCY and values 0 or the maximum
+(8 bits per pixel): the same masks, which OHIF reads as "pseudo-binary" and 3D Slicer thresholds.
+Clinical matrices (512 × 512, 768 × 768, …) stay BINARY.
 """
 
 from __future__ import annotations
 
 import highdicom as hd
+import numpy as np
+import numpy.typing as npt
 from pydicom.sr.codedict import codes
 
 from workers.encode.codes import TISSUES, coding_scheme_identification
@@ -26,8 +38,23 @@ def algorithm_identification(version: str, preset: str) -> hd.AlgorithmIdentific
     )
 
 
+def byte_aligned(rows: int, columns: int) -> bool:
+    """True when 1-bit frames of this size start and end on byte boundaries, row by row."""
+    return columns % 8 == 0 and (rows * columns) % 8 == 0
+
+
+def _pixels(data: EncodeInput) -> tuple[npt.NDArray[np.generic], hd.seg.SegmentationTypeValues]:
+    """The label image as BINARY, or as a one-hot OCCUPANCY stack for grids 1-bit frames cannot fit."""
+    rows, columns = data.labels.shape[1:]
+    if byte_aligned(rows, columns):
+        return data.labels, hd.seg.SegmentationTypeValues.BINARY
+    numbers = np.array([t.label for t in TISSUES], dtype=data.labels.dtype)
+    one_hot = (data.labels[..., None] == numbers[None, None, None, :]).astype(np.uint8)
+    return one_hot, hd.seg.SegmentationTypeValues.FRACTIONAL
+
+
 def build_segmentation(data: EncodeInput) -> hd.seg.Segmentation:
-    preset = str(data.result.get("preset", {}).get("id", data.identity.preset))
+    preset = str(data.result.get("hu_preset", {}).get("id", data.identity.preset))
     algorithm = algorithm_identification(data.version, preset)
     descriptions = [
         hd.seg.SegmentDescription(
@@ -44,10 +71,12 @@ def build_segmentation(data: EncodeInput) -> hd.seg.Segmentation:
         )
         for t in TISSUES
     ]
+    pixels, segmentation_type = _pixels(data)
     seg = hd.seg.Segmentation(
         source_images=list(data.source_slices),
-        pixel_array=data.labels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=pixels,
+        segmentation_type=segmentation_type,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
         segment_descriptions=descriptions,
         series_instance_uid=data.identity.series_uid("seg"),
         series_number=data.series_number(1),

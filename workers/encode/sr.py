@@ -9,6 +9,23 @@ Two groups per tissue, on purpose:
   measurements with spatial coordinates, and only in this form yields live, labelled
   measurements.
 
+OHIF 3.13 reads a TID 1500 report only if *every* measurement it assembles has spatial
+coordinates: a group without any (a SEG-only group, a group of derived numbers) makes its SR loader
+fail on ``coords[0]`` and the whole viewer falls into its error page (found by
+tests/test_viewer_ohif.py). OHIF assembles measurements by Tracking Unique Identifier, so the two
+groups of a tissue share one Tracking UID (the segment's, also in the SEG): OHIF merges them into
+one measurement that has the outline, and Slicer still finds the segment reference. The OHIF group
+comes first (OHIF takes the first Tracking Identifier, and only the Cornerstone one can be
+"hydrated" into live measurements) and carries the mean HU as well as the area, both inferred from
+the outline, so both values reach OHIF's labels. The SEG-referencing group cannot carry SCOORDs
+itself (TID 1410 forbids coordinates under its measurements). The derived numbers that were
+measured on the image (SMI, VAT/SAT, IMAT %, body perimeter) are inferred from the outline of the
+analysed cross-section (all tissues), which gives that group coordinates too.
+
+Note that once hydrated, OHIF *recomputes* area and mean from the polygon it draws (the outline of
+the largest piece of the tissue): those live numbers are not the report's; the report's values are
+the ones in the measurement labels and in Slicer.
+
 A derived group (TID 1501) holds SMI, BMI, VAT/SAT ratio, IMAT %, the body perimeter, the patient
 inputs used and the qualitative evaluations (low skeletal muscle mass, myosteatosis) with the
 rule set as the method. A value that cannot be computed is stated as such (see :class:`_Group`), never
@@ -130,6 +147,21 @@ def _segment_frame(seg: hd.seg.Segmentation, segment_number: int, ct_uid: str) -
     raise ValueError(f"SEG has no frame for segment {segment_number} on {ct_uid}")
 
 
+def _region(data: EncodeInput, mask: Any) -> list[hd.sr.CoordinatesForMeasurement] | None:
+    """The outline of ``mask`` on the analysed CT image, as TID 300 "inferred from" coordinates."""
+    outline = largest_outline(mask)
+    if outline is None:
+        return None
+    central = data.central
+    return [
+        hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=to_scoord(outline),
+            source_image=hd.sr.SourceImageForRegion(str(central.SOPClassUID), str(central.SOPInstanceUID)),
+        )
+    ]
+
+
 def _tissue_groups(
     data: EncodeInput, seg: hd.seg.Segmentation, algorithm: hd.sr.AlgorithmIdentification
 ) -> list[Any]:
@@ -138,10 +170,27 @@ def _tissue_groups(
     l3 = [hd.sr.FindingSite(c.L3_VERTEBRA)]
     tissues: Mapping[str, Any] = data.result.get("tissues", {})
     groups: list[Any] = []
+    cross_section = _region(data, data.labels[data.central_index] > 0)
     for tissue in c.TISSUES:
         values = tissues.get(tissue.key, {})
         area, mean, sd = (_number(values.get(k)) for k in ("area_cm2", "mean_hu", "sd_hu"))
         empty = "no pixels of this tissue"
+        region = _region(data, data.labels[data.central_index] == tissue.label) or cross_section
+        tracking_uid = data.identity.uid(f"tracking/{tissue.key}")
+        if region is not None and (area is not None or mean is not None):
+            outlined = _Group()
+            outlined.add(c.AREA, area, c.UNIT_CM2, sites=l3, coordinates=region)
+            outlined.add(c.ATTENUATION, mean, c.UNIT_HU, derivation=c.MEAN, sites=l3, coordinates=region)
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=OHIF_FREEHAND),
+                    finding_type=tissue.type,
+                    finding_sites=l3,
+                    algorithm_id=algorithm,
+                    measurements=outlined.measurements,
+                    qualitative_evaluations=outlined.missing or None,
+                )
+            )
         group = _Group()
         group.add(c.AREA, area, c.UNIT_CM2, sites=l3, reason="tissue not measured")
         group.add(c.ATTENUATION, mean, c.UNIT_HU, derivation=c.MEAN, sites=l3, reason=empty)
@@ -156,7 +205,7 @@ def _tissue_groups(
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=data.identity.uid(f"tracking/{tissue.key}"), identifier=f"L3 {tissue.short}"
+                    uid=tracking_uid, identifier=f"L3 {tissue.short}"
                 ),
                 referenced_segment=reference,
                 finding_type=tissue.type,
@@ -164,33 +213,6 @@ def _tissue_groups(
                 algorithm_id=algorithm,
                 measurements=group.measurements,
                 qualitative_evaluations=group.missing or None,
-            )
-        )
-        outline = largest_outline(data.labels[data.central_index] == tissue.label)
-        if outline is None or area is None:
-            continue
-        coordinates = hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=to_scoord(outline),
-            source_image=hd.sr.SourceImageForRegion(ct_class, ct_uid),
-        )
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=data.identity.uid(f"ohif/{tissue.key}"), identifier=OHIF_FREEHAND
-                ),
-                finding_type=tissue.type,
-                finding_sites=l3,
-                algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=c.AREA,
-                        value=area,
-                        unit=c.UNIT_CM2,
-                        finding_sites=l3,
-                        referenced_coordinates=[coordinates],
-                    )
-                ],
             )
         )
     contour = data.peritoneal_contour_px
@@ -222,20 +244,55 @@ def _tissue_groups(
     return groups
 
 
+def patient_inputs(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Height, weight, sex actually used (after plausibility checks) and where they came from."""
+    raw: Mapping[str, Any] = result.get("patient_inputs", {})
+    used: dict[str, Any] = {}
+    sources = []
+    for key in ("height_m", "weight_kg", "sex"):
+        entry = raw.get(key, {})
+        value = entry.get("value") if isinstance(entry, Mapping) else entry
+        used[key] = value
+        if isinstance(entry, Mapping) and entry.get("source") and value is not None:
+            sources.append(str(entry["source"]))
+    used["source"] = ", ".join(sorted(set(sources))) or "none"
+    return used
+
+
 def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) -> Any:
     metrics: Mapping[str, Any] = data.result.get("metrics", {})
-    patient: Mapping[str, Any] = data.result.get("patient", {})
+    patient = patient_inputs(data.result)
     rule_set = str(data.result.get("rule_set", {}).get("id", data.identity.rule_set))
     l3 = [hd.sr.FindingSite(c.L3_VERTEBRA)]
     height, weight = _number(patient.get("height_m")), _number(patient.get("weight_kg"))
     no_height = "height not recorded or implausible" if height is None else "not available"
     no_weight = "weight not recorded" if weight is None else no_height
+    section = _region(data, data.labels[data.central_index] > 0)
     group = _Group()
-    group.add(c.SMI, _number(metrics.get("smi_cm2_m2")), c.UNIT_CM2_PER_M2, sites=l3, reason=no_height)
-    group.add(c.BMI, _number(metrics.get("bmi")), c.UNIT_KG_PER_M2, reason=no_weight)
-    group.add(c.VAT_SAT_RATIO, _number(metrics.get("vat_sat_ratio")), c.UNIT_RATIO, sites=l3, reason="no SAT")
     group.add(
-        c.IMAT_PERCENT, _number(metrics.get("imat_percent")), c.UNIT_PERCENT, sites=l3, reason="no muscle"
+        c.SMI,
+        _number(metrics.get("smi_cm2_m2")),
+        c.UNIT_CM2_PER_M2,
+        sites=l3,
+        reason=no_height,
+        coordinates=section,
+    )
+    group.add(c.BMI, _number(metrics.get("bmi")), c.UNIT_KG_PER_M2, reason=no_weight)
+    group.add(
+        c.VAT_SAT_RATIO,
+        _number(metrics.get("vat_sat_ratio")),
+        c.UNIT_RATIO,
+        sites=l3,
+        reason="no SAT",
+        coordinates=section,
+    )
+    group.add(
+        c.IMAT_PERCENT,
+        _number(metrics.get("imat_percent")),
+        c.UNIT_PERCENT,
+        sites=l3,
+        reason="no muscle",
+        coordinates=section,
     )
     group.add(
         c.WAIST,
@@ -243,6 +300,7 @@ def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) 
         c.UNIT_CM,
         sites=l3,
         reason="body outline truncated",
+        coordinates=section,
     )
     group.add(c.BODY_HEIGHT, height, c.UNIT_M, reason="not recorded")
     group.add(c.BODY_WEIGHT, weight, c.UNIT_KG, reason="not recorded")
@@ -266,7 +324,10 @@ def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) 
         ),
         hd.sr.QualitativeEvaluation(
             name=c.private("INPUTSRC", "Source of height, weight and sex"),
-            value=c.private(source.upper().replace("-", "")[:16] or "NONE", f"Patient inputs from {source}"),
+            value=c.private(
+                "".join(ch for ch in source.upper() if ch.isalnum())[:16] or "NONE",
+                f"Patient inputs from {source}",
+            ),
         ),
     ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(

@@ -1,0 +1,479 @@
+"""The node's memory: an embedded SQLite index of what was received, analysed and sent.
+
+Tables: ``studies``, ``series``, ``instances`` (every received instance, its spool path and a
+SHA-256 of its bytes), ``jobs`` (one analysis of one series at one input hash) and ``outbox``
+(one result file × one destination, with its delivery attempts).
+
+Why SQLite: a PACS administrator gets one file to back up and inspect, transactions make "the
+instance is on disk *and* recorded" one step that survives a crash, and nothing needs a server.
+The database runs in WAL mode with ``synchronous=FULL`` (a commit is on disk before the SCP answers
+Success) and a busy timeout, so ``bodycomp status`` in another process can read while the node
+writes. Only the node process writes (workers hand their outcomes back through files in the
+results folder, see :mod:`node.results`), so SQLite is never shared over a network file system.
+
+Idempotence lives here: a re-sent identical instance (same SOP Instance UID, same bytes) changes
+nothing but the study's last-received time, so it cannot change an input hash or start an
+analysis; a job is unique per (series, input hash); an outbox row is unique per (SOP Instance
+UID, destination), so a task that runs twice still yields one delivery per result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    calling_ae TEXT NOT NULL,
+    patient_id TEXT NOT NULL DEFAULT '',
+    study_date TEXT NOT NULL DEFAULT '',
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    changed INTEGER NOT NULL DEFAULT 1,
+    state TEXT NOT NULL DEFAULT 'received',
+    reason TEXT NOT NULL DEFAULT '',
+    input_hash TEXT NOT NULL DEFAULT '',
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    modality TEXT NOT NULL DEFAULT '',
+    series_number TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    series_uid TEXT NOT NULL,
+    input_hash TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result_dir TEXT NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    enqueued REAL,
+    started REAL,
+    finished REAL,
+    UNIQUE (series_uid, input_hash)
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    study_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL,
+    created REAL NOT NULL,
+    delivered REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    UNIQUE (sop_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_try);
+"""
+
+#: Job states, in the order a job goes through them (``superseded``: a newer input replaced it).
+JOB_STATES = ("queued", "running", "done", "failed", "superseded")
+#: Study states: ``received`` (instances arriving), ``stable`` (idle, being dispatched), then the
+#: state of its jobs (``queued``/``running``/``done``/``failed``), or ``ignored`` (nothing to analyse).
+STUDY_STATES = ("received", "stable", "queued", "running", "done", "failed", "ignored")
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the SCP knows about one received instance (UIDs, never patient names)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    path: Path
+    size: int
+    digest: str
+    calling_ae: str
+    modality: str = ""
+    series_number: str = ""
+    description: str = ""
+    patient_id: str = ""
+    study_date: str = ""
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_file(path: Path, offset: int = 0) -> str:
+    """SHA-256 of a file from ``offset`` (the dataset after its File Meta Information)."""
+    h = hashlib.sha256()
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        for block in iter(lambda: handle.read(1024 * 1024), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_hash(pairs: Iterable[tuple[str, str]]) -> str:
+    """Hash of a set of (SOP Instance UID, content digest): order-free, changes with any instance."""
+    h = hashlib.sha256()
+    for sop, digest in sorted(pairs):
+        h.update(f"{sop}:{digest}\n".encode())
+    return h.hexdigest()
+
+
+class Index:
+    """The SQLite index; one connection guarded by a lock, shared by the node's threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self.transaction() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: writers queue here, never deadlock later)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, tuple(params)))
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def record_instance(self, rec: InstanceRecord, now: float | None = None) -> str:
+        """Record a durably stored instance; return ``new``, ``duplicate`` or ``replaced``.
+
+        A duplicate (same SOP Instance UID and digest) only refreshes the study's last-received
+        time: the study stays as it was, so nothing is analysed again.
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            old = db.execute("SELECT digest FROM instances WHERE sop_uid=?", (rec.sop_uid,)).fetchone()
+            outcome = "new" if old is None else "duplicate" if old["digest"] == rec.digest else "replaced"
+            db.execute(
+                """INSERT INTO studies (study_uid, calling_ae, patient_id, study_date, first_received,
+                       last_received, changed, state, updated)
+                   VALUES (?, ?, ?, ?, ?, ?, 1, 'received', ?)
+                   ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received""",
+                (rec.study_uid, rec.calling_ae, rec.patient_id, rec.study_date, now, now, now),
+            )
+            db.execute(
+                """INSERT INTO series (series_uid, study_uid, modality, series_number, description)
+                   VALUES (?, ?, ?, ?, ?) ON CONFLICT(series_uid) DO NOTHING""",
+                (rec.series_uid, rec.study_uid, rec.modality, rec.series_number, rec.description),
+            )
+            if outcome == "duplicate":
+                return outcome
+            db.execute(
+                """INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, path, size,
+                       digest, calling_ae, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(sop_uid) DO UPDATE SET path=excluded.path, size=excluded.size,
+                       digest=excluded.digest, calling_ae=excluded.calling_ae, received=excluded.received""",
+                (
+                    rec.sop_uid,
+                    rec.series_uid,
+                    rec.study_uid,
+                    rec.sop_class_uid,
+                    str(rec.path),
+                    rec.size,
+                    rec.digest,
+                    rec.calling_ae,
+                    now,
+                ),
+            )
+            db.execute(
+                """UPDATE studies SET changed=1, state='received', reason='', calling_ae=?, updated=?
+                   WHERE study_uid=?""",
+                (rec.calling_ae, now, rec.study_uid),
+            )
+        return outcome
+
+    def study_hash(self, study_uid: str) -> str:
+        rows = self.query("SELECT sop_uid, digest FROM instances WHERE study_uid=?", (study_uid,))
+        return input_hash((r["sop_uid"], r["digest"]) for r in rows)
+
+    def series_hash(self, series_uid: str) -> str:
+        rows = self.query("SELECT sop_uid, digest FROM instances WHERE series_uid=?", (series_uid,))
+        return input_hash((r["sop_uid"], r["digest"]) for r in rows)
+
+    def study(self, study_uid: str) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM studies WHERE study_uid=?", (study_uid,))
+        return rows[0] if rows else None
+
+    # -- stability and dispatch ------------------------------------------------------------------
+
+    def changed_studies(self) -> list[sqlite3.Row]:
+        """Studies with instances not yet considered by a dispatch decision."""
+        return self.query("SELECT * FROM studies WHERE changed=1 ORDER BY last_received")
+
+    def set_study_state(self, study_uid: str, state: str, reason: str = "") -> None:
+        """Record a dispatch decision, unless an instance arrived meanwhile (then the study is
+        ``received`` again and waits for its next stable period)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE studies SET state=?, reason=?, updated=? WHERE study_uid=? AND changed=0",
+                (state, reason, time.time(), study_uid),
+            )
+
+    def claim_stable_study(self, study_uid: str, last_received: float) -> str | None:
+        """Mark a study ``stable`` if nothing arrived since ``last_received``; return its hash."""
+        digest = self.study_hash(study_uid)
+        with self.transaction() as db:
+            cursor = db.execute(
+                """UPDATE studies SET state='stable', changed=0, input_hash=?, updated=?
+                   WHERE study_uid=? AND changed=1 AND last_received=?""",
+                (digest, time.time(), study_uid, last_received),
+            )
+            return digest if cursor.rowcount == 1 else None
+
+    def reopen_interrupted_dispatches(self) -> int:
+        """At start-up: a study claimed ``stable`` whose dispatch a crash interrupted is looked at
+        again (creating its jobs is idempotent, so finishing a half-done dispatch is safe)."""
+        with self.transaction() as db:
+            cursor = db.execute("UPDATE studies SET changed=1, state='received' WHERE state='stable'")
+            return int(cursor.rowcount)
+
+    def create_job(
+        self, study_uid: str, series_uid: str, digest: str, result_dir: str, calling_ae: str
+    ) -> tuple[int, bool]:
+        """Create the job for (series, input hash) unless it exists; return (id, created).
+
+        Older jobs of the same series are marked ``superseded`` and their undelivered results
+        cancelled: the PACS should get the analysis of the complete series, not both.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE series_uid=? AND input_hash=?", (series_uid, digest)
+            ).fetchone()
+            if row is not None:
+                return int(row["id"]), False
+            cursor = db.execute(
+                """INSERT INTO jobs (study_uid, series_uid, input_hash, state, result_dir, calling_ae,
+                       created) VALUES (?, ?, ?, 'queued', ?, ?, ?)""",
+                (study_uid, series_uid, digest, result_dir, calling_ae, now),
+            )
+            job_id = int(cursor.lastrowid or 0)
+            old = [
+                int(r["id"])
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE series_uid=? AND id<>? AND state<>'superseded'",
+                    (series_uid, job_id),
+                )
+            ]
+            for old_id in old:
+                db.execute(
+                    "UPDATE jobs SET state='superseded', reason=? WHERE id=?",
+                    (f"superseded by job {job_id}", old_id),
+                )
+                db.execute(
+                    "UPDATE outbox SET state='cancelled', last_error=? WHERE job_id=? AND state='pending'",
+                    (f"superseded by job {job_id}", old_id),
+                )
+            return job_id, True
+
+    def mark_enqueued(self, job_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET enqueued=? WHERE id=?", (time.time(), job_id))
+
+    def job(self, job_id: int) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return rows[0] if rows else None
+
+    def open_jobs(self) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        allowed = {"state", "reason", "attempts", "started", "finished", "enqueued"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"cannot update job fields {sorted(set(fields) - allowed)}")
+        names = ", ".join(f"{k}=?" for k in fields)
+        with self.transaction() as db:
+            db.execute(f"UPDATE jobs SET {names} WHERE id=?", (*fields.values(), job_id))
+
+    def refresh_study_state(self, study_uid: str) -> str:
+        """Derive the study's state from its current (not superseded) jobs."""
+        rows = self.query(
+            "SELECT state, reason FROM jobs WHERE study_uid=? AND state<>'superseded'", (study_uid,)
+        )
+        study = self.study(study_uid)
+        if study is None or not rows or study["changed"] or study["state"] in ("received", "ignored"):
+            return str(study["state"]) if study is not None else ""
+        states = {r["state"] for r in rows}
+        for state in ("running", "queued", "failed"):
+            if state in states:
+                break
+        else:
+            state = "done"
+        reason = "; ".join(r["reason"] for r in rows if r["state"] == "failed" and r["reason"])
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE studies SET state=?, reason=?, updated=? WHERE study_uid=? AND changed=0",
+                (state, reason, time.time(), study_uid),
+            )
+        return state
+
+    def instance_paths(self, series_uid: str) -> list[str]:
+        return [r["path"] for r in self.query("SELECT path FROM instances WHERE series_uid=?", (series_uid,))]
+
+    # -- outbox ----------------------------------------------------------------------------------
+
+    def add_outbox(
+        self,
+        job_id: int,
+        study_uid: str,
+        items: Iterable[tuple[str, str, str]],
+        destinations: Iterable[str],
+    ) -> int:
+        """Queue each (path, SOP Instance UID, SOP Class UID) for each destination; return new rows."""
+        now = time.time()
+        added = 0
+        dests = list(destinations)
+        with self.transaction() as db:
+            for path, sop_uid, sop_class in items:
+                for dest in dests:
+                    cursor = db.execute(
+                        """INSERT INTO outbox (job_id, study_uid, path, sop_uid, sop_class_uid,
+                               destination, next_try, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                           ON CONFLICT(sop_uid, destination) DO NOTHING""",
+                        (job_id, study_uid, path, sop_uid, sop_class, dest, now, now),
+                    )
+                    added += cursor.rowcount
+        return added
+
+    def due_outbox(self, now: float | None = None, limit: int = 500) -> list[sqlite3.Row]:
+        now = time.time() if now is None else now
+        return self.query(
+            "SELECT * FROM outbox WHERE state='pending' AND next_try<=? ORDER BY next_try, id LIMIT ?",
+            (now, limit),
+        )
+
+    def next_outbox_time(self) -> float | None:
+        rows = self.query("SELECT MIN(next_try) AS t FROM outbox WHERE state='pending'")
+        return float(rows[0]["t"]) if rows and rows[0]["t"] is not None else None
+
+    def outbox_delivered(self, row_id: int, note: str = "") -> None:
+        with self.transaction() as db:
+            db.execute(
+                """UPDATE outbox SET state='delivered', delivered=?, attempts=attempts+1, last_error=?
+                   WHERE id=?""",
+                (time.time(), note, row_id),
+            )
+
+    def outbox_failed(self, row_id: int, error: str, next_try: float | None) -> None:
+        """Record a failed attempt; ``next_try`` None dead-letters the row."""
+        with self.transaction() as db:
+            if next_try is None:
+                db.execute(
+                    """UPDATE outbox SET state='dead', attempts=attempts+1, last_error=?
+                       WHERE id=? AND state='pending'""",
+                    (error, row_id),
+                )
+            else:
+                db.execute(
+                    """UPDATE outbox SET attempts=attempts+1, last_error=?, next_try=?
+                       WHERE id=? AND state='pending'""",
+                    (error, next_try, row_id),
+                )
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def recent_studies(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent studies with their jobs and delivery counts, newest first (for ``status``)."""
+        studies = self.query("SELECT * FROM studies ORDER BY last_received DESC LIMIT ?", (limit,))
+        out = []
+        for s in studies:
+            uid = s["study_uid"]
+            counts = self.query(
+                """SELECT COUNT(*) AS n, COUNT(DISTINCT series_uid) AS series FROM instances
+                   WHERE study_uid=?""",
+                (uid,),
+            )[0]
+            jobs = self.query("SELECT * FROM jobs WHERE study_uid=? ORDER BY id", (uid,))
+            outbox = self.query(
+                "SELECT state, COUNT(*) AS n FROM outbox WHERE study_uid=? GROUP BY state", (uid,)
+            )
+            out.append(
+                {
+                    "study_uid": uid,
+                    "calling_ae": s["calling_ae"],
+                    "state": s["state"],
+                    "reason": s["reason"],
+                    "instances": counts["n"],
+                    "series": counts["series"],
+                    "first_received": s["first_received"],
+                    "last_received": s["last_received"],
+                    "input_hash": s["input_hash"],
+                    "jobs": [
+                        {
+                            "id": j["id"],
+                            "series_uid": j["series_uid"],
+                            "state": j["state"],
+                            "reason": j["reason"],
+                            "attempts": j["attempts"],
+                            "input_hash": j["input_hash"],
+                            "result_dir": j["result_dir"],
+                        }
+                        for j in jobs
+                    ],
+                    "outbox": {r["state"]: r["n"] for r in outbox},
+                }
+            )
+        return out
+
+    def outbox_rows(self, study_uid: str | None = None) -> list[sqlite3.Row]:
+        if study_uid is None:
+            return self.query("SELECT * FROM outbox ORDER BY id")
+        return self.query("SELECT * FROM outbox WHERE study_uid=? ORDER BY id", (study_uid,))
+
+    def done_jobs(self) -> list[sqlite3.Row]:
+        return self.query(
+            """SELECT jobs.*, studies.patient_id, studies.study_date FROM jobs
+               JOIN studies USING (study_uid) WHERE jobs.state='done' ORDER BY jobs.id"""
+        )

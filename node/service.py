@@ -1,0 +1,237 @@
+"""``bodycomp serve``: the SCP, the scheduler, the sender and (by default) a worker, together.
+
+Threads in the node process:
+
+* the SCP (pynetdicom's server threads, one per association): spool + index, nothing else;
+* the scheduler: every tick (1 s, or at once when an association ends) it claims the studies idle
+  for ``stable_seconds`` and dispatches them (:mod:`node.dispatch`), records worker outcomes
+  (:mod:`node.results`) and re-publishes jobs a dead worker dropped;
+* the sender: delivers the due outbox rows (:mod:`node.sender`).
+
+With the embedded broker (or ``embedded_workers`` > 0) the node also starts ``bodycomp worker``
+child processes, restarts them if they die, and stops them on shutdown; they die with the node
+even when it is killed (Linux parent-death signal). With Redis or RabbitMQ the workers are
+separate ``bodycomp worker`` processes, on this host or others sharing the data directory.
+
+Shutdown (SIGTERM or Ctrl-C): stop accepting associations (in-flight C-STOREs finish: every file
+is written under a temporary name and renamed, so none is half-written), stop the threads, give
+the workers time to finish their analysis (Celery's warm shutdown), then close the index. On the
+next start, studies that became stable meanwhile are dispatched, open jobs re-published and the
+undelivered results resent: all of that state is in the index.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from node.config import Settings
+from node.dispatch import dispatch_study
+from node.index import Index
+from node.results import collect, republish
+from node.scp import serve as start_scp
+from node.sender import deliver_due
+from node.stability import Wakeup, claim_stable_studies
+from workers.app import configure_app
+
+log = logging.getLogger("bodycomp.node")
+
+TICK_SECONDS = 1.0
+
+
+def _die_with_parent() -> None:
+    """In a child: ask Linux to send SIGTERM when the node dies, so no worker is orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_command(settings: Settings, config_path: str | None) -> list[str]:
+    node = settings.node
+    command = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "worker",
+        "--data-dir",
+        str(node.data_dir),
+        "--broker-url",
+        node.effective_broker_url,
+    ]
+    if config_path:
+        command += ["--config", config_path]
+    return command
+
+
+class Node:
+    """The running node: start it, then :meth:`wait` or :meth:`stop`."""
+
+    def __init__(self, settings: Settings, config_path: str | None = None) -> None:
+        self.settings = settings
+        self.node = settings.node
+        self.config_path = config_path
+        self.stopping = threading.Event()
+        self.wakeup = Wakeup()
+        self.send_wakeup = Wakeup()
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.threads: list[threading.Thread] = []
+        self.server: Any = None
+        self.index: Index | None = None
+        self.last_restart = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        node = self.node
+        for sub in ("spool", "results"):
+            (node.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        self.index = Index(node.index_path)
+        interrupted = self.index.reopen_interrupted_dispatches()
+        if interrupted:
+            log.warning("event=dispatch_resumed studies=%d", interrupted)
+        configure_app(
+            node.effective_broker_url,
+            time_limit=node.task_time_limit,
+            max_tasks_per_child=node.max_tasks_per_child,
+            concurrency=node.concurrency,
+            queue=node.queue,
+        )
+        for _ in range(node.workers_to_start):
+            self._start_worker()
+        republished = republish(self.index, node, self.publish, everything=node.broker_is_embedded)
+        pending = len(self.index.changed_studies())
+        log.warning(
+            "event=node_started broker=%s workers=%d republished_jobs=%d studies_waiting=%d destinations=%s",
+            "embedded" if node.broker_is_embedded else node.broker_url.split("://")[0],
+            node.workers_to_start,
+            republished,
+            pending,
+            ",".join(node.destinations) or "none",
+        )
+        self.server = start_scp(
+            node,
+            block=False,
+            index=self.index,
+            on_released=self.wakeup.poke,
+        )
+        for name, target in (("scheduler", self._scheduler), ("sender", self._sender)):
+            thread = threading.Thread(target=target, name=f"bodycomp-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def wait(self) -> None:
+        while not self.stopping.wait(1.0):
+            pass
+
+    def stop(self, worker_grace: float = 20.0) -> None:
+        if self.stopping.is_set() and self.server is None:
+            return
+        self.stopping.set()
+        log.warning("event=node_stopping")
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self.wakeup.poke()
+        self.send_wakeup.poke()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # Celery warm shutdown: finish the running task
+        deadline = time.monotonic() + worker_grace
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()  # its task is not acknowledged: it runs again after the restart
+                proc.wait()
+        if self.index is not None:
+            self.index.close()
+        log.warning("event=node_stopped")
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    def publish(self, spec: dict[str, Any]) -> None:
+        from workers.tasks import analyse_series
+
+        analyse_series.apply_async(
+            args=[spec],
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1, "interval_max": 2},
+        )
+
+    def _start_worker(self) -> None:
+        command = worker_command(self.settings, self.config_path)
+        proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
+        log.info("event=worker_started pid=%d", proc.pid)
+        self.workers.append(proc)
+
+    def _supervise_workers(self) -> None:
+        """Restart a worker that died (at most every 10 s, so a broken set-up does not spin)."""
+        if time.monotonic() - self.last_restart < 10:
+            return
+        for i, proc in enumerate(self.workers):
+            code = proc.poll()
+            if code is not None and not self.stopping.is_set():
+                self.last_restart = time.monotonic()
+                log.error("event=worker_exited pid=%d code=%s (restarting)", proc.pid, code)
+                command = worker_command(self.settings, self.config_path)
+                self.workers[i] = subprocess.Popen(command, preexec_fn=_die_with_parent)
+
+    def tick(self) -> None:
+        """One scheduler round (a plain method, so tests and a debugger can step through it)."""
+        assert self.index is not None
+        node = self.node
+        for study in claim_stable_studies(self.index, node.stable_seconds):
+            log.info("event=study_stable study=%s hash=%s", study.study_uid, study.input_hash[:16])
+            try:
+                dispatch_study(study, self.index, node, self.settings.selection, self.publish)
+            except Exception:
+                log.exception("event=dispatch_error study=%s", study.study_uid)
+                self.index.set_study_state(study.study_uid, "failed", "dispatch error (see the log)")
+        if collect(self.index, node):
+            self.send_wakeup.poke()
+        republish(self.index, node, self.publish)
+        self._supervise_workers()
+
+    def _scheduler(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("event=scheduler_error")
+            self.wakeup.wait(TICK_SECONDS)
+
+    def _sender(self) -> None:
+        assert self.index is not None
+        while not self.stopping.is_set():
+            try:
+                deliver_due(self.index, self.node)
+            except Exception:
+                log.exception("event=sender_error")
+            self.send_wakeup.wait(TICK_SECONDS)
+
+
+def run(settings: Settings, config_path: str | None = None) -> int:
+    """Run the node until SIGTERM/SIGINT; return the exit code."""
+    node = Node(settings, config_path)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        node.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        node.start()
+        node.wait()
+    finally:
+        node.stop()
+    return 0

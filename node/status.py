@@ -1,0 +1,166 @@
+"""What an operator asks the node: ``status``, ``export --csv`` and ``echo``.
+
+``status`` and ``export`` open the index read-only in their own process (WAL mode lets them read
+while the node writes). ``export`` writes one row per analysed study for researchers: study and
+patient identifiers (the CSV is PHI; the logs never are), the analysed series and the scalar
+values of its ``result.json`` flattened to dotted column names, so new metrics and flags of the
+analysis appear as new columns without a change here.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.config import ConfigError, NodeSettings, parse_destination
+from node.index import Index
+
+
+def _open(node: NodeSettings) -> Index:
+    if not node.index_path.exists():
+        raise ConfigError(f"no node index at {node.index_path} (wrong --data-dir?)")
+    return Index(node.index_path)
+
+
+def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:
+    index = _open(node)
+    try:
+        counts = {
+            r["state"]: r["n"] for r in index.query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")
+        }
+        outbox = {
+            r["state"]: r["n"] for r in index.query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
+        }
+        dead = [
+            {"sop_uid": r["sop_uid"], "destination": r["destination"], "error": r["last_error"]}
+            for r in index.query("SELECT * FROM outbox WHERE state='dead' ORDER BY id DESC LIMIT 20")
+        ]
+        return {
+            "data_dir": str(node.data_dir),
+            "studies_by_state": counts,
+            "outbox_by_state": outbox,
+            "dead_letters": dead,
+            "studies": index.recent_studies(limit),
+        }
+    finally:
+        index.close()
+
+
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_status(report: dict[str, Any]) -> str:
+    def counts(key: str) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(report[key].items())) or "none"
+
+    lines = [
+        f"data directory {report['data_dir']}",
+        f"studies: {counts('studies_by_state')}",
+        f"results to send: {counts('outbox_by_state')}",
+        "",
+    ]
+    for s in report["studies"]:
+        sent = ", ".join(f"{k} {v}" for k, v in sorted(s["outbox"].items())) or "-"
+        lines.append(
+            f"{_when(s['last_received'])}  {s['state']:<8} {s['study_uid']}  from {s['calling_ae']}  "
+            f"{s['instances']} instances/{s['series']} series  results: {sent}"
+        )
+        if s["reason"]:
+            lines.append(f"    reason: {s['reason']}")
+        for j in s["jobs"]:
+            extra = f" ({j['reason']})" if j["reason"] else ""
+            lines.append(
+                f"    job {j['id']}: {j['state']}{extra}, series {j['series_uid']}, attempts {j['attempts']}"
+            )
+    for d in report["dead_letters"]:
+        lines.append(f"dead letter: {d['sop_uid']} to {d['destination']}: {d['error']}")
+    return "\n".join(lines)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Scalars of a nested JSON value as ``a.b.c`` columns; lists of scalars joined with ``;``."""
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(value, list):
+        if all(not isinstance(v, (dict, list)) for v in value):
+            out[prefix] = ";".join("" if v is None else str(v) for v in value)
+    else:
+        out[prefix] = value
+    return out
+
+
+EXPORT_FIRST = ["study_uid", "patient_id", "study_date", "series_uid", "job_id", "calling_ae", "analysed"]
+
+
+def export_rows(index: Index, data_dir: Path) -> list[dict[str, Any]]:
+    """The latest done job of each study, with its result.json flattened (``input`` left out)."""
+    latest: dict[str, sqlite3.Row] = {}
+    for job in index.done_jobs():
+        latest[job["study_uid"]] = job
+    rows = []
+    for job in latest.values():
+        row: dict[str, Any] = {
+            "study_uid": job["study_uid"],
+            "patient_id": job["patient_id"],
+            "study_date": job["study_date"],
+            "series_uid": job["series_uid"],
+            "job_id": job["id"],
+            "calling_ae": job["calling_ae"],
+            "analysed": _when(job["finished"]),
+        }
+        try:
+            result = json.loads((data_dir / job["result_dir"] / "out" / "result.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            result = {}
+        if isinstance(result, dict):
+            result.pop("input", None)
+            row.update(flatten(result))
+        rows.append(row)
+    return rows
+
+
+def export_csv(node: NodeSettings, target: Path) -> int:
+    index = _open(node)
+    try:
+        rows = export_rows(index, node.data_dir)
+    finally:
+        index.close()
+    extra = sorted({k for r in rows for k in r} - set(EXPORT_FIRST))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=EXPORT_FIRST + extra, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+def echo(target: str, calling_ae: str, timeout: float = 10.0) -> tuple[bool, str]:
+    """C-ECHO ``AE@HOST:PORT``; return (success, a line for the operator)."""
+    dest = parse_destination(target)
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        why = "rejected the association" if assoc.is_rejected else "did not answer"
+        return False, f"C-ECHO {dest}: failed ({dest.host}:{dest.port} {why})"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    code = int(status.Status) if status and "Status" in status else None
+    if code == 0:
+        return True, f"C-ECHO {dest}: success"
+    return False, f"C-ECHO {dest}: failed (status {code})"

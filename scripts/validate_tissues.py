@@ -1,0 +1,410 @@
+#!/usr/bin/env python
+"""Validate the tissue segmenter on the shared example CT against the TotalSegmentator masks.
+
+Why: the issue's accuracy targets (Dice SM ≥ 0.90, SAT ≥ 0.95, VAT ≥ 0.85 vs torso_fat, on every
+slice of example_ct_sm below the diaphragm) must be reproducible by anyone. The reference masks
+are model output on the crop example_ct[:, :, 82:112]; the same HU windows are applied to them.
+"Below the diaphragm" = crop slices without any lung label (10-14) in example_seg.nii.gz.
+
+Usage: python scripts/validate_tissues.py [--doc docs/validation-tissues.md] [--png DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel
+import numpy as np
+import numpy.typing as npt
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workers.metrics import compute_result, tissue_stats, waist_circumference_cm  # noqa: E402
+from workers.presets import get_preset  # noqa: E402
+from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter  # noqa: E402
+
+DATA = Path("/work/shared/data/example_ct")
+CT = DATA / "example_ct.nii.gz"
+SM_DIR = DATA / "labels/example_ct_sm"
+CROP_OFFSET = 82
+SPACING = (3.0, 3.0)
+LUNG_LABELS = (10, 11, 12, 13, 14)
+L3_SLICE = 74
+
+
+def canonical(vol: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """RAS [i, j, k] -> [z, y (A→P), x (R→L)]."""
+    return np.ascontiguousarray(vol.transpose(2, 1, 0)[:, ::-1, ::-1])
+
+
+def load_ct() -> npt.NDArray[np.int16]:
+    return canonical(np.asarray(nibabel.load(str(CT)).dataobj)).astype(np.int16)
+
+
+def load_reference() -> dict[str, npt.NDArray[np.bool_]]:
+    d = SM_DIR / "example_seg_tissue_types"
+    return {
+        n: canonical(np.asarray(nibabel.load(str(d / f"{n}.nii.gz")).dataobj)) > 0
+        for n in ("skeletal_muscle", "subcutaneous_fat", "torso_fat")
+    }
+
+
+def below_diaphragm_crop_slices() -> list[int]:
+    seg = canonical(np.asarray(nibabel.load(str(SM_DIR / "example_seg.nii.gz")).dataobj))
+    return [k for k in range(seg.shape[0]) if not np.isin(seg[k], LUNG_LABELS).any()]
+
+
+def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def evaluate(preset_id: str = "tomovision-l3@1", png_dir: Path | None = None) -> dict[str, Any]:
+    hu = load_ct()
+    ref = load_reference()
+    preset = get_preset(preset_id)
+    seg = get_segmenter("classical")
+    rows = []
+    for c in below_diaphragm_crop_slices():
+        k = c + CROP_OFFSET
+        sl = hu[k]
+        t0 = time.perf_counter()
+        out = seg.segment(sl, SPACING, preset)
+        dt = time.perf_counter() - t0
+        r_sm = ref["skeletal_muscle"][c] & preset.sm.contains(sl)
+        r_sat = ref["subcutaneous_fat"][c] & preset.sat.contains(sl)
+        r_vat = ref["torso_fat"][c] & preset.vat.contains(sl)
+        px = SPACING[0] * SPACING[1] / 100.0
+        row = {"crop_slice": c, "ct_slice": k, "seconds": dt, "flags": out.flags}
+        for key, lab, r in (("sm", LABEL_SM, r_sm), ("sat", LABEL_SAT, r_sat), ("vat", LABEL_VAT, r_vat)):
+            m = out.labels == lab
+            row[f"dice_{key}"] = dice(m, r)
+            row[f"area_{key}"] = float(m.sum() * px)
+            row[f"ref_{key}"] = float(r.sum() * px)
+        rows.append(row)
+        if png_dir is not None:
+            _debug_png(sl, out.labels, r_sm, r_sat, r_vat, png_dir / f"val_{k}.png", out)
+    return {"preset": preset_id, "rows": rows}
+
+
+def _debug_png(
+    sl: npt.NDArray[Any],
+    labels: npt.NDArray[np.uint8],
+    r_sm: npt.NDArray[np.bool_],
+    r_sat: npt.NDArray[np.bool_],
+    r_vat: npt.NDArray[np.bool_],
+    path: Path,
+    out: Any,
+) -> None:
+    """Side by side: ours (left) and reference (right), 4x nearest, with the peritoneal line."""
+    from PIL import Image, ImageDraw
+
+    g = np.clip((sl.astype(np.float32) + 160) / 400 * 255, 0, 255)
+    cols = {LABEL_SM: (230, 60, 60), LABEL_SAT: (240, 220, 0), LABEL_VAT: (0, 200, 0), 2: (0, 160, 255)}
+
+    def paint(masks: dict[int, npt.NDArray[np.bool_]]) -> Image.Image:
+        rgb = np.stack([g, g, g], -1)
+        for lab, m in masks.items():
+            rgb[m] = 0.5 * rgb[m] + 0.5 * np.array(cols[lab])
+        return Image.fromarray(rgb.astype(np.uint8)).resize((sl.shape[1] * 4, sl.shape[0] * 4), Image.NEAREST)
+
+    ours = paint({lab: labels == lab for lab in (1, 2, 3, 4)})
+    d = ImageDraw.Draw(ours)
+    for cont, col in ((out.peritoneal_contour_px, (255, 0, 255)), (out.wall_outer_contour_px, (0, 255, 255))):
+        if len(cont):
+            pts = [(float(c) * 4 + 2, float(r) * 4 + 2) for r, c in cont]
+            d.line([*pts, pts[0]], fill=col, width=1)
+    theirs = paint({LABEL_SM: r_sm, LABEL_SAT: r_sat, LABEL_VAT: r_vat})
+    both = Image.new("RGB", (ours.width * 2, ours.height))
+    both.paste(ours, (0, 0))
+    both.paste(theirs, (ours.width, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    both.save(path)
+
+
+def l3_summary() -> dict[str, Any]:
+    from workers.metrics import PatientInputs
+
+    hu = load_ct()
+    sl = hu[L3_SLICE]
+    preset = get_preset()
+    out = get_segmenter("classical").segment(sl, SPACING, preset)
+    stats = tissue_stats(sl, out.labels, SPACING)
+    waist = waist_circumference_cm(sl, out.body_mask, SPACING)
+    res = compute_result(
+        stats, PatientInputs(), preset=preset, waist_cm=waist, fov_truncated="fov_truncated" in out.flags
+    )
+    return {"result": res.to_json(), "flags": out.flags, "notes": out.qc_notes, "waist_raw_cm": waist}
+
+
+def _phantom_rows() -> list[dict[str, Any]]:
+    """Area/HU errors on the synthetic phantoms (same cases as tests/test_tissues_phantom.py)."""
+    from tests.phantoms import make_abdomen, make_concentric
+
+    seg = get_segmenter("classical")
+    p = get_preset()
+    rows = []
+    cases: list[tuple[str, Any, dict[str, Any]]] = [
+        ("concentric 0.8 mm", make_concentric, {}),
+        ("concentric 0.8 mm noise 10", make_concentric, {"noise_sd": 10.0, "seed": 3}),
+        ("concentric irregular noise 8", make_concentric, {"irregular": True, "noise_sd": 8.0, "seed": 4}),
+        ("concentric 0.6x0.95 mm", make_concentric, {"spacing_yx_mm": (0.6, 0.95)}),
+        ("abdomen 0.8 mm", make_abdomen, {}),
+        ("abdomen irregular noise 10", make_abdomen, {"irregular": True, "noise_sd": 10.0, "seed": 2}),
+        ("abdomen 0.7x0.9 mm", make_abdomen, {"spacing_yx_mm": (0.7, 0.9)}),
+        ("abdomen 0.6 mm 640x640", make_abdomen, {"spacing_yx_mm": (0.6, 0.6), "shape": (640, 640)}),
+        ("abdomen obese (SAT 45 mm)", make_abdomen, {"sat_mm": 45.0}),
+        ("abdomen contrast-enhanced", make_abdomen, {"enhanced": True, "noise_sd": 10.0, "seed": 5}),
+        ("abdomen ascites 12 mm", make_abdomen, {"ascites_mm": 12.0, "noise_sd": 10.0, "seed": 6}),
+    ]
+    for name, fn, kw in cases:
+        ph = fn(**kw)
+        out = seg.segment(ph.hu, ph.spacing_yx_mm, p)
+        st = tissue_stats(ph.hu, out.labels, ph.spacing_yx_mm)
+        row: dict[str, Any] = {"case": name}
+        for k in ("skeletal_muscle", "imat", "vat", "sat"):
+            truth = ph.truth_area_cm2[k]
+            ideal = ph.ideal_area[k]
+            row[k] = (
+                100.0 * (st[k].area_cm2 / truth - 1.0) if truth > 0 else float("nan"),
+                100.0 * (st[k].area_cm2 / ideal - 1.0) if ideal > 0 else float("nan"),
+                (st[k].mean_hu or float("nan")) - ph.ideal_mean_hu[k] if ideal > 0 else float("nan"),
+            )
+        rows.append(row)
+    return rows
+
+
+def write_doc(
+    path: Path,
+    res: dict[str, Any],
+    l3: dict[str, Any],
+    uniform: dict[str, Any],
+    phantoms: list[dict[str, Any]],
+) -> None:
+    rows = res["rows"]
+    lines: list[str] = []
+    add = lines.append
+    add("# Tissue segmentation: validation")
+    add("")
+    add(
+        "Generated by `python scripts/validate_tissues.py --doc docs/validation-tissues.md` "
+        "(numbers below are regenerated; the prose sections are part of the script's template)."
+    )
+    add("")
+    add(DOC_INTRO)
+    add("## Per-slice Dice and areas (preset tomovision-l3@1)")
+    add("")
+    add(
+        "Reference = TotalSegmentator `tissue_types` masks ∩ the same HU windows. Areas in cm²; "
+        "diff = ours/reference − 1."
+    )
+    add("")
+    add(
+        "| crop | ct | Dice SM | Dice SAT | Dice VAT | SM | ref SM | diff | SAT | ref SAT | diff "
+        "| VAT | ref VAT | diff |"
+    )
+    add("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+
+        def d(a: float, b: float) -> str:
+            return f"{100.0 * (a / b - 1.0):+.1f} %" if b else "n/a"
+
+        add(
+            f"| {r['crop_slice']} | {r['ct_slice']} | {r['dice_sm']:.3f} | {r['dice_sat']:.3f} | "
+            f"{r['dice_vat']:.3f} | {r['area_sm']:.1f} | {r['ref_sm']:.1f} | "
+            f"{d(r['area_sm'], r['ref_sm'])} | "
+            f"{r['area_sat']:.1f} | {r['ref_sat']:.1f} | {d(r['area_sat'], r['ref_sat'])} | "
+            f"{r['area_vat']:.1f} | {r['ref_vat']:.1f} | {d(r['area_vat'], r['ref_vat'])} |"
+        )
+    add("")
+    add("| tissue | target (every slice) | min Dice | mean Dice | slices ≥ target | reached |")
+    add("|---|---:|---:|---:|---:|---|")
+    for key, name, tgt in (("sm", "SM", 0.90), ("sat", "SAT", 0.95), ("vat", "VAT vs torso_fat", 0.85)):
+        v = [r[f"dice_{key}"] for r in rows]
+        ok = sum(x >= tgt for x in v)
+        add(
+            f"| {name} | {tgt:.2f} | {min(v):.3f} | {float(np.mean(v)):.3f} | {ok}/{len(v)} | "
+            f"{'yes' if min(v) >= tgt else '**no**'} |"
+        )
+    add("")
+    v_u = [r["dice_vat"] for r in uniform["rows"]]
+    s_u = [r["dice_sat"] for r in uniform["rows"]]
+    add(
+        f"With `uniform-fat@1` (all fat −190..−30, applied to both sides): VAT Dice min {min(v_u):.3f} / "
+        f"mean {float(np.mean(v_u)):.3f}; SAT min {min(s_u):.3f} / mean {float(np.mean(s_u)):.3f}. "
+        "The wider window adds the −50..−30 HU partial-volume pixels around organs and vessels, exactly "
+        "where our VAT already exceeds the reference."
+    )
+    add("")
+    add(DOC_DISAGREEMENT)
+    add("## Mid-L3 (example_ct slice 74)")
+    add("")
+    t = l3["result"]["tissues"]
+    m = l3["result"]["metrics"]
+    add("| tissue | area cm² | mean HU | SD HU | pixels |")
+    add("|---|---:|---:|---:|---:|")
+    for k in ("skeletal_muscle", "imat", "vat", "sat"):
+        add(f"| {k} | {t[k]['area_cm2']:.1f} | {t[k]['mean_hu']} | {t[k]['sd_hu']} | {t[k]['pixels']} |")
+    add("")
+    add(
+        f"QC flags: {', '.join(l3['flags']) or 'none'}. VAT/SAT ratio {m['vat_sat_ratio']}, IMAT "
+        f"{m['imat_percent']} % (of SM + IMAT). Body perimeter from the −500 HU contour: "
+        f"{l3['waist_raw_cm']:.1f} cm, reported as null because the field of view is truncated. "
+        "No height/weight/sex in a NIfTI: SMI, BMI and LSMM are null with a reason; myosteatosis "
+        f"(Martin, sex-independent) is `{m['myosteatosis']['status']}` because SM mean HU "
+        f"{t['skeletal_muscle']['mean_hu']} is below 33 HU, the lower of the two BMI cut-offs."
+    )
+    add("")
+    add(DOC_L3)
+    add("## Synthetic phantoms")
+    add("")
+    add(
+        "Error of our area vs the exact compartment area (truth) and vs the ideal (what a perfect "
+        "compartment segmentation measures after the window on the partial-volume pixels), and of our "
+        "mean HU vs the ideal mean. Tests require |area − truth| ≤ 1 % (concentric), |area − ideal| ≤ 1 % "
+        "(anatomical; IMAT ≤ 5 %), |mean − ideal| ≤ 1 HU (IMAT 2 HU)."
+    )
+    add("")
+    add("| case | SM truth / ideal / ΔHU | IMAT | VAT | SAT |")
+    add("|---|---|---|---|---|")
+    for r in phantoms:
+        cells = []
+        for k in ("skeletal_muscle", "imat", "vat", "sat"):
+            a, b, c = r[k]
+            cells.append("–" if np.isnan(b) else f"{a:+.2f} % / {b:+.2f} % / {c:+.2f}")
+        add(f"| {r['case']} | " + " | ".join(cells) + " |")
+    add("")
+    add(DOC_TAIL)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+DOC_INTRO = """\
+**What is compared.** example_ct (3 mm, unenhanced) crop slices 0-18 (= example_ct slices 82-100, L2 to
+T12; crop slices 19-29 contain lung and are excluded as "above the diaphragm"). The reference masks are
+TotalSegmentator model output, not manual truth, and they have their own conventions (listed below).
+Our engine is `classical@0.1`; nothing was trained on these slices, but its constants were chosen while
+looking at them (see *Risk of overfitting* below).
+"""
+
+DOC_DISAGREEMENT = """\
+## Where and why we differ (from the pictures)
+
+Debug pictures (ours left, reference right; SM red, IMAT blue, VAT green, SAT yellow; cyan = outer
+wall edge, magenta = peritoneal line) are written by `--png DIR`. Our SM area is 5-25 % *larger*
+than the reference on every slice (more false than missed muscle pixels); the causes, largest first:
+
+* **Kidney and crura next to the psoas (L1-L2).** The posterior muscle block is grown from the
+  vertebra through soft tissue. An unenhanced kidney (12-19 HU here) has the same density as this
+  patient's fatty muscle (~20 HU), so where its medial pole touches the psoas without a fat plane a
+  piece of kidney joins the block (e.g. ct slice 85, right). Thin bands hugging the vertebral body
+  (crura, vessels) are removed by a thickness test (≥ 12 mm), but thick crura at T12-L1 remain. The
+  reference counts neither kidney nor crura. In contrast-enhanced scans the organ test (smoothed HU
+  > paraspinal muscle + 30 HU) removes kidney, liver and spleen from the block.
+* **Lateral abdominal wall touching liver, spleen or colon (T12-L2).** Wall and unenhanced liver
+  have the same HU; the wall (1-2 pixels at 3 mm) is estimated from rays with an organ detector
+  (median-smoothed HU > 15 HU above the wall's own density) and a thin-wall prior. On the left
+  (colon, spleen) we are often one pixel too thick, on the right (liver) sometimes too thin.
+* **Block rim.** Along the front of the quadratus/psoas the reference's boundary is about one pixel
+  tighter (partial-volume pixels between muscle and perirenal fat). We keep the HU-window
+  convention: a pixel in the SM window inside the muscle outline is muscle.
+* **Front midline (linea alba).** Where gas-filled bowel touches the thin recti the outer wall edge
+  follows the rectus and is rebuilt over the midline from neighbouring rays, but at a few slices a
+  wedge of bowel wall under the linea alba is still called muscle and the preperitoneal fat above
+  it SAT (reference: torso fat).
+* **Skin and partial-volume rims (SAT).** The reference leaves out part of the outermost 1-2 pixels
+  of fat. We exclude a 2 mm skin band plus the next pixel ring when it is brighter than −50 HU
+  (≥ ~35 % skin); the reference excludes more of that ring. Matching it would mean dropping pixels
+  that are mostly fat, against the window convention of the key study, so SAT stays at 0.93-0.96.
+  Some reference errors are visible too: fat between the laminae next to the spinal canal is
+  labelled subcutaneous fat by the reference (ct slice 99).
+* **VAT.** Our VAT is 8-20 % larger than torso_fat ∩ window: partial-volume pixels around vessels
+  and bowel loops (HU −50..−70) and mottled stool that, at 3 mm, has no gas pixel below −400 HU
+  (our stool rule needs gas bubbles). Dice is still ≥ 0.85 on every slice.
+* **Bone.** Pixels touching dense bone and ≥ 20 HU brighter than muscle are bone partial volume, not
+  muscle; low-density (osteopenic) vertebral bodies are found from the midline profile (body = run
+  above 55 HU from the anterior cortex until the canal, gaps < 6 mm allowed) and made convex.
+
+**Second CT (example_ct_dicom, T11-T12, contrast-enhanced, arms down, 512×512 at 0.98 mm; no
+reference masks).** Looked at slices 2, 10 and 18: the right arm lying against the flank is cut off
+at the skin crease (watershed between trunk core and humerus) and flagged `arms_in_fov`; the
+enhanced aorta glued to the vertebra no longer displaces the vertebral body (midline taken from
+cortical bone); enhanced liver is kept out of the paraspinal block. Not checked against any truth.
+"""
+
+DOC_L3 = """\
+**Sanity argument for each number** (one patient, unenhanced, probably older, fatty muscle):
+
+* *SM area* ~135 cm²: typical adult L3 SMA is 100-200 cm² (men ~150-170, women ~110-130). Psoas,
+  quadratus, paraspinal muscles, the three lateral layers and the recti are coloured in the overlay;
+  kidneys, bowel, vessels and the vertebral body are not. Given the +5-25 % bias against the
+  reference on L1-L2 (see above), the reference model would probably report ~110-125 cm² here.
+* *SM mean HU* ~20 HU: low but consistent with the reference masks on L1-L2 of the same CT (median
+  17-21 HU inside the TotalSegmentator muscle mask) and with an unenhanced older patient (< 33 HU is
+  myosteatosis even for BMI ≥ 25 in Martin 2013).
+* *IMAT* ~5 cm² (3-4 % of SM + IMAT): fatty streaks inside the paraspinal muscles are visible.
+* *VAT* ~135 cm² and *SAT* ~200 cm²: both in the usual adult range (VAT 50-250, SAT 100-350 cm²);
+  VAT/SAT ≈ 0.7. VAT is probably 10 % high (see above); SAT is understated by a thin rim because the
+  left flank touches the image edge (flag `fov_truncated`), which is also why the waist is null.
+* *Waist* 108 cm (not reported because truncated): perimeter of the trunk outline at L3.
+"""
+
+DOC_TAIL = """\
+## Risk of overfitting and what generalises
+
+All sizes are in millimetres; the engine was checked at 0.6-1 mm on phantoms and on the L3 slice
+resampled to 512×512 (areas within a few percent of the 3 mm result). Constants chosen while looking
+at this CT: organ-contact HU deltas (15 HU wall, 30 HU block), skin partial-volume threshold
+(−50 HU), thin-wall prior percentile, posterior block depth (45 mm), psoas zone (30 mm) and psoas
+thickness (12 mm). They are anatomical or physical, not fitted per slice, but this is one patient.
+Not exercised on real data: ascites (a fluid detector stops wall rays where the median-smoothed HU
+is > 25 HU below the wall's own density but above −10 HU; phantom only), cachexia (phantom only),
+heavy metal artefacts (flag only), prone position, gantry tilt, children.
+
+## Speed
+
+`python bench/bench_tissues.py`, one core (taskset), 2-core VM: 512×512 phantom 0.29 s, example_ct L3
+resampled to 512×512 0.44 s (segmentation + metrics, median of 7), native 3 mm slice 0.06 s, overlay
+~12 ms. Work is done on the body's bounding box; morphology uses distance transforms.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="tomovision-l3@1")
+    ap.add_argument("--png", type=Path, default=None, help="write debug pictures here")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--doc", type=Path, default=None, help="write the validation markdown here")
+    args = ap.parse_args(argv)
+    res = evaluate(args.preset, args.png)
+    rows = res["rows"]
+    if args.json:
+        print(json.dumps(res, indent=1))
+    print(
+        f"{'crop':>4} {'ct':>3} {'dSM':>6} {'dSAT':>6} {'dVAT':>6} {'SM':>7} {'refSM':>7} {'SAT':>7} "
+        f"{'refSAT':>7} {'VAT':>7} {'refVAT':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['crop_slice']:>4} {r['ct_slice']:>3} {r['dice_sm']:6.3f} {r['dice_sat']:6.3f} "
+            f"{r['dice_vat']:6.3f}"
+            f" {r['area_sm']:7.1f} {r['ref_sm']:7.1f} {r['area_sat']:7.1f} {r['ref_sat']:7.1f}"
+            f" {r['area_vat']:7.1f} {r['ref_vat']:7.1f}"
+        )
+    for key in ("sm", "sat", "vat"):
+        v = [r[f"dice_{key}"] for r in rows]
+        print(f"{key}: min {min(v):.3f} mean {np.mean(v):.3f}")
+    if args.doc is not None:
+        write_doc(args.doc, res, l3_summary(), evaluate("uniform-fat@1"), _phantom_rows())
+        print(f"wrote {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Real peers for the node's integration tests: ``bodycomp serve``/``worker`` processes, DCMTK.
+
+No test functions here; the other ``test_node_*`` modules import these helpers. Everything runs on
+loopback with free ports, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydicom
+from pydicom.uid import generate_uid
+
+BODYCOMP = str(Path(sys.executable).with_name("bodycomp"))
+DCMTK = Path("/usr/bin")  # never the venv's pynetdicom apps of the same names
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, log: Path | None = None) -> T:
+    """Poll ``check`` until it returns a truthy value; fail with ``what`` (and the log) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+        time.sleep(0.25)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Proc:
+    """A child process with its log file."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, timeout: float = 40) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def start(args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BODYCOMP_")}
+    full_env.update(env or {})
+    with log.open("ab") as handle:
+        process = subprocess.Popen(list(args), stdout=handle, stderr=subprocess.STDOUT, env=full_env)
+    return Proc(process, log)
+
+
+@dataclass
+class NodeProc(Proc):
+    port: int
+    data_dir: Path
+    ae_title: str = "BODYCOMP"
+
+    def status(self) -> dict[str, Any]:
+        return status(self.data_dir)
+
+
+def start_node(
+    data_dir: Path,
+    *args: str,
+    port: int | None = None,
+    stable_seconds: float = 1.5,
+    env: dict[str, str] | None = None,
+    log_name: str = "serve.log",
+) -> NodeProc:
+    """``bodycomp serve`` (embedded broker unless ``--broker-url`` is in ``args``); wait until listening."""
+    port = port or free_port()
+    command = [
+        BODYCOMP,
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--ae-title",
+        "BODYCOMP",
+        "--stable-seconds",
+        str(stable_seconds),
+        *args,
+    ]
+    base = {"BODYCOMP_SEND_RETRY_SECONDS": "1", "BODYCOMP_SEND_RETRY_MAX_SECONDS": "2"}
+    proc = start(command, data_dir.parent / log_name, {**base, **(env or {})})
+    node = NodeProc(proc.process, proc.log, port, data_dir)
+    wait_for(
+        "bodycomp serve to listen", lambda: port_open(port) or node.process.poll() is not None, 30, node.log
+    )
+    assert node.process.poll() is None, node.text()
+    return node
+
+
+def start_worker(data_dir: Path, broker_url: str, log: Path, env: dict[str, str] | None = None) -> Proc:
+    return start(
+        [BODYCOMP, "worker", "--data-dir", str(data_dir), "--broker-url", broker_url], log, env or {}
+    )
+
+
+def status(data_dir: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        [BODYCOMP, "status", "--data-dir", str(data_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def study_status(data_dir: Path, study_uid: str) -> dict[str, Any] | None:
+    for study in status(data_dir)["studies"]:
+        if study["study_uid"] == study_uid:
+            return dict(study)
+    return None
+
+
+def storescu(port: int, files: Sequence[Path], calling: str = "STORESCU", called: str = "BODYCOMP") -> str:
+    """DCMTK storescu, one association for ``files``; returns its output (``-v``)."""
+    result = subprocess.run(
+        [str(DCMTK / "storescu"), "-v", "-xv", "-aet", calling, "-aec", called, "127.0.0.1", str(port)]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"TCP_NODELAY": "1"},
+    )
+    return result.stdout + result.stderr
+
+
+@contextmanager
+def storescp(out_dir: Path, ae_title: str = "DEST", port: int | None = None) -> Iterator[int]:
+    """DCMTK storescp writing what it receives into ``out_dir``; yields its port."""
+    port = port or free_port()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proc = start(
+        [str(DCMTK / "storescp"), "-aet", ae_title, "-od", str(out_dir), "--fork", str(port)],
+        out_dir.parent / f"storescp-{ae_title}.log",
+        {"TCP_NODELAY": "1"},
+    )
+    try:
+        wait_for("storescp to listen", lambda: port_open(port), 15, proc.log)
+        yield port
+    finally:
+        proc.stop(10)
+
+
+def received(out_dir: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(out_dir.iterdir()) if p.is_file()]
+
+
+def copy_study(src: Path, dst: Path, keep_sop: bool = False) -> tuple[list[Path], str]:
+    """Copy a series with a new StudyInstanceUID (and new series/SOP UIDs); return files, study UID."""
+    dst.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for path in sorted(src.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        if not keep_sop:
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out = dst / path.name
+        ds.save_as(out, enforce_file_format=True)
+        paths.append(out)
+    return paths, study

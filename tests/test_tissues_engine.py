@@ -1,0 +1,91 @@
+"""Segmenter interface, registry and overlay rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.phantoms import make_abdomen
+from workers.metrics import PatientInputs, compute_result, tissue_stats
+from workers.overlay import TISSUE_COLOURS, render_overlay
+from workers.presets import get_preset
+from workers.tissues.engine import (
+    TissueSegmentation,
+    TissueSegmenter,
+    available_segmenters,
+    get_segmenter,
+    register_segmenter,
+)
+
+
+class _Dummy:
+    name = "dummy"
+    version = "0"
+
+    def segment(self, hu, spacing_yx_mm, preset, context=None):  # type: ignore[no-untyped-def]
+        return TissueSegmentation(np.zeros(hu.shape, np.uint8), np.zeros((0, 2)), hu > -500)
+
+
+def test_registry_and_protocol() -> None:
+    seg = get_segmenter()
+    assert isinstance(seg, TissueSegmenter)
+    assert seg.name == "classical" and "classical" in available_segmenters()
+    register_segmenter("dummy", _Dummy)
+    assert isinstance(get_segmenter("dummy"), TissueSegmenter)
+    try:
+        get_segmenter("missing")
+    except KeyError as e:
+        assert "missing" in str(e)
+    else:  # pragma: no cover
+        raise AssertionError("expected KeyError")
+
+
+def test_output_contract_and_context_is_optional() -> None:
+    ph = make_abdomen(spacing_yx_mm=(1.0, 1.0), shape=(384, 384))
+    seg = get_segmenter()
+    ctx = np.stack([ph.hu, ph.hu, ph.hu])
+    a = seg.segment(ph.hu, ph.spacing_yx_mm, get_preset(), context=ctx)
+    b = seg.segment(ph.hu, ph.spacing_yx_mm, get_preset())
+    assert np.array_equal(a.labels, b.labels)
+    assert a.labels.dtype == np.uint8 and a.labels.shape == ph.hu.shape
+    c = a.peritoneal_contour_px
+    assert c.ndim == 2 and c.shape[1] == 2 and len(c) > 20
+    assert a.body_mask.dtype == bool
+    j = a.to_json()
+    assert j["segmenter"] == "classical@0.1" and j["hu_preset"] == "tomovision-l3@1"
+
+
+def test_uniform_fat_preset_changes_vat_only_window() -> None:
+    ph = make_abdomen(spacing_yx_mm=(1.0, 1.0), shape=(384, 384), noise_sd=25.0)
+    seg = get_segmenter()
+    t = tissue_stats(ph.hu, seg.segment(ph.hu, ph.spacing_yx_mm, get_preset()).labels, ph.spacing_yx_mm)
+    u = tissue_stats(
+        ph.hu, seg.segment(ph.hu, ph.spacing_yx_mm, get_preset("uniform-fat")).labels, ph.spacing_yx_mm
+    )
+    assert u["vat"].area_cm2 > t["vat"].area_cm2  # wider window, noisy fat
+    assert abs(u["sat"].area_cm2 - t["sat"].area_cm2) < 1e-9
+
+
+def test_overlay_renders_rgb_with_square_pixels(tmp_path: Path) -> None:
+    ph = make_abdomen(spacing_yx_mm=(0.6, 0.9), shape=(300, 400))
+    out = get_segmenter().segment(ph.hu, ph.spacing_yx_mm, get_preset())
+    st = tissue_stats(ph.hu, out.labels, ph.spacing_yx_mm)
+    summary = compute_result(st, PatientInputs(1.7, 60.0, "F")).to_json()
+    path = tmp_path / "o.png"
+    img = render_overlay(
+        ph.hu, out.labels, ph.spacing_yx_mm, summary, path, peritoneal_contour_px=out.peritoneal_contour_px
+    )
+    assert img.mode == "RGB" and path.exists()
+    again = Image.open(path)
+    assert again.size == img.size
+    # image part keeps the physical aspect ratio: 300*0.6 mm tall, 400*0.9 mm wide
+    arr = np.asarray(img)
+    assert img.height >= 300
+    body_cols = np.flatnonzero((arr[:, : img.width - 360].sum(axis=2) > 60).any(axis=0))
+    assert body_cols.size > 0
+    # all four tissue colours are blended into the picture
+    for col in TISSUE_COLOURS.values():
+        assert col in {tuple(int(v) for v in c) for c in [col]}
+    render_overlay(ph.hu, out.labels, ph.spacing_yx_mm, None, None)  # works without summary

@@ -1,0 +1,127 @@
+"""Real CT: Dice against the TotalSegmentator tissue masks of example_ct_sm (issue 5 targets).
+
+The reference masks are model output on example_ct[:, :, 82:112]; the same HU windows
+(tomovision-l3@1) are applied to them. Slices "below the diaphragm" = crop slices without a lung
+label in example_seg.nii.gz. Targets per slice: SM ≥ 0.90, SAT ≥ 0.95, VAT (vs torso_fat) ≥ 0.85.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from workers.metrics import PatientInputs, compute_result, tissue_stats, waist_circumference_cm
+from workers.presets import get_preset
+from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
+
+DATA = Path("/work/shared/data/example_ct")
+CROP = DATA / "labels/example_ct_sm"
+OFFSET = 82
+SPACING = (3.0, 3.0)
+
+pytestmark = pytest.mark.skipif(
+    not (DATA / "example_ct.nii.gz").exists(), reason="shared test CT not available"
+)
+
+
+def _canon(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    return np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, ::-1])
+
+
+@lru_cache(maxsize=1)
+def _data() -> tuple[npt.NDArray[np.int16], dict[str, npt.NDArray[np.bool_]], list[int]]:
+    import nibabel
+
+    hu = _canon(np.asarray(nibabel.load(str(DATA / "example_ct.nii.gz")).dataobj)).astype(np.int16)
+    tdir = CROP / "example_seg_tissue_types"
+    ref = {
+        n: _canon(np.asarray(nibabel.load(str(tdir / f"{n}.nii.gz")).dataobj)) > 0
+        for n in ("skeletal_muscle", "subcutaneous_fat", "torso_fat")
+    }
+    seg = _canon(np.asarray(nibabel.load(str(CROP / "example_seg.nii.gz")).dataobj))
+    below = [k for k in range(seg.shape[0]) if not np.isin(seg[k], (10, 11, 12, 13, 14)).any()]
+    return hu, ref, below
+
+
+def _dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+@lru_cache(maxsize=1)
+def _all_dice() -> dict[str, list[tuple[int, float]]]:
+    hu, ref, below = _data()
+    p = get_preset()
+    seg = get_segmenter()
+    out: dict[str, list[tuple[int, float]]] = {"sm": [], "sat": [], "vat": []}
+    for c in below:
+        sl = hu[c + OFFSET]
+        lab = seg.segment(sl, SPACING, p).labels
+        out["sm"].append((c, _dice(lab == LABEL_SM, ref["skeletal_muscle"][c] & p.sm.contains(sl))))
+        out["sat"].append((c, _dice(lab == LABEL_SAT, ref["subcutaneous_fat"][c] & p.sat.contains(sl))))
+        out["vat"].append((c, _dice(lab == LABEL_VAT, ref["torso_fat"][c] & p.vat.contains(sl))))
+    return out
+
+
+def test_below_diaphragm_slices_are_the_expected_ones() -> None:
+    _, _, below = _data()
+    assert below == list(range(19))  # example_ct slices 82-100 (lungs appear from crop slice 19)
+
+
+def _check(tissue: str, target: float) -> None:
+    worst = min(_all_dice()[tissue], key=lambda t: t[1])
+    assert worst[1] >= target, f"{tissue}: worst slice crop {worst[0]} Dice {worst[1]:.3f} < {target}"
+
+
+def test_dice_vat_vs_torso_fat() -> None:
+    _check("vat", 0.85)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "target not reached: SM Dice min 0.857 / mean 0.875 over crop slices 0-18 (classical@0.1); "
+        "kidney/crura next to psoas and organ contact of the thin lateral wall, "
+        "see docs/validation-tissues.md"
+    ),
+)
+def test_dice_skeletal_muscle() -> None:
+    _check("sm", 0.90)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "target not reached: SAT Dice min 0.929 / mean 0.945 (7/19 slices >= 0.95); the reference excludes "
+        "more skin/fat partial-volume pixels than the HU-window convention, see docs/validation-tissues.md"
+    ),
+)
+def test_dice_sat() -> None:
+    _check("sat", 0.95)
+
+
+def test_dice_floor_reached_so_far() -> None:
+    """Regression guard at the level reached (not the target): catches any change that makes it worse."""
+    _check("sm", 0.85)
+    _check("sat", 0.92)
+
+
+def test_l3_values_are_plausible() -> None:
+    """Mid-L3 (example_ct slice 74): areas in adult ranges, flags as expected (left flank at edge)."""
+    hu, _, _ = _data()
+    sl = hu[74]
+    out = get_segmenter().segment(sl, SPACING, get_preset())
+    st = tissue_stats(sl, out.labels, SPACING)
+    assert 80 < st["skeletal_muscle"].area_cm2 < 200
+    assert 50 < st["vat"].area_cm2 < 250 and 100 < st["sat"].area_cm2 < 350
+    assert st["imat"].area_cm2 < 0.2 * st["skeletal_muscle"].area_cm2
+    assert st["skeletal_muscle"].mean_hu is not None and 0 < st["skeletal_muscle"].mean_hu < 60
+    assert "fov_truncated" in out.flags  # skin touches the left image edge at L3 (data README)
+    assert {int(v) for v in np.unique(out.labels)} <= {0, LABEL_SM, LABEL_IMAT, LABEL_VAT, LABEL_SAT}
+    waist = waist_circumference_cm(sl, out.body_mask, SPACING)
+    res = compute_result(st, PatientInputs(), waist_cm=waist, fov_truncated=True).to_json()
+    assert res["metrics"]["waist_circumference_cm"] is None and res["metrics"]["smi_cm2_m2"] is None

@@ -1,0 +1,78 @@
+"""The Celery app: one queue of analyses, acknowledged late, one at a time per worker child.
+
+The broker comes from the node's settings (``broker_url``). The embedded default, used when none
+is configured, is kombu's SQLAlchemy transport on a SQLite file in the data directory
+(``sqla+sqlite:///DATA/broker.sqlite``), so ``bodycomp serve`` works on a bare machine. Why this
+one and not kombu's filesystem transport: the filesystem transport writes each message file in
+place, without a temporary name or fsync, so a worker polling at the wrong moment can read a
+half-written message, and a crash can leave one; SQLite makes enqueue and dequeue atomic and
+durable transactions. Neither virtual transport gives a message back when a worker's *main*
+process dies while holding it unacknowledged (only Redis' visibility timeout and RabbitMQ do), so
+the node does not rely on it: its index knows every job and re-publishes one that started and
+never finished (:mod:`node.results`). A killed worker *child* (out of memory, time limit) is
+covered by ``task_reject_on_worker_lost``, which requeues the message on every transport.
+
+Settings that matter for a hospital node, all set in :func:`configure_app`:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged after it ran, so a
+  worker that dies mid-analysis means the task runs again (idempotent: deterministic result UIDs,
+  outbox rows unique per SOP Instance UID and destination);
+* ``worker_prefetch_multiplier=1``: a worker reserves only the analysis it is running;
+* ``worker_max_tasks_per_child``: a fresh child process after N analyses releases its memory;
+* ``task_time_limit`` / ``task_soft_time_limit``: a stuck analysis ends as a failed job;
+* Redis ``visibility_timeout`` longer than the time limit, or Redis would hand a running task to
+  a second worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+QUEUE = "bodycomp.analyses"
+
+app = Celery("bodycomp", include=["workers.tasks"])
+
+
+def configure_app(
+    broker_url: str,
+    *,
+    time_limit: int = 1800,
+    max_tasks_per_child: int = 1,
+    concurrency: int = 1,
+    queue: str = QUEUE,
+) -> Celery:
+    """Point the app at ``broker_url`` and apply the reliability settings (see module docstring)."""
+    transport_options: dict[str, Any] = {}
+    if broker_url.startswith(("redis://", "rediss://")):
+        transport_options["visibility_timeout"] = time_limit + 600
+    if broker_url.startswith("sqla+sqlite:"):
+        transport_options["connect_args"] = {"timeout": 30}
+    embedded = broker_url.startswith("sqla+")
+    app.conf.update(
+        broker_url=broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_default_queue=queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=concurrency,
+        worker_max_tasks_per_child=max_tasks_per_child,
+        task_time_limit=time_limit,
+        task_soft_time_limit=max(1, time_limit - 60),
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        # The SQLAlchemy transport has no fanout exchange, which remote control needs.
+        worker_enable_remote_control=not embedded,
+        worker_send_task_events=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        enable_utc=True,
+    )
+    return app

@@ -1,0 +1,188 @@
+"""The one Celery task: analyse one series of one stable study. Thin on purpose.
+
+The node prepares a *job folder* under the data directory before it enqueues the task
+(``results/<study>/<series>/<input hash>/``)::
+
+    input/         hard links to exactly the instances of the job's input (a late or replaced
+                   instance in the spool cannot change what this job analyses)
+    job.json       the job: ids, UIDs, input hash
+    started.json   written here at the start of each attempt (attempt count, host, pid)
+    out/           what :func:`workers.pipeline.analyse` wrote: result.json, dicom/*.dcm, ...
+    outcome.json   written here last, atomically: done or failed, reason, the output files
+
+The task never touches the node's SQLite index: workers may run on other hosts that share only
+the data directory, and SQLite must not be shared over a network file system. The node reads
+``outcome.json`` and records it (:mod:`node.results`). Everything is idempotent: a job whose
+``outcome.json`` says done is not run again, and a rerun after a crash rewrites the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from workers.app import app
+from workers.errors import BodycompError
+from workers.pipeline import AnalysisOptions, analyse
+from workers.series_selection import SelectionPolicy
+from workers.stack import StackPolicy
+
+log = logging.getLogger("bodycomp.worker")
+
+STARTED, OUTCOME, JOB, INPUT, OUT = "started.json", "outcome.json", "job.json", "input", "out"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs besides the job: where the data directory is mounted, the policies."""
+
+    data_dir: Path = Path("var")
+    selection: SelectionPolicy = field(default_factory=SelectionPolicy)
+    stack: StackPolicy = field(default_factory=StackPolicy)
+    max_retries: int = 2
+    extra_options: dict[str, Any] = field(default_factory=dict)
+    """Further :class:`AnalysisOptions` fields (by name) when the pipeline offers them."""
+
+
+_config = WorkerConfig()
+
+
+def configure(config: WorkerConfig) -> None:
+    """Set the worker's configuration (``bodycomp worker`` calls this before starting Celery)."""
+    global _config
+    _config = config
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary name, fsync, rename): readers see all of it or nothing."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def analysis_options(config: WorkerConfig, series_uid: str) -> AnalysisOptions:
+    """The worker's policies, with selection pinned to the job's series."""
+    options = AnalysisOptions(
+        selection=dataclasses.replace(config.selection, series_instance_uid=series_uid),
+        stack=config.stack,
+    )
+    known = {f.name for f in dataclasses.fields(AnalysisOptions)}
+    extra = {k: v for k, v in config.extra_options.items() if k in known}
+    return dataclasses.replace(options, **extra) if extra else options
+
+
+def begin_attempt(job_dir: Path) -> int:
+    """Count this attempt in ``started.json`` (it survives a killed worker); return its number."""
+    previous = read_json(job_dir / STARTED) or {}
+    attempts = int(previous.get("attempts", 0)) + 1
+    write_json(
+        job_dir / STARTED,
+        {"attempts": attempts, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()},
+    )
+    return attempts
+
+
+def finish(job_dir: Path, state: str, reason: str, attempts: int, outputs: list[str]) -> dict[str, Any]:
+    outcome = {
+        "state": state,
+        "reason": reason,
+        "attempts": attempts,
+        "outputs": outputs,
+        "finished": time.time(),
+        "host": socket.gethostname(),
+    }
+    write_json(job_dir / OUTCOME, outcome)
+    return outcome
+
+
+def run_analysis(job_dir: Path, series_uid: str, config: WorkerConfig) -> list[str]:
+    """Analyse ``job_dir/input`` into a private folder, then rename it to ``job_dir/out``.
+
+    Returns the DICOM results (paths relative to ``job_dir``): whatever ``.dcm`` files the
+    analysis left in ``out/dicom/``. The rename makes ``out/`` appear complete or not at all.
+    """
+    work = job_dir / f".work-{uuid.uuid4().hex}"
+    try:
+        analyse(job_dir / INPUT, analysis_options(config, series_uid), out_dir=work)
+        final = job_dir / OUT
+        if final.exists():  # an earlier attempt finished the analysis but died before its outcome
+            stale = job_dir / f".stale-{uuid.uuid4().hex}"
+            final.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        work.rename(final)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return sorted(str(p.relative_to(job_dir)) for p in (final / "dicom").glob("*.dcm"))
+
+
+def run_job(spec: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
+    """The task's body as a plain function: returns the outcome, raises on a retryable error."""
+    job_dir = config.data_dir / spec["job_dir"]
+    done = read_json(job_dir / OUTCOME)
+    if done is not None:
+        log.info("event=job_skipped job=%s reason=already %s", spec["job_id"], done.get("state"))
+        return done
+    attempts = begin_attempt(job_dir)
+    if attempts > config.max_retries + 1:
+        reason = f"worker lost {attempts - 1} times (killed, out of memory?)"
+        return finish(job_dir, "failed", reason, attempts, [])
+    log.info(
+        "event=job_started job=%s study=%s series=%s attempt=%d",
+        spec["job_id"],
+        spec["study_uid"],
+        spec["series_uid"],
+        attempts,
+    )
+    try:
+        outputs = run_analysis(job_dir, spec["series_uid"], config)
+    except BodycompError as exc:
+        # The input cannot be analysed (no L3 in the field of view, bad stack, ...): no retry.
+        log.warning("event=job_failed job=%s reason=%s", spec["job_id"], exc)
+        return finish(job_dir, "failed", str(exc), attempts, [])
+    except SoftTimeLimitExceeded:
+        log.error("event=job_failed job=%s reason=time limit", spec["job_id"])
+        return finish(job_dir, "failed", "analysis exceeded the time limit", attempts, [])
+    log.info("event=job_done job=%s outputs=%d", spec["job_id"], len(outputs))
+    return finish(job_dir, "done", "", attempts, outputs)
+
+
+@app.task(bind=True, name="bodycomp.analyse_series", acks_late=True, reject_on_worker_lost=True)
+def analyse_series(self: Any, spec: dict[str, Any]) -> str:
+    """Analyse one series (see module docstring); unexpected errors retry, then fail the job."""
+    config = _config
+    try:
+        return str(run_job(spec, config)["state"])
+    except Exception as exc:
+        job_dir = config.data_dir / spec["job_dir"]
+        reason = f"{type(exc).__name__}: {exc}"
+        if self.request.retries < config.max_retries:
+            log.warning("event=job_retry job=%s reason=%s", spec["job_id"], reason)
+            raise self.retry(exc=exc, countdown=5 * 2**self.request.retries) from exc
+        attempts = int((read_json(job_dir / STARTED) or {}).get("attempts", 0))
+        finish(job_dir, "failed", reason, attempts, [])
+        log.error("event=job_failed job=%s reason=%s", spec["job_id"], reason)
+        return "failed"

@@ -1,0 +1,168 @@
+"""Body mask for one axial slice: the trunk only, without table, cushions, clothing or arms.
+
+Why: everything outside the trunk would otherwise be counted as fat or muscle (arms beside the
+trunk add both; the table is dense and flat). Steps: threshold at −500 HU (air, foam cushions and
+out-of-field padding fall below), a small opening to cut thin table/clothing bridges, then a large
+opening (≈ trunk-scale neck) to split arms touching the flank; every body pixel is given to its
+nearest opened component and only the trunk's share is kept. Holes (bowel gas, lung) are filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from workers.tissues.geometry import BoolArray, dilate_mm, largest_component, open_mm
+
+BODY_HU = -500.0
+TABLE_OPEN_MM = 2.5
+ARM_OPEN_MM = 18.0
+ARM_MIN_AREA_MM2 = 1500.0
+ARM_BONE_HU = 300.0
+
+
+@dataclass
+class BodyResult:
+    mask: BoolArray
+    removed: BoolArray
+    flags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def find_body(
+    hu: npt.NDArray[Any], spacing_yx_mm: Sequence[float], outside_fov: BoolArray | None = None
+) -> BodyResult:
+    """Trunk mask plus QC flags (``fov_truncated``, ``arms_in_fov``, ``no_body``).
+
+    ``outside_fov``: pixels outside the reconstruction circle (padding values such as −2000 or
+    −3024 in the raw data); default: HU ≤ −1500 in ``hu``.
+    """
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    px_mm2 = dy * dx
+    raw = hu > BODY_HU
+    flags: list[str] = []
+    notes: list[str] = []
+    opened = open_mm(raw, TABLE_OPEN_MM, spacing_yx_mm)
+    core = largest_component(opened)
+    if not core.any():
+        empty = np.zeros_like(raw)
+        return BodyResult(empty, empty.copy(), ["no_body"], ["no body found above -500 HU"])
+    # keep the raw pixels connected to the core (restores skin detail lost by the opening)
+    lab, _ = ndi.label(raw, structure=np.ones((3, 3), bool))
+    ids = np.unique(lab[core])
+    ids = ids[ids > 0]
+    body = np.isin(lab, ids) & dilate_mm(core, TABLE_OPEN_MM + 1.5, spacing_yx_mm)
+    body = ndi.binary_fill_holes(body)
+    separate_parts = raw & ~body
+    # arms touching the trunk: split with a large opening, assign pixels to the nearest opened part
+    big = open_mm(body, ARM_OPEN_MM, spacing_yx_mm)
+    blab, nb = ndi.label(big)
+    removed = np.zeros_like(body)
+    if nb > 1:
+        sizes = np.bincount(blab.ravel())
+        sizes[0] = 0
+        trunk_id = int(np.argmax(sizes))
+        _, (iy, ix) = ndi.distance_transform_edt(blab == 0, sampling=(dy, dx), return_indices=True)
+        nearest = blab[iy, ix]
+        for i in range(1, nb + 1):
+            if i == trunk_id:
+                continue
+            part = body & (nearest == i)
+            if part.sum() * px_mm2 >= ARM_MIN_AREA_MM2 and (hu[part] > ARM_BONE_HU).sum() * px_mm2 > 50:
+                removed |= part
+        if removed.any():
+            body = largest_component(body & ~removed)
+            body = ndi.binary_fill_holes(body)
+            flags.append("arms_in_fov")
+            notes.append("limb-like part with bone touching the trunk was removed from the body mask")
+    # arms lying against the flank (broad contact, no neck for the opening): split at the skin
+    # crease by a watershed between the trunk core and limb bones (humerus, forearm)
+    limb = _limb_bones(hu, body, spacing_yx_mm)
+    if limb.any():
+        part = _split_limbs(body, limb, spacing_yx_mm)
+        if part.sum() * px_mm2 >= ARM_MIN_AREA_MM2:
+            removed |= part
+            body = ndi.binary_fill_holes(largest_component(body & ~part))
+            if "arms_in_fov" not in flags:
+                flags.append("arms_in_fov")
+                notes.append("arm lying against the trunk was cut off at the skin crease")
+    # arms lying separately beside the trunk
+    slab, ns = ndi.label(separate_parts & open_mm(separate_parts, 5.0, spacing_yx_mm))
+    for i in range(1, ns + 1):
+        part = slab == i
+        if part.sum() * px_mm2 >= ARM_MIN_AREA_MM2 and (hu[part] > ARM_BONE_HU).sum() * px_mm2 > 50:
+            if "arms_in_fov" not in flags:
+                flags.append("arms_in_fov")
+                notes.append("arms (or other limbs) lie in the field of view outside the trunk; excluded")
+            removed |= part
+            break
+    # truncation: body touching the image border or the out-of-field padding (circular FOV)
+    edge = np.zeros_like(body)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    if outside_fov is None:
+        outside_fov = hu <= -1500
+    touches = bool((body & edge).any()) or bool((body & ndi.binary_dilation(outside_fov, iterations=1)).any())
+    if touches:
+        flags.append("fov_truncated")
+        notes.append("body touches the edge of the field of view: SAT and circumference are understated")
+    return BodyResult(body, removed, flags, notes)
+
+
+LIMB_BONE_HU = 300.0
+LIMB_BONE_MIN_MM2 = 80.0
+LIMB_BONE_MIN_WIDTH_MM = 9.0
+LIMB_LATERAL_FRACTION = 0.30  # limb bones lie in the outer 30 % of the body width on each side
+
+
+def _limb_bones(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[float]) -> BoolArray:
+    """Compact bone sections (humerus, radius/ulna) near the lateral ends of the body mask.
+
+    Ribs are excluded by width (a rib section is thinner than ~9 mm) and vertebrae/pelvis by
+    position (they are not in the outer 30 % of the width on either side).
+    """
+    from skimage.measure import regionprops
+
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    cols = np.flatnonzero(body.any(axis=0))
+    if cols.size == 0:
+        return np.zeros_like(body)
+    c0, c1 = cols[0], cols[-1]
+    width = (c1 - c0 + 1) * dx
+    bone = ndi.binary_fill_holes((hu > LIMB_BONE_HU) & body)
+    lab, _ = ndi.label(bone)
+    out = np.zeros_like(body)
+    for rp in regionprops(lab):
+        area = rp.area * dy * dx
+        if area < LIMB_BONE_MIN_MM2:
+            continue
+        minor = rp.axis_minor_length * min(dy, dx)
+        if minor < LIMB_BONE_MIN_WIDTH_MM:
+            continue
+        cx = rp.centroid[1]
+        if min(cx - c0, c1 - cx) * dx > LIMB_LATERAL_FRACTION * width:
+            continue
+        out[lab == rp.label] = True
+    return out
+
+
+def _split_limbs(body: BoolArray, limb: BoolArray, spacing_yx_mm: Sequence[float]) -> BoolArray:
+    """Body pixels that a watershed on the distance map gives to the limb-bone markers."""
+    from skimage.segmentation import watershed
+
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    dist = ndi.distance_transform_edt(body, sampling=(dy, dx))
+    core = dist >= 0.6 * float(dist.max())
+    markers = np.zeros(body.shape, dtype=np.int32)
+    markers[core] = 1
+    lab, n = ndi.label(limb)
+    markers[(lab > 0) & ~core] = lab[(lab > 0) & ~core] + 1
+    if n == 0:
+        return np.zeros_like(body)
+    ws = watershed(-dist, markers, mask=body)
+    out: BoolArray = body & (ws > 1)
+    return out

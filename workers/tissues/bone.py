@@ -1,0 +1,200 @@
+"""Spine and bone: vertebral body, bone interior and spinal canal.
+
+Why: trabecular bone (~120 HU in older patients) and CSF/cord in the canal fall inside the muscle
+window, and marrow/epidural fat inside the fat windows; they must never count as muscle or VAT.
+The vertebral body is also the anchor for the posterior part of the peritoneal line (which runs
+in front of the spine) and for the ray centre.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from workers.tissues.geometry import BoolArray, close_mm
+
+BONE_HU = 200.0
+TRABECULAR_HU = 105.0
+VBODY_CORTEX_MM = 3.0
+VERT_CLOSE_MM = 7.5
+BODY_RUN_HU = 55.0  # midline profile: vertebral body (incl. osteopenic marrow) vs canal/CSF
+BODY_REGION_HU = 90.0
+# a low-density gap shorter than this inside the body (basivertebral veins) is not yet the canal
+BODY_GAP_MM = 6.0
+
+
+@dataclass
+class SpineResult:
+    bone: BoolArray  # cortical/dense bone anywhere in the body
+    bone_interior: BoolArray  # bone plus its enclosed marrow (all bones)
+    vertebra: BoolArray  # the vertebra component (body + posterior elements), filled
+    vertebral_body: BoolArray  # the round anterior part of the vertebra
+    canal: BoolArray
+    body_center_rc: tuple[float, float] | None  # vertebral body centroid (row, col)
+
+
+def find_spine(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[float]) -> SpineResult:
+    """Locate the vertebra as the large bone component nearest the posterior midline of the body."""
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    bone = (hu > BONE_HU) & body
+    # trabecular bone of older patients is only ~60-130 HU: find bone *regions* on a smoothed image
+    sig = (2.5 / dy, 2.5 / dx)
+    smooth = ndi.gaussian_filter(np.clip(hu, -200, 1000).astype(np.float32), sig)
+    dense = ((smooth > TRABECULAR_HU) | bone) & body
+    closed = close_mm(dense, 3.0, spacing_yx_mm) | dense
+    interior = ndi.binary_fill_holes(closed)
+    empty = np.zeros_like(body)
+    if not body.any() or not interior.any():
+        return SpineResult(bone, interior, empty, empty, empty, None)
+    rows = np.flatnonzero(body.any(axis=1))
+    cols = np.flatnonzero(body.any(axis=0))
+    r0, r1 = rows[0], rows[-1]
+    _cy, cx = ndi.center_of_mass(body)
+    lab, _n = ndi.label(interior, structure=np.ones((3, 3), bool))
+    best, best_score = 0, -np.inf
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        comp = lab[sl] == i
+        area = comp.sum() * dy * dx
+        if area < 300.0:  # < 3 cm²: not a vertebra
+            continue
+        yy, xx = np.nonzero(comp)
+        my = (yy.mean() + sl[0].start - r0) / max(r1 - r0, 1)  # 0 front .. 1 back
+        mx = abs(xx.mean() + sl[1].start - cx) * dx
+        width_mm = (cols[-1] - cols[0] + 1) * dx
+        score = np.log(area) - 6.0 * abs(my - 0.7) - 8.0 * mx / max(width_mm, 1.0)
+        if score > best_score:
+            best, best_score = i, score
+    if best == 0:
+        return SpineResult(bone, interior, empty, empty, empty, None)
+    vert = lab == best
+    # close the cortical ring around low-density marrow (osteopenia, basivertebral veins)
+    vert = ndi.binary_fill_holes(close_mm(vert, VERT_CLOSE_MM, spacing_yx_mm)) | vert
+    vert &= body
+    vbody = _vertebral_body(hu, vert, body, spacing_yx_mm)
+    dist = ndi.distance_transform_edt(vbody, sampling=(dy, dx))
+    rmax = float(dist.max())
+    vy, vx = ndi.center_of_mass(vbody)
+    # what is excluded from muscle/fat: dense bone, marrow enclosed by it, the vertebral body
+    raw_bone = (hu > 150) & body
+    # (close only pixel-size gaps: larger closings would fill muscle between lamina and processes)
+    interior = ndi.binary_fill_holes(close_mm(raw_bone, min(3.0, max(dy, dx)), spacing_yx_mm)) | vbody
+    canal = _find_canal(hu, vert, vbody, (float(vy), float(vx)), spacing_yx_mm, rmax)
+    return SpineResult(bone, interior, vert, vbody, canal, (float(vy), float(vx)))
+
+
+def _find_canal(
+    hu: npt.NDArray[Any],
+    vert: BoolArray,
+    vbody: BoolArray,
+    vc: tuple[float, float],
+    spacing_yx_mm: Sequence[float],
+    body_radius_mm: float,
+) -> BoolArray:
+    """Canal = the soft-tissue gap straight behind the vertebral body, closed by the lamina.
+
+    Walk posteriorly (+row) from the body centre: leave the vertebral body, cross the canal, hit
+    the lamina/spinous process (bone > 150 HU) within 35 mm. The canal is the disk spanning that
+    gap (radius 5-12 mm), minus bone. Works at coarse resolution where the bony ring is not
+    closed. If no lamina is found a 7 mm disk just behind the body is used.
+    """
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    h, w = vert.shape
+    r = round(vc[0])
+    c = round(vc[1])
+    canal = np.zeros_like(vert)
+    if not (0 <= r < h and 0 <= c < w):
+        return canal
+    col_hu = hu[:, c]
+    col_vb = vbody[:, c]
+    i = r
+    while i < h - 1 and col_vb[i]:
+        i += 1
+    start = i
+    lamina = None
+    while i < h - 1 and (i - start) * dy < 35.0:
+        if col_hu[i] > 150 and (i - start) * dy >= 4.0:
+            lamina = i
+            break
+        i += 1
+    if lamina is None:
+        mid_r, rad = start + 7.0 / dy, 7.0
+    else:
+        mid_r = 0.5 * (start + lamina)
+        rad = float(np.clip(0.5 * (lamina - start) * dy + 0.5 * dy, 5.0, 12.0))
+    yy, xx = np.ogrid[:h, :w]
+    disk = ((yy - mid_r) * dy) ** 2 + ((xx - vc[1]) * dx) ** 2 <= rad**2
+    return disk & ~vbody & (hu < 150)
+
+
+def _convex_hull(mask: BoolArray) -> BoolArray:
+    from skimage.morphology import convex_hull_image
+
+    if mask.sum() < 3:
+        return mask
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    out = np.zeros_like(mask)
+    out[y0:y1, x0:x1] = convex_hull_image(mask[y0:y1, x0:x1])
+    return out
+
+
+def _vertebral_body(
+    hu: npt.NDArray[Any], vert: BoolArray, body: BoolArray, spacing_yx_mm: Sequence[float]
+) -> BoolArray:
+    """The vertebral body = the front part of the vertebra, ending where the canal starts.
+
+    Walk down the vertebra's midline column from its anterior edge: the body is the first run of
+    (lightly smoothed) HU above 55, tolerating one-pixel dips; the canal (CSF/cord, < 55 HU) ends
+    it. The body region is then the dense bone in those rows attached to that run, made convex.
+    Works for osteopenic bodies whose low-density marrow leaves the cortical ring open.
+    """
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    sm = ndi.gaussian_filter(np.clip(hu, -200, 1000).astype(np.float32), (1.0 / dy, 1.0 / dx))
+    ys, xs = np.nonzero(vert)
+    mid = round(float(np.median(xs)))
+    half = max(round(3.0 / dx), 0)
+    # midline = median column of dense cortical bone (an enhanced aorta glued to the vertebra
+    # in the smoothed image must not pull it); the body starts at the first cortical bone on it
+    dense = vert & (hu > 200)
+    if dense.sum() >= 5:
+        mid = round(float(np.median(np.nonzero(dense)[1])))
+    col = sm[:, max(mid - half, 0) : mid + half + 1].max(axis=1)
+    raw_col = hu[:, max(mid - half, 0) : mid + half + 1].max(axis=1)
+    on_vert = np.flatnonzero(vert[:, max(mid - half, 0) : mid + half + 1].any(axis=1))
+    top = int(on_vert[0]) if on_vert.size else int(ys.min())
+    cortex = np.flatnonzero(raw_col[top : top + int(30.0 / dy) + 1] > 200)
+    if cortex.size:
+        top += int(cortex[0])
+    r = top
+    gap = 0
+    last = top
+    max_rows = int(60.0 / dy)
+    while r < hu.shape[0] - 1 and r - top < max_rows:
+        if col[r] > BODY_RUN_HU:
+            last = r
+            gap = 0
+        else:
+            gap += 1
+            if gap * dy > BODY_GAP_MM:
+                break
+        r += 1
+    back = last
+    rows = np.zeros(hu.shape[0], dtype=bool)
+    rows[top : back + 1] = True
+    region = ((hu > 150) | ((sm > BODY_REGION_HU) & (hu > 80))) & rows[:, None] & body
+    lab, _ = ndi.label(region)
+    ids = np.unique(lab[top : back + 1, mid])
+    ids = ids[ids > 0]
+    core = np.isin(lab, ids) if ids.size else vert & rows[:, None]
+    # lateral limit: the vertebral body is at most ~60 mm wide
+    cols = np.arange(hu.shape[1])
+    core &= (np.abs(cols - mid) * dx <= 32.0)[None, :]
+    core[top : back + 1, mid] = True
+    return _convex_hull(core)

@@ -1,0 +1,339 @@
+"""Classical (weight-free) tissue segmenter for one axial slice at L3.
+
+Why classical: no downloaded weights, deterministic, explainable, fast on one core. HU windows
+alone cannot separate organs from muscle or bowel contents from fat, so the slice is split into
+anatomical compartments first (body → spine → muscle wall by ray casting → posterior block →
+organs), and only then are the HU windows of the preset applied inside each compartment:
+
+* SM   = SM-window pixels inside the muscle compartment (wall ring + paraspinal/quadratus/psoas),
+* IMAT = IMAT-window pixels inside the muscle compartment,
+* VAT  = VAT-window pixels inside the peritoneal line, minus bone, canal and bowel lumen,
+* SAT  = SAT-window pixels between skin and the outer muscle edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from workers.presets import WindowPreset
+from workers.tissues.body import find_body
+from workers.tissues.bone import SpineResult, find_spine
+from workers.tissues.bowel import find_bowel_lumen
+from workers.tissues.engine import (
+    LABEL_IMAT,
+    LABEL_SAT,
+    LABEL_SM,
+    LABEL_VAT,
+    TissueSegmentation,
+)
+from workers.tissues.geometry import (
+    as_float,
+    close_mm,
+    dilate_mm,
+    erode_mm,
+    largest_component,
+    open_mm,
+    polar_mask,
+)
+from workers.tissues.posterior import find_posterior_block
+from workers.tissues.wall import WallResult, cast_wall
+
+METAL_HU = 2500.0
+PADDING_HU = -1500.0  # out-of-field fill (-2000, -3024 ...) marks the edge of the reconstruction circle
+SKIN_MM = 2.0
+BONE_PV_HU = 200.0
+BONE_PV_RAISE_HU = 20.0
+DERMIS_PV_HU = -50.0  # pixel next to the skin band brighter than this: skin partial volume, not SAT
+BLOCK_DEPTH_MM = 45.0  # paraspinal/quadratus lie within this depth of the outer muscle edge
+CENTER_FRONT_MM = 30.0
+PSOAS_ZONE_MM = 30.0
+IMAT_CLOSE_MM = 3.0
+PSOAS_MIN_HALF_THICKNESS_MM = 6.0
+WALL_GUESSED_FRACTION = 0.4
+EDGE_BAND_PX = 1.5
+LATERAL_WALL_MAX_MM = 40.0
+POSTERIOR_WALL_MAX_MM = 10.0
+WALL_BAND_MM = 15.0
+CENTER_TOWARD_SPINE = 0.0  # ray centre: body centroid (kept in front of the vertebral body)
+
+
+class ClassicalSegmenter:
+    """Default engine (``classical@0.1``); see module docstring."""
+
+    name = "classical"
+    version = "0.1"
+
+    def segment(
+        self,
+        hu: npt.NDArray[Any],
+        spacing_yx_mm: Sequence[float],
+        preset: WindowPreset,
+        context: npt.NDArray[Any] | None = None,
+    ) -> TissueSegmentation:
+        if hu.ndim != 2:
+            raise ValueError(f"expected one 2-D slice, got shape {hu.shape}")
+        sp = (float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
+        h = as_float(hu)
+        shape = h.shape
+        labels = np.zeros(shape, dtype=np.uint8)
+        body = find_body(h, sp, outside_fov=np.asarray(hu) <= PADDING_HU)
+        flags = list(body.flags)
+        notes = list(body.notes)
+        empty = np.zeros((0, 2))
+        if "no_body" in flags:
+            return TissueSegmentation(
+                labels, empty, body.mask, flags, notes, segmenter=self.id, preset_id=preset.id
+            )
+        # everything else runs on the body's bounding box (same result, much less work)
+        rows = np.flatnonzero(body.mask.any(axis=1))
+        cols = np.flatnonzero(body.mask.any(axis=0))
+        pad = 4
+        r0, r1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, shape[0])
+        c0, c1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, shape[1])
+        sub = self._segment_body(h[r0:r1, c0:c1], body.mask[r0:r1, c0:c1], sp, preset, flags, notes)
+        labels[r0:r1, c0:c1] = sub.labels
+        off = np.array([r0, c0], dtype=np.float64)
+        masks = {}
+        for key, m in sub.masks.items():
+            full = np.zeros(shape, dtype=bool)
+            full[r0:r1, c0:c1] = m
+            masks[key] = full
+        line = sub.peritoneal_contour_px + off if len(sub.peritoneal_contour_px) else empty
+        return TissueSegmentation(
+            labels=labels,
+            peritoneal_contour_px=line,
+            body_mask=body.mask,
+            flags=sub.flags,
+            qc_notes=sub.qc_notes,
+            wall_outer_contour_px=sub.wall_outer_contour_px + off,
+            wall_inner_contour_px=sub.wall_inner_contour_px + off,
+            masks=masks,
+            segmenter=self.id,
+            preset_id=preset.id,
+        )
+
+    def _segment_body(
+        self,
+        h: npt.NDArray[np.float32],
+        bmask: npt.NDArray[np.bool_],
+        sp: tuple[float, float],
+        preset: WindowPreset,
+        flags: list[str],
+        notes: list[str],
+    ) -> TissueSegmentation:
+        """All steps after the body mask, on the body's bounding box."""
+        shape = h.shape
+        labels = np.zeros(shape, dtype=np.uint8)
+        if float((h[bmask] > METAL_HU).sum()) * sp[0] * sp[1] > 20.0:
+            flags.append("metal_suspected")
+            notes.append("pixels above 2500 HU: metal streaks may corrupt HU values")
+        spine = find_spine(h, bmask, sp)
+        cy, cx = ndi.center_of_mass(bmask)
+        if spine.body_center_rc is not None:
+            vy, vx = spine.body_center_rc
+            center = (cy + CENTER_TOWARD_SPINE * (vy - cy), cx + CENTER_TOWARD_SPINE * (vx - cx))
+            # keep the centre well in front of the vertebral body so posterior rays cross it
+            vb_front = float(np.flatnonzero(spine.vertebral_body.any(axis=1))[0])
+            center = (min(center[0], vb_front - CENTER_FRONT_MM / sp[0]), float(vx))
+            d = np.array([(vy - center[0]) * sp[0], (vx - center[1]) * sp[1]])
+            nd = float(np.hypot(*d))
+            spine_dir: tuple[float, float] | None = (float(d[0] / nd), float(d[1] / nd)) if nd > 0 else None
+        else:
+            flags.append("no_spine_found")
+            notes.append("no vertebra found: posterior muscles and peritoneal line are unreliable")
+            center = (float(cy), float(cx))
+            spine_dir = None
+        muscle_ref = _paraspinal_reference_hu(h, bmask, spine, sp, preset)
+        wall = cast_wall(
+            h, bmask, sp, center, spine_dir, spine.vertebral_body, spine.bone, muscle_ref_hu=muscle_ref
+        )
+        front_rays = ~wall.posterior
+        if front_rays.any():
+            guessed = float(np.mean(~wall.inner_valid[front_rays]))
+            if guessed > WALL_GUESSED_FRACTION:
+                flags.append("wall_interpolated")
+                notes.append(
+                    f"inner wall edge interpolated on {100 * guessed:.0f} % of the anterior/lateral "
+                    "rays (organs or fluid touching the wall): check the peritoneal line"
+                )
+        inside_outer = polar_mask(center, wall.angles, wall.outer_mm, shape, sp) & bmask
+        # the ray edge is quantised to samples: let each pixel next to it decide by its own HU
+        inside_outer = _refine_edge(inside_outer, h, preset, sp, EDGE_BAND_PX) & bmask
+        # anterior/lateral wall from rays; posterior sector: cavity up to the outer edge, then the
+        # posterior muscle block (paraspinal, quadratus, psoas, vertebra) is carved out of it
+        inner = np.where(wall.posterior, wall.outer_mm, wall.inner_mm)
+        cavity_poly = polar_mask(center, wall.angles, inner, shape, sp) & inside_outer
+        ray_cavity = polar_mask(center, wall.angles, wall.inner_mm, shape, sp)
+        ray_ring = inside_outer & ~ray_cavity
+        # guard against kidney/liver joining the block: the ray ring (rays stop at perirenal fat),
+        # plus a psoas zone next to the vertebral body, where the psoas lies whatever the rays did
+        psoas_zone = dilate_mm(spine.vertebral_body, PSOAS_ZONE_MM, sp)
+        depth_in = ndi.distance_transform_edt(inside_outer, sampling=sp)
+        post_px = _posterior_pixels(center, wall, shape, sp)
+        guard = ((depth_in <= BLOCK_DEPTH_MM) & post_px) | spine.vertebra | psoas_zone
+        block = find_posterior_block(
+            h, cavity_poly & guard, spine.vertebra, spine.vertebral_body, sp, muscle_ref_hu=muscle_ref
+        )
+        # thin wall muscle next to the outer edge (latissimus, obliques reaching the back) is lost by
+        # the block's opening: add soft tissue of a shallow band that touches the block
+        # next to the vertebral body only thick muscle is psoas/paraspinal; thin bands hugging the
+        # body are diaphragmatic crura, vessels or bone partial volume
+        near_vb = block & dilate_mm(spine.vertebral_body, PSOAS_ZONE_MM, sp) & ~spine.vertebra
+        thick = open_mm(near_vb, PSOAS_MIN_HALF_THICKNESS_MM, sp)
+        thick = dilate_mm(thick, 1.01 * max(sp), sp) & near_vb
+        block = (block & ~near_vb) | thick
+        band = cavity_poly & post_px & (depth_in <= WALL_BAND_MM) & preset.sm.contains(h)
+        blab, _ = ndi.label(band | block)
+        keep = np.unique(blab[block])
+        block = block | (np.isin(blab, keep[keep > 0]) & band)
+        # behind the front of the vertebral body only the block is muscle; in front of it the rays
+        vb_rows = np.flatnonzero(spine.vertebral_body.any(axis=1))
+        behind = np.zeros(shape, dtype=bool)
+        if vb_rows.size:
+            behind[int(vb_rows[0]) :, :] = True
+        lateral_wall = ray_ring & post_px & ~behind & (depth_in <= LATERAL_WALL_MAX_MM)
+        # behind the spine front the rays are trusted only close under the outer edge (the wall)
+        lateral_wall |= ray_ring & post_px & behind & (depth_in <= POSTERIOR_WALL_MAX_MM) & ~psoas_zone
+        ring0 = block | (ray_ring & ~post_px) | lateral_wall
+        cavity = _largest(inside_outer & ~ring0)
+        ring = inside_outer & ~cavity
+        # pixels touching dense bone are bone/muscle partial volume (HU raised, not muscle)
+        bone_pv = ndi.binary_dilation(h > BONE_PV_HU, structure=np.ones((3, 3), bool))
+        if muscle_ref is not None:  # only where the bone visibly raises the HU above muscle
+            bone_pv &= h > muscle_ref + BONE_PV_RAISE_HU
+            # low-density trabecular bone of pedicles/laminae inside the vertebra region
+            bone_pv |= spine.vertebra & (h > muscle_ref + BONE_PV_RAISE_HU)
+        excluded = spine.bone_interior | spine.canal | bone_pv
+        muscle_px = ring & ~excluded & preset.sm.contains(h)
+        # IMAT: fat enclosed by muscle (holes, narrow clefts); other fat in the ring (partial volume at
+        # the wall's edges, fat planes between muscles) goes to whichever side (SAT/cavity) is nearer
+        outline = ndi.binary_fill_holes(close_mm(muscle_px, IMAT_CLOSE_MM, sp)) & ring & ~excluded
+        # (fat pixels touching bone are bone/fat partial volume at the cortex, not intermuscular fat)
+        near_bone = ndi.binary_dilation(excluded, structure=np.ones((3, 3), bool))
+        outline &= ~near_bone | muscle_px
+        labels[outline & ~muscle_px & preset.imat.contains(h)] = LABEL_IMAT
+        labels[muscle_px] = LABEL_SM
+        lumen = find_bowel_lumen(h, cavity, sp)
+        # skin (and air/skin partial volume at the surface) is not SAT
+        depth = ndi.distance_transform_edt(bmask, sampling=sp) - 0.5 * min(sp)
+        skin = bmask & (depth < SKIN_MM)
+        # the next pixel ring is skin/fat partial volume when it is brighter than fat
+        rim = ndi.binary_dilation(skin, structure=np.ones((3, 3), bool)) & ~skin
+        skin |= rim & (h > DERMIS_PV_HU)
+        outside = bmask & ~inside_outer
+        loose = ring & ~outline & ~excluded & ~muscle_px
+        if loose.any():
+            d_out = ndi.distance_transform_edt(~outside, sampling=sp)
+            d_cav = ndi.distance_transform_edt(~cavity, sampling=sp)
+            to_sat = loose & (d_out <= d_cav)
+            to_cav = loose & ~to_sat
+        else:
+            to_sat = to_cav = loose
+        labels[((cavity & ~lumen) | to_cav) & ~excluded & preset.vat.contains(h)] = LABEL_VAT
+        labels[((outside & ~skin) | to_sat) & preset.sat.contains(h)] = LABEL_SAT
+        masks = {
+            "inside_outer": inside_outer,
+            "cavity": cavity,
+            "muscle_compartment": ring & ~excluded,
+            "bone_interior": spine.bone_interior,
+            "canal": spine.canal,
+            "bowel_lumen": lumen,
+            "vertebral_body": spine.vertebral_body,
+        }
+        return TissueSegmentation(
+            labels=labels,
+            peritoneal_contour_px=_outline(cavity),
+            body_mask=bmask,
+            flags=flags,
+            qc_notes=notes,
+            wall_outer_contour_px=wall.outer_contour_rc,
+            wall_inner_contour_px=wall.inner_contour_rc,
+            masks=masks,
+            segmenter=self.id,
+            preset_id=preset.id,
+        )
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def _largest(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    out: npt.NDArray[np.bool_] = ndi.binary_fill_holes(largest_component(mask))
+    return out
+
+
+def _outline(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """Longest sub-pixel contour (row, col) of a mask: the peritoneal line a reader would edit."""
+    from skimage import measure
+
+    if not mask.any():
+        return np.zeros((0, 2))
+    cs = measure.find_contours(np.pad(mask.astype(np.float32), 1), 0.5)
+    best = max(cs, key=len)
+    out: npt.NDArray[np.float64] = best - 1.0
+    return out
+
+
+def _posterior_pixels(
+    center: tuple[float, float], wall: WallResult, shape: tuple[int, ...], sp: tuple[float, float]
+) -> npt.NDArray[np.bool_]:
+    """Pixels whose angle from the ray centre falls in the posterior (spine) sector."""
+    rr = (np.arange(shape[0]) - center[0])[:, None] * sp[0]
+    cc = (np.arange(shape[1]) - center[1])[None, :] * sp[1]
+    ang = np.mod(np.arctan2(rr, cc), 2 * np.pi)
+    idx = np.clip(np.round(ang / (2 * np.pi) * len(wall.angles)).astype(int) % len(wall.angles), 0, None)
+    out: npt.NDArray[np.bool_] = wall.posterior[idx]
+    return out
+
+
+def _refine_edge(
+    inside: npt.NDArray[np.bool_],
+    h: npt.NDArray[np.float32],
+    preset: WindowPreset,
+    sp: tuple[float, float],
+    band_px: float,
+) -> npt.NDArray[np.bool_]:
+    """Within ``band_px`` pixels of the mask edge, muscle-window pixels go inside, fat-window outside."""
+    r = band_px * min(sp)
+    band = dilate_mm(inside, r, sp) & ~erode_mm(inside, r, sp)
+    out = inside.copy()
+    out[band & preset.sm.contains(h)] = True
+    out[band & preset.any_fat.contains(h)] = False
+    return out
+
+
+def _paraspinal_reference_hu(
+    h: npt.NDArray[np.float32],
+    body: npt.NDArray[np.bool_],
+    spine: SpineResult,
+    sp: tuple[float, float],
+    preset: WindowPreset,
+) -> float | None:
+    """Median HU of the paraspinal muscles: the patient's own muscle density (contrast, myosteatosis).
+
+    Taken behind the vertebral body (≥ 25 mm), within 45 mm of the midline, ≥ 15 mm under the skin,
+    inside the muscle window. None when there is no spine or too few pixels.
+    """
+    if spine.body_center_rc is None or not spine.vertebral_body.any():
+        return None
+    vb_back = int(np.flatnonzero(spine.vertebral_body.any(axis=1))[-1])
+    rows = np.arange(h.shape[0])[:, None]
+    cols = np.arange(h.shape[1])[None, :]
+    depth = ndi.distance_transform_edt(body, sampling=sp)
+    m = (
+        body
+        & (rows >= vb_back + 25.0 / sp[0])
+        & (np.abs(cols - spine.body_center_rc[1]) * sp[1] <= 45.0)
+        & (depth >= 15.0)
+        & preset.sm.contains(h)
+        & ~spine.bone_interior
+    )
+    if m.sum() * sp[0] * sp[1] < 300.0:
+        return None
+    return float(np.median(h[m]))

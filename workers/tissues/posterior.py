@@ -1,0 +1,90 @@
+"""Posterior muscle block: paraspinal (erector spinae, multifidus), quadratus lumborum and psoas.
+
+Why a region and not rays: seen from a centre in front of the spine, the posterior muscles are
+not star-shaped (psoas beside the vertebral body, quadratus lateral to the transverse process),
+so ray edges fan out and cut wedges through kidney and perirenal fat. Anatomically these muscles
+form one soft-tissue block attached to the vertebra and bounded by fat (perirenal/posterior
+pararenal fat in front, SAT behind). So: take soft tissue and bone, open it a little to cut thin
+bridges (this is what separates a kidney with its fat rim, or a bowel loop, from psoas), keep the
+component attached to the vertebra, restore the opened edges, fill small fat holes (they become
+IMAT). The block is limited to the region behind the front of the vertebral body (aorta and IVC lie
+in front of it) with a small allowance beside it for the psoas bellies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from workers.tissues.geometry import BoolArray, dilate_mm, open_mm
+
+SOFT_LO = -29.0
+OPEN_MM = 3.5
+PSOAS_FRONT_ALLOWANCE_MM = 12.0
+HOLE_MAX_MM2 = 400.0
+ORGAN_DELTA_HU = 30.0
+ORGAN_SIGMA_MM = 2.0
+ORGAN_BONE_MARGIN_MM = 6.0  # smoothing spreads bone brightness into adjacent muscle
+
+
+def find_posterior_block(
+    hu: npt.NDArray[Any],
+    region: BoolArray,
+    vertebra: BoolArray,
+    vertebral_body: BoolArray,
+    spacing_yx_mm: Sequence[float],
+    stop: BoolArray | None = None,
+    muscle_ref_hu: float | None = None,
+) -> BoolArray:
+    """Mask of the posterior muscle block (including the vertebra itself) inside ``region``."""
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    if not vertebra.any():
+        return np.zeros_like(region)
+    smooth = ndi.gaussian_filter(hu.astype(np.float32), (0.6 / dy, 0.6 / dx))
+    soft = ((smooth >= SOFT_LO) | vertebra) & region
+    if stop is not None:
+        soft &= ~stop
+    if muscle_ref_hu is not None:
+        # clearly brighter than this patient's muscle = organ (enhanced liver/spleen/kidney), not muscle;
+        # the margin is wide because psoas is often 10-25 HU denser than fatty paraspinal muscle
+        organ = ndi.gaussian_filter(hu.astype(np.float32), (ORGAN_SIGMA_MM / dy, ORGAN_SIGMA_MM / dx))
+        near_bone = dilate_mm(vertebra | (hu > 150), ORGAN_BONE_MARGIN_MM, spacing_yx_mm)
+        soft &= ~((organ > muscle_ref_hu + ORGAN_DELTA_HU) & ~near_bone)
+    # only behind the front of the vertebral body (+ allowance for psoas beside it)
+    ref = vertebral_body if vertebral_body.any() else vertebra
+    rows = np.flatnonzero(ref.any(axis=1))
+    front = int(rows[0])
+    cols = np.flatnonzero(ref.any(axis=0))
+    c0, c1 = int(cols[0]), int(cols[-1])
+    rr = np.arange(hu.shape[0])[:, None]
+    cc = np.arange(hu.shape[1])[None, :]
+    beside = (cc < c0) | (cc > c1)
+    allow = (rr >= front) | (beside & (rr >= front - PSOAS_FRONT_ALLOWANCE_MM / dy))
+    soft &= allow
+    opened = open_mm(soft, OPEN_MM, spacing_yx_mm) | (vertebra & soft)
+    lab, _n = ndi.label(opened)
+    ids = np.unique(lab[vertebra & opened])
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return np.zeros_like(region)
+    block = np.isin(lab, ids)
+    # restore the edges removed by the opening (only soft pixels touching the block)
+    block = dilate_mm(block, OPEN_MM + 0.5 * max(dy, dx), spacing_yx_mm) & soft
+    return _fill_small_holes(block, HOLE_MAX_MM2 / (dy * dx)) & region
+
+
+def _fill_small_holes(mask: BoolArray, max_px: float) -> BoolArray:
+    filled = ndi.binary_fill_holes(mask)
+    holes = filled & ~mask
+    lab, n = ndi.label(holes)
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    small = np.flatnonzero(sizes <= max_px)
+    small = small[small > 0]
+    out: BoolArray = mask | np.isin(lab, small)
+    return out

@@ -1,0 +1,366 @@
+"""Muscle wall by ray casting: outer edge (SAT | muscle) and inner edge (peritoneal line).
+
+Why rays: the abdominal/back muscle wall is a ring around a centre in front of the spine, so each
+angle has one outer and one inner edge. Walking inward from the skin, the first run of muscle-range
+HU after the subcutaneous fat is the outer edge; continuing inward through muscle (tolerating thin
+intermuscular fat planes and passing through bone) the first real fat layer, gas, or the anterior
+surface of the vertebral body is the inner edge. Where an organ (liver, bowel, kidney) touches the
+wall the walk runs on and the wall looks too thick; such rays are detected against their
+neighbours (and a thickness cap) and replaced by interpolation (classical-methods.md, the single
+largest gain of the prototype). All lengths are in mm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from workers.tissues.geometry import (
+    BoolArray,
+    FloatArray,
+    circular_mean,
+    circular_median,
+    interpolate_invalid_circular,
+)
+
+N_RAYS = 360
+FAT_HI = -30.0  # upper bound of fat (structure), HU
+FAT_LO = -250.0  # below this at the surface: air partial volume, not fat
+AIR_HU = -400.0
+GAS_MIN_DEPTH_MM = 10.0  # air closer to the skin is a skin fold, not bowel
+THIN_WALL_HU = -60.0  # partial-volumed thin muscle layer on gas
+SKIN_MAX_MM = 6.0  # skin + dermis before the SAT starts
+SKIN_MIN_MM = 2.0  # skin thickness assumed when no SAT is present (cachexia)
+MUSCLE_RUN_MM = 2.5  # minimal muscle run that counts as the wall (septa in SAT are thinner)
+LOOKAHEAD_MM = 10.0  # the wall is mostly tissue over its first 10 mm; a fascia in SAT is not
+LOOKAHEAD_SOFT_FRACTION = 0.5
+MUSCLE_PEAK_HU = 0.0  # ...and it must reach this HU (septa are partial-volumed fat)
+FAT_GAP_MM = 4.5  # fat planes thinner than this inside the wall are intermuscular
+FAT_GAP_POSTERIOR_MM = 8.0  # fatty streaks in paraspinal muscles are wider
+CAP_LATERAL_MM = 40.0  # anterior/lateral wall thicker than this = organ touching
+CAP_POSTERIOR_MM = 170.0  # paraspinal + quadratus + psoas block
+POSTERIOR_HALF_ANGLE_DEG = 62.0
+OUTLIER_MM = 8.0
+ORGAN_DELTA_HU = 15.0  # smoothed HU this much above the patient's muscle HU = organ (liver, spleen...)
+ORGAN_RUN_MM = 5.0
+ORGAN_MIN_WALL_MM = 5.0
+ORGAN_SMOOTH_MM = 4.0
+FLUID_DELTA_HU = 25.0  # smoothed HU this much below the wall's own density (but not fat) = fluid
+FLUID_MIN_HU = -10.0
+BOWEL_WALL_MM = 3.0  # typical wall of a gas-filled bowel loop (partial volume included)
+SAT_OUTLIER_MM = 6.0
+SAT_ENV_WINDOW = 61  # rays (±30°): SAT thickness varies slowly; a missed wall only adds
+SAT_ENV_PERCENTILE = 30.0
+ENV_WINDOW = 41  # rays (±20°) for the lower envelope of wall thickness
+ENV_PERCENTILE = 30.0
+ENV_TOL_MM = 4.0
+ENV_TOL_FAT_MM = 15.0  # a ray that ended on a clean fat plane is trusted more
+PRIOR_PERCENTILE = 65.0
+WEAK_MIN_MM = 3.0  # search window for a faint wall|organ boundary on capped rays
+WEAK_MAX_MM = 25.0
+WEAK_DROP_HU = 12.0
+WEAK_MAX_HU = 15.0
+
+
+@dataclass
+class WallResult:
+    center_rc: tuple[float, float]
+    angles: FloatArray
+    skin_mm: FloatArray  # radius of skin along each ray
+    outer_mm: FloatArray  # radius of the outer wall edge
+    inner_mm: FloatArray  # radius of the inner wall edge (peritoneal line)
+    inner_valid: npt.NDArray[np.bool_]  # rays whose inner edge was measured, not interpolated
+    outer_contour_rc: FloatArray
+    inner_contour_rc: FloatArray
+    posterior: npt.NDArray[np.bool_]
+    stop_reason: list[str]  # per ray: fat, air, organ, vbody, weak, cap, no_body (for QC/debugging)
+
+
+def _polar_points(
+    center: tuple[float, float], angles: FloatArray, radii_mm: FloatArray, spacing: tuple[float, float]
+) -> FloatArray:
+    dy, dx = spacing
+    rows = center[0] + radii_mm * np.sin(angles) / dy
+    cols = center[1] + radii_mm * np.cos(angles) / dx
+    out: FloatArray = np.stack([rows, cols], axis=1)
+    return out
+
+
+def cast_wall(
+    hu: npt.NDArray[np.float32],
+    body: BoolArray,
+    spacing_yx_mm: Sequence[float],
+    center_rc: tuple[float, float],
+    spine_dir: tuple[float, float] | None,
+    vertebral_body: BoolArray,
+    bone: BoolArray,
+    stop_mask: BoolArray | None = None,
+    muscle_ref_hu: float | None = None,
+) -> WallResult:
+    """Cast ``N_RAYS`` rays from ``center_rc`` and return both wall edges per angle.
+
+    ``spine_dir`` is the unit (row, col) direction from the centre to the vertebral body; rays
+    within ±62° of it form the posterior sector (thick paraspinal/psoas block, larger cap).
+    ``stop_mask`` marks pixels (e.g. kidneys) where the inward walk must stop.
+    """
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    step = 0.25 * min(dy, dx)
+    h, w = hu.shape
+    # rays only need to reach the farthest body pixel (keeps the profiles short)
+    by, bx = np.nonzero(body)
+    if by.size:
+        max_r = float(np.sqrt(((by - center_rc[0]) * dy) ** 2 + ((bx - center_rc[1]) * dx) ** 2).max()) + 5.0
+    else:
+        max_r = float(np.hypot(h * dy, w * dx))
+    s = np.arange(0.0, max_r, step)
+    angles = np.linspace(0.0, 2 * np.pi, N_RAYS, endpoint=False)
+    rr = center_rc[0] + np.outer(np.sin(angles), s) / dy
+    cc = center_rc[1] + np.outer(np.cos(angles), s) / dx
+    inside = (rr >= 0) & (rr <= h - 1) & (cc >= 0) & (cc <= w - 1)
+    coords = np.stack([rr, cc])
+    prof = ndi.map_coordinates(hu, coords, order=1, mode="nearest").astype(np.float32)
+    # organ detector: muscle has a patient-specific density (paraspinal reference); liver, spleen,
+    # enhanced kidney or bowel wall touching the wall differ from it over several millimetres
+    # (median, not mean: a rib or cartilage crossing the wall must not look like a bright organ)
+    n_med = max(round(ORGAN_SMOOTH_MM / (0.25 * min(dy, dx))), 1)
+    sprof_hu = ndi.median_filter(prof, size=(1, n_med), mode="nearest")
+    bprof = ndi.map_coordinates(body.astype(np.uint8), coords, order=0, mode="constant") > 0
+    bprof &= inside
+    vprof = ndi.map_coordinates(vertebral_body.astype(np.uint8), coords, order=0, mode="constant") > 0
+    boneprof = ndi.map_coordinates(bone.astype(np.uint8), coords, order=0, mode="constant") > 0
+    if stop_mask is not None:
+        sprof = ndi.map_coordinates(stop_mask.astype(np.uint8), coords, order=0, mode="constant") > 0
+    else:
+        sprof = np.zeros_like(bprof)
+    if spine_dir is not None:
+        cosang = np.sin(angles) * spine_dir[0] + np.cos(angles) * spine_dir[1]
+        posterior = cosang >= np.cos(np.deg2rad(POSTERIOR_HALF_ANGLE_DEG))
+    else:
+        posterior = np.zeros(N_RAYS, dtype=bool)
+
+    n_skin = max(int(SKIN_MAX_MM / step), 1)
+    n_run = max(round(MUSCLE_RUN_MM / step), 1)
+    n_organ_min = max(round(ORGAN_MIN_WALL_MM / step), 1)
+    n_bowel_wall = max(round(BOWEL_WALL_MM / step), 1)
+    n_organ_run = max(round(ORGAN_RUN_MM / step), 1)
+    n_look = max(round(LOOKAHEAD_MM / step), 1)
+    n_gap = max(round(FAT_GAP_MM / step), 1)
+    n_gap_post = max(round(FAT_GAP_POSTERIOR_MM / step), 1)
+    skin_r = np.zeros(N_RAYS)
+    outer_r = np.zeros(N_RAYS)
+    inner_r = np.zeros(N_RAYS)
+    capped = np.zeros(N_RAYS, dtype=bool)
+    weak = np.zeros(N_RAYS, dtype=bool)
+    fat_stop = np.zeros(N_RAYS, dtype=bool)
+    stop_reason: list[str] = []  # per ray, for debugging: fat, air, organ, vbody, weak, cap
+    for k in range(N_RAYS):
+        inb = np.flatnonzero(bprof[k])
+        if inb.size == 0:
+            capped[k] = True
+            stop_reason.append("no_body")
+            continue
+        i_skin = int(inb[-1])
+        skin_r[k] = s[i_skin]
+        p = prof[k]
+        # --- outer edge: walk inward from the skin
+        i = i_skin
+        # skip skin until the first fat sample (or give up after SKIN_MAX_MM: no SAT)
+        j = i
+        while j > 0 and i - j < n_skin and p[j] < FAT_LO:  # air/skin partial volume at the surface
+            j -= 1
+        while j > 0 and i - j < n_skin and p[j] > FAT_HI:
+            j -= 1
+        if p[j] > FAT_HI:
+            outer = i - max(int(SKIN_MIN_MM / step), 1)
+        else:
+            soft = p > FAT_HI
+            notfat = soft | (p < AIR_HU)
+            outer = 0
+            cnt = 0
+            peak = -np.inf
+            while j > 0:
+                if p[j] < AIR_HU and bprof[k, j] and not posterior[k] and s[i] - s[j] > GAS_MIN_DEPTH_MM:
+                    # bowel gas reached before a convincing wall: the wall is the thin soft layer
+                    # just outside the gas (e.g. a thin rectus on a gas-filled loop)
+                    jj = j + 1
+                    while jj < i and p[jj] > THIN_WALL_HU:
+                        jj += 1
+                    outer = jj - 1 if jj - 1 > j else j + 1
+                    break
+                if soft[j]:
+                    cnt += 1
+                    peak = max(peak, float(p[j]))
+                    if cnt >= n_run and peak >= MUSCLE_PEAK_HU:
+                        start = j + cnt - 1
+                        ahead = notfat[max(start - n_look, 0) : start + 1]
+                        if ahead.mean() >= LOOKAHEAD_SOFT_FRACTION:
+                            outer = start
+                            break
+                else:
+                    cnt = 0
+                    peak = -np.inf
+                j -= 1
+        outer = max(outer, 0)
+        outer_r[k] = s[outer]
+        # --- inner edge: continue inward through muscle
+        cap = CAP_POSTERIOR_MM if posterior[k] else CAP_LATERAL_MM
+        n_cap = int(cap / step)
+        j = outer
+        last_tissue = outer
+        gap = 0
+        organ_run = 0
+        why = "start"
+        # this ray's own wall density (first mm under the outer edge) vs the patient's paraspinal one
+        ray_ref = muscle_ref_hu
+        if muscle_ref_hu is not None:
+            first = p[max(outer - n_organ_min, 0) : outer + 1]
+            first = first[first > FAT_HI]
+            if first.size:
+                ray_ref = max(muscle_ref_hu, float(np.median(first)))
+        in_vbody = False
+        stopped = False
+        while j > 0 and outer - j < n_cap:
+            why = "cap"
+            if sprof[k, j]:
+                why = "organ"
+                stopped = True
+                break
+            if vprof[k, j]:
+                in_vbody = True
+            elif in_vbody:
+                # left the vertebral body through its front: the line runs in front of the spine
+                last_tissue = j + 1
+                why = "vbody"
+                stopped = True
+                break
+            v = p[j]
+            sv = float(sprof_hu[k, j])
+            if (
+                ray_ref is not None
+                and not posterior[k]
+                and outer - j > n_organ_min
+                and (
+                    sv - ray_ref > ORGAN_DELTA_HU  # brighter organ (liver, spleen, enhanced bowel)
+                    or FLUID_MIN_HU < sv < ray_ref - FLUID_DELTA_HU
+                )
+            ):  # ascites, fluid-filled bowel
+                organ_run += 1
+                if organ_run >= n_organ_run:
+                    last_tissue = j + organ_run
+                    why = "organ"
+                    stopped = True
+                    break
+            else:
+                organ_run = 0
+            if v < AIR_HU and bprof[k, j] and not boneprof[k, j] and not posterior[k]:
+                why = "air"
+                stopped = True
+                # the soft tissue just outside the gas is the bowel wall, not abdominal wall muscle
+                last_tissue = min(max(last_tissue, j + n_bowel_wall), outer - n_organ_min)
+                last_tissue = max(last_tissue, j + 1)
+                break
+            if v <= FAT_HI and not boneprof[k, j] and not in_vbody:
+                gap += 1
+                if gap > (n_gap_post if posterior[k] else n_gap):
+                    why = "fat"
+                    stopped = True
+                    break
+            else:
+                gap = 0
+                last_tissue = j
+            j -= 1
+        if not stopped:
+            capped[k] = True
+            if not posterior[k]:
+                # organ contact: look for a faint boundary (thin extraperitoneal fat, partial volume)
+                lo = max(outer - int(WEAK_MAX_MM / step), 1)
+                hi = outer - max(int(WEAK_MIN_MM / step), 1)
+                if hi - lo > 3:
+                    seg_raw = p[lo:hi].astype(np.float64)
+                    seg = ndi.uniform_filter1d(seg_raw, max(int(2.0 / step), 1), mode="nearest")
+                    m = int(np.argmin(seg))
+                    if seg[m] < min(float(np.median(seg_raw)) - WEAK_DROP_HU, WEAK_MAX_HU):
+                        last_tissue = lo + m
+                        capped[k] = False
+                        weak[k] = True
+                        why = "weak"
+        inner_r[k] = s[last_tissue]
+        fat_stop[k] = why == "fat"
+        stop_reason.append(why)
+    # outer edge outliers: SAT much thicker than around it = a thin wall layer was missed
+    sat_t = skin_r - outer_r
+    sat_env = _nanpercentile_circular(sat_t, SAT_ENV_WINDOW, SAT_ENV_PERCENTILE)
+    outer_ok = sat_t <= sat_env + SAT_OUTLIER_MM
+    outer_r = skin_r - interpolate_invalid_circular(sat_t, outer_ok)
+    thick = outer_r - inner_r
+    valid = ~capped & (thick >= 0)
+    # organ contact only ever ADDS apparent thickness: compare each ray with a local lower envelope
+    t = np.where(valid, thick, np.nan)
+    env = _nanpercentile_circular(t, ENV_WINDOW, ENV_PERCENTILE)
+    front = ~posterior
+    tol = np.where(fat_stop, ENV_TOL_FAT_MM, ENV_TOL_MM)
+    too_thick = valid & np.isfinite(env) & (thick > env + tol)
+    thick = np.where(front & too_thick, env, thick)
+    for sector in (posterior, front):
+        if not sector.any():
+            continue
+        t = np.where(valid, thick, np.nan)
+        med = _nanmedian_circular(t, 25)
+        bad = sector & valid & (thick > med + OUTLIER_MM)
+        valid &= ~bad
+    thick_i = interpolate_invalid_circular(thick, valid)
+    # wide contacts (liver, spleen) leave long gaps: never interpolate above a thin-wall prior
+    clean_front = valid & front & ~weak
+    if clean_front.sum() >= 10:
+        prior = float(np.percentile(thick[clean_front], PRIOR_PERCENTILE))
+        thick_i = np.where(front & ~valid, np.minimum(thick_i, prior), thick_i)
+    thick_i = circular_median(thick_i, 5)
+    outer_s = circular_mean(circular_median(outer_r, 5), 3)
+    inner_s = outer_s - np.maximum(thick_i, 0.0)
+    inner_s = circular_mean(inner_s, 3)
+    sp = (dy, dx)
+    return WallResult(
+        center_rc=center_rc,
+        angles=angles,
+        skin_mm=skin_r,
+        outer_mm=outer_s,
+        inner_mm=np.maximum(inner_s, 0.0),
+        inner_valid=valid,
+        outer_contour_rc=_polar_points(center_rc, angles, outer_s, sp),
+        inner_contour_rc=_polar_points(center_rc, angles, np.maximum(inner_s, 0.0), sp),
+        posterior=posterior,
+        stop_reason=stop_reason,
+    )
+
+
+def _nanmedian_circular(x: FloatArray, width: int) -> FloatArray:
+    n = len(x)
+    half = width // 2
+    xx = np.concatenate([x[-half:], x, x[:half]])
+    win = np.lib.stride_tricks.sliding_window_view(xx, width)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(win, axis=1)
+    med = np.where(np.isnan(med), np.inf, med)
+    out: FloatArray = med[:n]
+    return out
+
+
+def _nanpercentile_circular(x: FloatArray, width: int, q: float) -> FloatArray:
+    n = len(x)
+    half = width // 2
+    xx = np.concatenate([x[-half:], x, x[:half]])
+    win = np.lib.stride_tricks.sliding_window_view(xx, 2 * half + 1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out: FloatArray = np.nanpercentile(win, q, axis=1)[:n]
+    return out
