@@ -254,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # highdicom logs one INFO line per attribute module it copies: noise in a service log.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     try:
         settings = _settings(args)
         return COMMANDS[args.command](args, settings)

@@ -317,3 +317,12 @@ def test_unicode_name_and_feet_first_prone_source(tmp_path: Path) -> None:
     index = np.column_stack([np.full(rows.size, 2), rows, cols])
     points = volume.voxel_to_patient(index)
     assert np.all(points[:, 0] > 20) and np.all(points[:, 1] < -20)  # still the left anterior block
+
+
+def test_every_object_names_its_maker(encoded: tuple[EncodeInput, dict[str, Path]]) -> None:
+    data, paths = encoded
+    for name in ("seg", "sr", "overlay"):
+        ds = pydicom.dcmread(paths[name], stop_before_pixels=True)
+        assert ds.Manufacturer == "bodycomp"
+        assert ds.ManufacturerModelName and ds.SoftwareVersions == data.version
+        assert ds.SeriesDescription.startswith("bodycomp L3")

@@ -382,5 +382,7 @@ def build_report(data: EncodeInput, seg: hd.seg.Segmentation) -> hd.sr.Comprehen
     )
     _frame_only_segment_references(sr.ContentSequence)
     sr.SeriesDescription = "bodycomp L3 body composition report"
+    sr.ManufacturerModelName = MODEL_NAME
+    sr.SoftwareVersions = data.version
     sr.CodingSchemeIdentificationSequence = [c.coding_scheme_identification()]
     return sr
