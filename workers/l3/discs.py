@@ -92,26 +92,27 @@ def find_discs(z_mm: np.ndarray, profile: np.ndarray, valid: np.ndarray) -> Disc
     score = np.minimum(depths / typical, 1.5)
 
     chain = _chain(gz[cand], score - SCORE_OFFSET)
-    discs = []
-    for i in chain:
-        c = int(cand[i])
-        lvl = 0.5 * d[c]
-        lo = c
-        while lo > 0 and d[lo - 1] < lvl and (c - lo) * GRID_MM < 8.0:
-            lo -= 1
-        hi = c
-        while hi < d.size - 1 and d[hi + 1] < lvl and (hi - c) * GRID_MM < 8.0:
-            hi += 1
-        discs.append(
-            Disc(
-                z=float(gz[c]),
-                z_lo=float(gz[lo]),
-                z_hi=float(gz[hi]),
-                depth_hu=float(-d[c]),
-                strength=float(-d[c] / typical),
-            )
-        )
+    discs = [_disc_at(int(cand[i]), gz, d, typical) for i in chain]
     return DiscResult(tuple(discs), gz, d, observed, typical)
+
+
+def _disc_at(c: int, gz: np.ndarray, d: np.ndarray, typical: float) -> Disc:
+    """The disc whose deepest point is grid index ``c``; its extent is where the detrended profile
+    stays below half that depth (at most 8 mm each side)."""
+    lvl = 0.5 * d[c]
+    lo = c
+    while lo > 0 and d[lo - 1] < lvl and (c - lo) * GRID_MM < 8.0:
+        lo -= 1
+    hi = c
+    while hi < d.size - 1 and d[hi + 1] < lvl and (hi - c) * GRID_MM < 8.0:
+        hi += 1
+    return Disc(
+        z=float(gz[c]),
+        z_lo=float(gz[lo]),
+        z_hi=float(gz[hi]),
+        depth_hu=float(-d[c]),
+        strength=float(-d[c] / typical),
+    )
 
 
 def _chain(zc: np.ndarray, score: np.ndarray) -> list[int]:
@@ -197,18 +198,4 @@ def weak_disc_near(dr: DiscResult, z_target: float, tol_mm: float, min_sep_mm: f
     if not mins:
         return None
     c = min(mins, key=lambda i: float(d[i]))
-    lvl = 0.5 * d[c]
-    lo = c
-    while lo > 0 and d[lo - 1] < lvl and (c - lo) * GRID_MM < 8.0:
-        lo -= 1
-    hi = c
-    while hi < d.size - 1 and d[hi + 1] < lvl and (hi - c) * GRID_MM < 8.0:
-        hi += 1
-    typ = max(dr.typical_depth_hu, 1.0)
-    return Disc(
-        z=float(dr.grid_z[c]),
-        z_lo=float(dr.grid_z[lo]),
-        z_hi=float(dr.grid_z[hi]),
-        depth_hu=float(-d[c]),
-        strength=float(-d[c] / typ),
-    )
+    return _disc_at(c, dr.grid_z, d, max(dr.typical_depth_hu, 1.0))
