@@ -101,6 +101,10 @@ def _add_node_commands(sub: Any) -> None:
     serve.add_argument("--broker-url", help="redis://… or amqp://… (default: embedded SQLite broker)")
     serve.add_argument("--all-series", action="store_true", default=None, help="analyse all eligible series")
     serve.add_argument("--workers", type=int, help="worker processes to start (default 1 if embedded broker)")
+    serve.add_argument(
+        "--metrics-port", type=int, metavar="P", help="serve /healthz and /metrics on port P (default off)"
+    )
+    serve.add_argument("--metrics-host", help="address of the metrics endpoint (default 127.0.0.1)")
     serve.add_argument("-v", "--verbose", action="store_true")
 
     worker = sub.add_parser("worker", help="run a Celery worker (with an external broker)")
@@ -140,6 +144,8 @@ NODE_FLAGS = (
     "broker_url",
     "all_series",
     "concurrency",
+    "metrics_port",
+    "metrics_host",
 )
 
 

@@ -102,6 +102,10 @@ class NodeSettings:
     send_retry_max_seconds: float = 600.0
     send_give_up_hours: float = 72.0
     """An undelivered result is dead-lettered after this long (visible in ``bodycomp status``)."""
+    metrics_port: int | None = None
+    """Port of the HTTP endpoint with ``/healthz`` and ``/metrics`` (Prometheus); None: off."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds to (loopback unless a scraper on another host needs it)."""
 
     @property
     def spool_dir(self) -> Path:
@@ -283,6 +287,9 @@ def load_settings(
         settings = _apply(settings, {s: v for s, v in cleaned.items() if v}, "command line")
     for text in settings.node.destinations:
         parse_destination(text)
+    port = settings.node.metrics_port
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"node.metrics_port {port} is out of range")
     if settings.node.stable_seconds < 0:
         raise ConfigError("node.stable_seconds must not be negative")
     return settings

@@ -28,8 +28,9 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from node import metrics
 from node.config import NodeSettings
-from node.index import Index, InstanceRecord, digest_bytes, digest_file
+from node.index import Index, InstanceRecord, digest_bytes
 from node.spool import InvalidUIDError, Spool, SpoolFullError
 
 log = logging.getLogger("bodycomp.scp")
@@ -108,8 +109,12 @@ def make_store_handler(
                 log.warning("refused instance %s from %s: SOP class does not match the request", sop, calling)
                 return STATUS_SOP_CLASS_MISMATCH
             if chunked:
-                stored = spool.store_file(event.dataset_path, str(study), str(series), str(sop))
-                digest = digest_file(stored.path, split_dataset(stored.path)[1])
+                # The digest is taken while copying (the dataset after the File Meta Information).
+                source = event.dataset_path
+                stored = spool.store_file(
+                    source, str(study), str(series), str(sop), hash_from=split_dataset(source)[1]
+                )
+                digest = stored.digest
             else:
                 stored = spool.store(
                     event.encoded_dataset(include_meta=True), str(study), str(series), str(sop)
@@ -208,7 +213,7 @@ def serve(
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _set_nodelay),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, make_store_handler(spool, index, settings, on_stored)),
+        (evt.EVT_C_STORE, metrics.counted(make_store_handler(spool, index, settings, on_stored))),
         (evt.EVT_RELEASED, released),
         (evt.EVT_ABORTED, released),
     ]

@@ -30,6 +30,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
+from node import metrics
 from node.config import NodeSettings, parse_destination
 from node.index import Index
 
@@ -55,6 +56,7 @@ def _fail(index: Index, settings: NodeSettings, row: sqlite3.Row, error: str, no
     next_try = now + backoff(attempts, settings.send_retry_seconds, settings.send_retry_max_seconds)
     if next_try > give_up:
         index.outbox_failed(row["id"], error, None)
+        metrics.delivery("dead")
         log.error(
             "event=delivery_dead sop=%s destination=%s attempts=%d reason=%s",
             row["sop_uid"],
@@ -64,6 +66,7 @@ def _fail(index: Index, settings: NodeSettings, row: sqlite3.Row, error: str, no
         )
     else:
         index.outbox_failed(row["id"], error, next_try)
+        metrics.delivery("retry")
         log.warning(
             "event=delivery_retry sop=%s destination=%s attempts=%d in=%.0fs reason=%s",
             row["sop_uid"],
@@ -104,6 +107,7 @@ def send_to_destination(
             if row["sop_class_uid"] not in accepted:
                 refused = f"{destination} does not accept SOP class {row['sop_class_uid']}"
                 index.outbox_failed(row["id"], refused, None)
+                metrics.delivery("dead")
                 log.error(
                     "event=delivery_dead sop=%s destination=%s reason=SOP class %s refused",
                     row["sop_uid"],
@@ -115,12 +119,14 @@ def send_to_destination(
                 ds = pydicom.dcmread(row["path"])
             except (OSError, ValueError) as exc:
                 index.outbox_failed(row["id"], f"result file unreadable: {exc}", None)
+                metrics.delivery("dead")
                 continue
             status = assoc.send_c_store(ds)
             code = int(status.Status) if status and "Status" in status else None
             if code in DELIVERED_STATUSES:
                 index.outbox_delivered(row["id"], "" if code == 0 else f"status 0x{code:04X}")
                 delivered += 1
+                metrics.delivery("delivered")
                 log.info(
                     "event=delivered study=%s sop=%s destination=%s status=0x%04X",
                     row["study_uid"],

@@ -31,6 +31,7 @@ import threading
 import time
 from typing import Any
 
+from node import metrics
 from node.config import Settings
 from node.dispatch import dispatch_study
 from node.index import Index
@@ -86,6 +87,7 @@ class Node:
         self.server: Any = None
         self.index: Index | None = None
         self.last_restart = 0.0
+        self.metrics: metrics.MetricsServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -116,10 +118,13 @@ class Node:
             pending,
             ",".join(node.destinations) or "none",
         )
+        if node.metrics_port is not None:  # before the SCP: when the DICOM port answers, so does this
+            self.metrics = metrics.MetricsServer(node)
         self.server = start_scp(
             node,
             block=False,
             index=self.index,
+            on_stored=metrics.instance_stored,
             on_released=self.wakeup.poke,
         )
         for name, target in (("scheduler", self._scheduler), ("sender", self._sender)):
@@ -143,6 +148,9 @@ class Node:
         self.send_wakeup.poke()
         for thread in self.threads:
             thread.join(timeout=30)
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         for proc in self.workers:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # Celery warm shutdown: finish the running task
@@ -197,8 +205,11 @@ class Node:
             except Exception:
                 log.exception("event=dispatch_error study=%s", study.study_uid)
                 self.index.set_study_state(study.study_uid, "failed", "dispatch error (see the log)")
+        open_jobs = [int(job["id"]) for job in self.index.open_jobs()]
         if collect(self.index, node):
             self.send_wakeup.poke()
+            finished = [self.index.job(job_id) for job_id in open_jobs]
+            metrics.jobs_collected(node, [job for job in finished if job is not None])
         republish(self.index, node, self.publish)
         self._supervise_workers()
 

@@ -11,10 +11,11 @@ File names are built only from UIDs that pass :func:`checked_uid`, so a dataset 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import hashlib
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ class StoredInstance:
     series_uid: str
     sop_instance_uid: str
     size: int
+    #: SHA-256 of the bytes from ``hash_from`` on, when :meth:`Spool.store_file` was asked for it.
+    digest: str = ""
 
 
 class Spool:
@@ -59,6 +62,7 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.studies.mkdir(parents=True, exist_ok=True)
+        self._studies_resolved = self.studies.resolve()
 
     def free_bytes(self) -> int:
         stats = os.statvfs(self.root)
@@ -72,7 +76,7 @@ class Spool:
         ]
         path = self.studies.joinpath(*parts)
         # Belt and braces: the checked UIDs cannot contain separators, but never trust one check.
-        if self.studies.resolve() not in path.resolve().parents:
+        if self._studies_resolved not in path.resolve().parents:
             raise InvalidUIDError("instance path escapes the spool")
         return path
 
@@ -83,16 +87,37 @@ class Spool:
         )
 
     def store_file(
-        self, source: Path, study_uid: str, series_uid: str, sop_instance_uid: str
+        self,
+        source: Path,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+        hash_from: int | None = None,
     ) -> StoredInstance:
         """Like :meth:`store` for an instance already in a file (pynetdicom's chunked receive),
-        copied in blocks so that a large instance never sits in memory."""
+        copied in blocks so that a large instance never sits in memory.
+
+        With ``hash_from`` (the offset of the dataset after its File Meta Information) the
+        returned ``digest`` is the SHA-256 of the bytes from there on, computed during the copy:
+        the same value as :func:`node.index.digest_file` on the stored file, without reading it
+        again.
+        """
+        sha = hashlib.sha256() if hash_from is not None else None
+        start = hash_from or 0
 
         def copy(handle: Any) -> None:
+            position = 0
             with source.open("rb") as src:
-                shutil.copyfileobj(src, handle, 1024 * 1024)
+                while block := src.read(1024 * 1024):
+                    handle.write(block)
+                    if sha is not None and position + len(block) > start:
+                        sha.update(memoryview(block)[max(0, start - position) :])
+                    position += len(block)
 
-        return self._store(copy, source.stat().st_size, study_uid, series_uid, sop_instance_uid)
+        stored = self._store(copy, source.stat().st_size, study_uid, series_uid, sop_instance_uid)
+        if sha is None:
+            return stored
+        return dataclasses.replace(stored, digest=sha.hexdigest())
 
     def _store(
         self,
