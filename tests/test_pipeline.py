@@ -190,3 +190,24 @@ def test_dicom_outputs_refused_for_nifti(
 def test_slice_outside_the_series_is_bad_input(example_ct_path: Path, tmp_path: Path) -> None:
     code, _ = analyze(str(example_ct_path), "--out", str(tmp_path), "--slice", "500")
     assert code == 2
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--preset", "foo", "unknown HU window preset 'foo'"),
+        ("--rule-set", "bar@9", "unknown rule set 'bar@9'"),
+    ],
+)
+def test_unknown_preset_or_rule_set_is_bad_input(
+    example_ct_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    value: str,
+    message: str,
+) -> None:
+    code, _ = analyze(str(example_ct_path), "--out", str(tmp_path), flag, value)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("bodycomp: error: " + message) and "Traceback" not in err

@@ -32,6 +32,13 @@ class PixelDataError(InputError):
     """Pixel data that is missing, truncated or undecodable."""
 
 
+class UnknownNameError(InputError, KeyError):
+    """A preset, rule set or engine name nobody registered (a KeyError too, for mapping lookups)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class NotInFieldOfViewError(BodycompError):
     """The structure to measure (L3) is not covered by the scan."""
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from workers.versioned import lookup
+
 __all__ = ["DEFAULT_PRESET", "PRESETS", "HUWindow", "WindowPreset", "get_preset"]
 
 
@@ -104,11 +106,4 @@ DEFAULT_PRESET = "tomovision-l3@1"
 
 def get_preset(name: str | None = None) -> WindowPreset:
     """Return a preset by ``name@version`` or bare ``name`` (latest version); ``None`` gives the default."""
-    if name is None:
-        name = DEFAULT_PRESET
-    if name in PRESETS:
-        return PRESETS[name]
-    candidates = [p for p in PRESETS.values() if p.name == name]
-    if not candidates:
-        raise KeyError(f"unknown HU window preset {name!r}; known: {sorted(PRESETS)}")
-    return max(candidates, key=lambda p: p.version)
+    return lookup(PRESETS, name, DEFAULT_PRESET, "HU window preset")

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from workers.versioned import lookup
+
 __all__ = [
     "DEFAULT_RULE_SET",
     "RULE_SETS",
@@ -237,14 +239,7 @@ DEFAULT_RULE_SET = "martin2013@1"
 
 def get_rule_set(name: str | None = None) -> RuleSet:
     """Return a rule set by ``name@version`` or bare ``name`` (latest); ``None`` gives the default."""
-    if name is None:
-        name = DEFAULT_RULE_SET
-    if name in RULE_SETS:
-        return RULE_SETS[name]
-    candidates = [r for r in RULE_SETS.values() if r.name == name]
-    if not candidates:
-        raise KeyError(f"unknown rule set {name!r}; known: {sorted(RULE_SETS)}")
-    return max(candidates, key=lambda r: r.version)
+    return lookup(RULE_SETS, name, DEFAULT_RULE_SET, "rule set")
 
 
 def _valid(x: float | None) -> bool:

@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from workers.errors import UnknownNameError
 from workers.l3.result import L3Result
 
 
@@ -48,7 +49,9 @@ def get_localiser(name: str = "classical") -> L3Localiser:
     try:
         return _REGISTRY[name]()
     except KeyError:
-        raise KeyError(f"unknown L3 localiser {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+        raise UnknownNameError(
+            f"unknown L3 localiser {name!r}; available: {', '.join(sorted(_REGISTRY))}"
+        ) from None
 
 
 def _ensure_builtin() -> None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from workers.errors import UnknownNameError
 from workers.presets import WindowPreset
 
 __all__ = [
@@ -119,7 +120,7 @@ def get_segmenter(name: str = "classical") -> TissueSegmenter:
     try:
         return _REGISTRY[name]()
     except KeyError:
-        raise KeyError(f"unknown segmenter {name!r}; known: {sorted(_REGISTRY)}") from None
+        raise UnknownNameError(f"unknown segmenter {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def _ensure_builtin() -> None:
