@@ -195,7 +195,7 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
         None if options.slice_index is not None else l3.confidence,
         [f for k in ks for f in segmentations[k].flags],
         seg.qc_notes,
-        result["tissues"],
+        result["metrics"].get("flags", []),
         volume.flags,
         volume.acquisition,
         manual_slice=options.slice_index is not None,

@@ -23,8 +23,6 @@ INFORMATIONAL = {
 #: Flags that make the result unusable.
 FATAL = {"no_body", "no_spine_found"}
 
-SM_AREA_PLAUSIBLE_CM2 = (40.0, 400.0)
-
 
 @dataclass
 class QualityReport:
@@ -51,7 +49,7 @@ def assess(
     l3_confidence: float | None,
     segmentation_flags: Iterable[str],
     segmentation_notes: Iterable[str],
-    tissues: Mapping[str, Any],
+    measurement_flags: Iterable[str],
     volume_flags: Iterable[str],
     acquisition: Mapping[str, Any],
     manual_slice: bool,
@@ -70,13 +68,9 @@ def assess(
         report.add(flag, f"segmentation: {detail}")
     for flag in volume_flags:
         report.add(flag, f"input: {flag.replace('_', ' ')}")
-    sm = tissues.get("skeletal_muscle", {}).get("area_cm2")
-    low, high = SM_AREA_PLAUSIBLE_CM2
-    if sm is not None and not low <= float(sm) <= high:
-        report.add(
-            "implausible_muscle_area",
-            f"skeletal muscle area {float(sm):.0f} cm² is outside {low:g}–{high:g} cm²",
-        )
+    # The metrics own their plausibility checks (e.g. SM area outside 40–400 cm²); QC only relays them.
+    for flag in measurement_flags:
+        report.add(flag, f"measurement: {flag.replace('_', ' ')}")
     if acquisition.get("contrast_agent"):
         report.add(
             "contrast_enhanced",
