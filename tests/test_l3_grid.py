@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from workers.l3.discs import find_discs
-from workers.l3.grid import make_work_grid, running_mean_z, running_median_z
+from workers.l3.grid import block_factor, make_work_grid, running_mean_z, running_median_z
 
 
 @pytest.mark.parametrize(("nz", "dz", "fz_expected"), [(11, 0.6, 2), (7, 3.0, 1), (10, 0.4, 3)])
@@ -15,16 +15,27 @@ def test_work_grid_matches_naive_block_mean(nz: int, dz: float, fz_expected: int
     hu = rng.integers(-1100, 1500, size=(nz, 13, 17)).astype(np.int16)
     hu[:, :, 0] = -3024  # out-of-field padding must count as air (-1024), not pull means down
     z = np.arange(nz) * dz
-    g = make_work_grid(hu, z, (0.8, 0.8), chunk=2)
-    f = 3  # round(2.5 / 0.8)
+    g = make_work_grid(hu, z, (0.95, 0.95), chunk=2)
+    f = 2  # the power of two nearest to 2.5 / 0.95 = 2.6 (in log scale)
     assert (g.fy, g.fx, g.fz) == (f, f, fz_expected)
-    clipped = np.maximum(hu.astype(np.float64), -1024.0)[:, :12, :15]
+    clipped = np.maximum(hu.astype(np.float64), -1024.0)[:, :12, :16]
     for w, k0 in enumerate(range(0, nz, g.fz)):
         block = clipped[k0 : k0 + g.fz]
-        ref = block.reshape(block.shape[0], 4, f, 5, f).mean(axis=(0, 2, 4))
+        ref = block.reshape(block.shape[0], 6, f, 8, f).mean(axis=(0, 2, 4))
         np.testing.assert_allclose(g.hu[w], ref, rtol=1e-5, atol=1e-3)
         assert g.z_mm[w] == pytest.approx(z[k0 : k0 + g.fz].mean())
     np.testing.assert_array_equal(g.z_native, z)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "factor"),
+    [(0.4, 8), (0.45, 4), (0.7, 4), (0.88, 4), (0.9, 2), (0.9766, 2), (1.77, 1), (3.0, 1), (5.0, 1)],
+)
+def test_block_factor_is_the_nearest_power_of_two(spacing: float, factor: int) -> None:
+    """Work pixels stay within 2.5 mm × 2^±0.5 and are whole preview pixels at every JPEG 2000 level."""
+    assert block_factor(spacing) == factor
+    if factor > 1:
+        assert 2.5 / np.sqrt(2) <= spacing * factor <= 2.5 * np.sqrt(2)
 
 
 def test_uneven_series_is_not_binned() -> None:

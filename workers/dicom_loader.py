@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +22,15 @@ from pydicom.pixels import iter_pixels
 from workers.dicom_scan import DicomFile
 from workers.errors import GeometryError, InputError, PixelDataError
 from workers.hu import rescale_is_integral, stored_to_hu
+from workers.preview import (
+    J2K_SYNTAXES,
+    block_mean,
+    decode_reduced_j2k,
+    first_frame,
+    preview_affine,
+    preview_level,
+    reduced_shape,
+)
 from workers.series_selection import SeriesCandidate, functional_group_value
 from workers.stack import SliceGeometry, StackGeometry, StackPolicy, build_stack
 from workers.volume import PatientInfo, Volume
@@ -141,8 +151,13 @@ def _acquisition(ds: Dataset, candidate: SeriesCandidate) -> dict[str, Any]:
     }
 
 
-def load_dicom_series(candidate: SeriesCandidate, policy: StackPolicy) -> Volume:
-    """Decode ``candidate`` (a series chosen by :func:`~workers.series_selection.select_series`)."""
+def load_dicom_series(candidate: SeriesCandidate, policy: StackPolicy, preview: bool = False) -> Volume:
+    """Decode ``candidate`` (a series chosen by :func:`~workers.series_selection.select_series`).
+
+    With ``preview`` a JPEG 2000 series is decoded at a reduced resolution level only
+    (``volume.preview``, for finding L3) and ``volume.ensure_full_resolution`` decodes the slices
+    that are measured; other series are decoded in full as without it (see :mod:`workers.preview`).
+    """
     if candidate.is_multiframe:
         return _load_multiframe(candidate, policy)
     files = candidate.files
@@ -150,19 +165,36 @@ def load_dicom_series(candidate: SeriesCandidate, policy: StackPolicy) -> Volume
     ordered = [files[i] for i in geometry.order]
     slopes = [_rescale(f.header) for f in ordered]
     dtype = np.int16 if all(rescale_is_integral(s, i) for s, i in slopes) else np.float32
-    hu = np.empty(geometry.shape, dtype=dtype)
+    level = _preview_level(candidate, geometry) if preview else 0
+    # np.zeros maps untouched pages lazily: slices never decoded at full resolution cost no memory.
+    hu = np.zeros(geometry.shape, dtype=dtype) if level else np.empty(geometry.shape, dtype=dtype)
     fill = 0
 
     def decode_into(k: int) -> int:
         stored, ds = _decode_single(ordered[k], geometry)
         return stored_to_hu(stored, *slopes[k], out=hu[k], padding_mask=_padding_mask(ds, stored))
 
-    # Decoders (openjpeg, CharLS, GDCM) release the GIL for most of their work, so threads
-    # decode compressed slices in parallel; each writes its own slice of the one array.
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        for count in pool.map(decode_into, range(len(ordered))):
-            fill += count
+    def decode_slices(indices: Sequence[int]) -> int:
+        # Decoders (openjpeg, CharLS, GDCM) release the GIL for most of their work, so threads
+        # decode compressed slices in parallel; each writes its own slice of the one array.
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+            return sum(pool.map(decode_into, indices))
+
+    if level:
+        reduced = _decode_preview(ordered, geometry, slopes, dtype, level)
+    else:
+        fill = decode_slices(range(len(ordered)))
     volume = _volume(candidate, geometry, hu, ordered[0].header)
+    if level:
+        volume.preview = _volume(candidate, geometry, reduced, ordered[0].header)
+        volume.preview.affine = preview_affine(geometry.affine, level)
+        volume.full_resolution = np.zeros(len(ordered), dtype=bool)
+        volume.decode_full = decode_slices
+        spacing = float(np.linalg.norm(geometry.affine[:3, 1:3], axis=0).max())
+        volume.notes.append(
+            f"L3 was searched on a 1/{2**level}-resolution JPEG 2000 preview ({spacing * 2**level:.2f} mm "
+            "pixels); tissues are measured on full-resolution slices"
+        )
     volume.sop_instance_uids = [f.sop_instance_uid for f in ordered]
     volume.headers = [f.header for f in ordered]
     volume.source_slice_index = np.arange(len(ordered), dtype=np.int64)
@@ -172,6 +204,49 @@ def load_dicom_series(candidate: SeriesCandidate, policy: StackPolicy) -> Volume
         volume.flags.append("missing_uids")
         volume.notes.append("some SOP Instance UIDs are empty: results cannot reference their source")
     return volume
+
+
+def _preview_level(candidate: SeriesCandidate, geometry: StackGeometry) -> int:
+    """The JPEG 2000 pyramid level to preview at, or 0 when the series is not all JPEG 2000."""
+    syntaxes = set(candidate.transfer_syntaxes)
+    if not syntaxes or not syntaxes <= J2K_SYNTAXES:
+        return 0
+    dy, dx = (float(v) for v in np.linalg.norm(geometry.affine[:3, 1:3], axis=0))
+    return preview_level((dy, dx))
+
+
+def _decode_preview(
+    ordered: list[DicomFile],
+    geometry: StackGeometry,
+    slopes: list[tuple[float, float]],
+    dtype: type[np.generic],
+    level: int,
+) -> np.ndarray:
+    """Every slice at pyramid ``level`` in HU (a slice the reduced decoder refuses is decoded in
+    full and block-averaged, so the preview is complete whatever the encoder did)."""
+    rows, columns = geometry.shape[1:]
+    out = np.empty((len(ordered), *reduced_shape(rows, columns, level)), dtype=dtype)
+
+    def preview_into(k: int) -> None:
+        f = ordered[k]
+        try:
+            ds = pydicom.dcmread(f.path, force=True)
+            stored = decode_reduced_j2k(
+                first_frame(ds),
+                level,
+                int(ds.get("PixelRepresentation", 0) or 0),
+                int(ds.get("BitsStored", 16) or 16),
+            )
+        except Exception:
+            stored = None
+        if stored is None:
+            full, _ = _decode_single(f, geometry)
+            stored = np.rint(block_mean(full, level))
+        stored_to_hu(stored, *slopes[k], out=out[k])
+
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        list(pool.map(preview_into, range(len(ordered))))
+    return out
 
 
 def _padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:

@@ -29,11 +29,14 @@ def load_series(
     path: str | Path,
     selection: SelectionPolicy | None = None,
     stack: StackPolicy | None = None,
+    preview: bool = False,
 ) -> Volume:
     """Load the CT volume to analyse from ``path`` (folder, DICOM file or NIfTI file).
 
     Raises :class:`~workers.errors.InputError` (or a subclass) with a one-line reason when the
-    input cannot be analysed.
+    input cannot be analysed. ``preview``: decode a JPEG 2000 series at reduced resolution and its
+    measured slices on demand (:meth:`~workers.volume.Volume.ensure_full_resolution`); the analysis
+    uses it, tools that read every voxel (``inspect``) do not.
     """
     path = Path(path)
     selection = selection or SelectionPolicy()
@@ -47,7 +50,7 @@ def load_series(
         what = ", ".join(f"{n} {reason}" for reason, n in scan.skipped.items()) or "no files"
         raise InputError(f"{path}: no DICOM files found ({what})")
     chosen, candidates = select_series(scan.files, selection)
-    volume = load_dicom_series(chosen, stack)
+    volume = load_dicom_series(chosen, stack, preview=preview)
     volume.source_path = path
     volume.candidates = candidates
     volume.skipped_files = dict(scan.skipped)

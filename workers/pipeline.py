@@ -79,6 +79,8 @@ class AnalysisOptions:
     """Average the metrics over this many contiguous slices centred on L3 (``--slices N``)."""
     patient: PatientOverrides = field(default_factory=PatientOverrides)
     write_dicom: bool = False
+    preview: bool = True
+    """Search L3 on a reduced-resolution decode of a JPEG 2000 series (see :mod:`workers.preview`)."""
 
 
 class StageTimer:
@@ -108,7 +110,7 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
         raise InputError("--slices must be at least 1")
     timer = StageTimer()
     with timer.stage("load"):
-        volume = load_series(path, options.selection, options.stack)
+        volume = load_series(path, options.selection, options.stack, preview=options.preview)
     if options.write_dicom:
         _check_dicom_identity(volume)
     view = volume.canonical()
@@ -123,14 +125,16 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
+    # L3 is searched on the preview when the loader made one (JPEG 2000): ~2.5 mm is all it needs.
+    search_view = volume.preview.canonical() if volume.preview is not None else view
     with timer.stage("l3"):
-        l3 = _locate(volume, view, options)
+        l3 = _locate(volume, search_view, options)
     if out_dir is not None and options.slice_index is None:
         with timer.stage("l3_qc_picture"):
             qc_path = render_l3_qc(
-                np.asarray(view.hu),
-                view.z_mm,
-                view.spacing_yx_mm,
+                np.asarray(search_view.hu),
+                search_view.z_mm,
+                search_view.spacing_yx_mm,
                 l3,
                 out_dir / "l3_qc.png",
                 slice_label=lambda k: _slice_label(volume, k),
@@ -153,6 +157,10 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
     ks = [k for k in range(centre - half, centre - half + options.slices) if 0 <= k < volume.shape[0]]
     if len(ks) != options.slices:
         raise InputError(f"--slices {options.slices} does not fit around slice {centre}: the scan ends there")
+    with timer.stage("load_full_resolution"):
+        volume.ensure_full_resolution(
+            range(max(0, ks[0] - CONTEXT_SLICES), min(volume.shape[0], ks[-1] + CONTEXT_SLICES + 1))
+        )
     segmenter = get_segmenter(options.segmenter)
     with timer.stage("segment"):
         segmentations = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydicom.uid import UID
 
 from workers.series_selection import SeriesCandidate
@@ -18,7 +17,6 @@ def transfer_syntax_name(uid: str) -> str:
 
 def describe(volume: Volume) -> dict[str, Any]:
     """Everything ``bodycomp inspect --json`` prints; no patient names or IDs."""
-    hu = volume.hu
     return {
         "input": str(volume.source_path),
         "source_kind": volume.source_kind,
@@ -26,7 +24,7 @@ def describe(volume: Volume) -> dict[str, Any]:
         "series": [c.to_json() for c in volume.candidates],
         "chosen_series_instance_uid": volume.series.series_instance_uid if volume.series else None,
         "volume": volume.to_json(),
-        "hu_range": [float(np.min(hu)), float(np.max(hu))],
+        "hu_range": list(volume.hu_range()),
     }
 
 
@@ -70,7 +68,8 @@ def format_text(volume: Volume) -> str:
     lines.append(f"  voxel spacing {' × '.join(f'{s:g}' for s in g['spacing_mm'])} mm")
     lines.append(f"  orientation {g['orientation']} (where each array axis points, patient LPS letters)")
     lines.append(f"  z range {g['z_range_mm'][0]:g} .. {g['z_range_mm'][1]:g} mm (inferior → superior)")
-    lines.append(f"  HU range {float(np.min(volume.hu)):g} .. {float(np.max(volume.hu)):g}")
+    low, high = volume.hu_range()
+    lines.append(f"  HU range {low:g} .. {high:g}")
     if volume.source_kind == "nifti":
         lines.append(f"  slices along file axis {volume.source_slice_axis}")
     if volume.tilt_deg:

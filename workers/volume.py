@@ -11,6 +11,7 @@ time into a single preallocated array, so a study is in memory once (int16 for o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,29 @@ class Volume:
     gaps: list[Gap] = field(default_factory=list)
     tilt_deg: float = 0.0
     skipped_files: dict[str, int] = field(default_factory=dict)
+    preview: Volume | None = None
+    """A reduced-resolution copy of every slice (see :mod:`workers.preview`) for finding L3. When it
+    is set, ``hu`` is allocated at full size but holds pixels only for the slices marked in
+    ``full_resolution``: call :meth:`ensure_full_resolution` before reading any slice of ``hu``."""
+    full_resolution: npt.NDArray[np.bool_] | None = None
+    """Which slices of ``hu`` are decoded (None: all of them)."""
+    decode_full: Callable[[Sequence[int]], object] | None = field(default=None, repr=False)
+    """Decodes the given slices into ``hu`` at full resolution (set by the loader with ``preview``)."""
+
+    def ensure_full_resolution(self, slices: Iterable[int]) -> None:
+        """Decode the given slices at full resolution if only their preview exists yet."""
+        if self.full_resolution is None:
+            return
+        missing = sorted({int(k) for k in slices if not self.full_resolution[int(k)]})
+        if missing:
+            assert self.decode_full is not None
+            self.decode_full(missing)
+            self.full_resolution[missing] = True
+
+    def hu_range(self) -> tuple[float, float]:
+        """Lowest and highest HU of the decoded pixels (of the preview when only it is decoded)."""
+        hu = self.preview.hu if self.preview is not None else self.hu
+        return float(np.min(hu)), float(np.max(hu))
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -42,6 +42,21 @@ class WorkGrid:
 MIN_WORK_DZ_MM = 1.25
 
 
+def block_factor(spacing_mm: float) -> int:
+    """In-plane block size: the power of two nearest (in log scale) to ``TARGET_INPLANE_MM /
+    spacing_mm``, so the work grid is 1.8-3.5 mm.
+
+    Why a power of two: a JPEG 2000 series is decoded for localisation at a reduced resolution
+    level (:mod:`workers.preview`, each level halves the pixels). With power-of-two blocks, the
+    preview at level ``r`` (pixels ``2**r`` times larger) gets blocks ``2**r`` times smaller, and
+    the work grid is the same grid whichever way the pixels were decoded.
+    """
+    ratio = TARGET_INPLANE_MM / spacing_mm
+    if ratio <= 1.0:
+        return 1
+    return int(2 ** np.floor(np.log2(ratio) + 0.5))
+
+
 def _z_groups(z_mm: np.ndarray) -> tuple[np.ndarray, int]:
     """Start index of each work slice. Thin slices (< 1.25 mm) of a uniform series are binned so
     that work slices are >= 1.25 mm apart: discs are >= 5 mm thick, so nothing is lost, and every
@@ -63,8 +78,7 @@ def make_work_grid(
     output size. Out-of-field padding (-2000, -3024, ...) is clipped to air first: it must not pull
     averages down."""
     dy0, dx0 = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
-    fy = max(1, round(TARGET_INPLANE_MM / dy0))
-    fx = max(1, round(TARGET_INPLANE_MM / dx0))
+    fy, fx = block_factor(dy0), block_factor(dx0)
     nz, ny, nx = hu.shape
     z_native = np.asarray(z_mm, dtype=np.float64)
     starts, fz = _z_groups(z_native)
