@@ -5,7 +5,11 @@ CT (bench/make_series.py, cached under --cache) and analysed in a fresh child pr
 ``--dicom`` so that the peak RSS of one analysis is measured on its own. Prints a table and writes
 JSON. Timing is measured here, never asserted in tests.
 
-    .venv/bin/python bench/bench_analysis.py --sizes 200 500 1000 --syntaxes raw j2k
+    .venv/bin/python bench/bench_analysis.py --sizes 200 500 1000 --syntaxes raw j2k j2k-full
+
+A syntax suffixed ``-full`` analyses the same series with ``AnalysisOptions(preview=False)``: every
+slice decoded at full resolution, as before reduced-resolution JPEG 2000 decoding
+(workers/preview.py), for a before/after ratio in the same run.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import json, sys, time
 from pathlib import Path
 from workers.pipeline import AnalysisOptions, analyse
 start = time.perf_counter()
-result = analyse(sys.argv[1], AnalysisOptions(write_dicom=True), out_dir=Path(sys.argv[2]))
+options = AnalysisOptions(write_dicom=True, preview=sys.argv[3] != "full")
+result = analyse(sys.argv[1], options, out_dir=Path(sys.argv[2]))
 total = time.perf_counter() - start
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would inherit the peak
 # of the benchmark process that built the series.
@@ -40,9 +45,9 @@ print(json.dumps({"timings_s": result["timings_s"], "total_s": total, "peak_rss_
 """
 
 
-def run_one(series: Path, out: Path) -> dict[str, Any]:
+def run_one(series: Path, out: Path, mode: str = "preview") -> dict[str, Any]:
     completed = subprocess.run(
-        [sys.executable, "-c", CHILD, str(series), str(out)],
+        [sys.executable, "-c", CHILD, str(series), str(out), mode],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -62,28 +67,29 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "analysis.json")
     args = parser.parse_args()
     rows = []
-    for syntax in args.syntaxes:
+    for variant in args.syntaxes:
+        syntax, full, _ = variant.partition("-full")
         for size in args.sizes:
             series = args.cache / f"series-{size}-{syntax}"
             if not series.exists():
                 start = time.perf_counter()
                 make_series(size, series, syntax)
                 print(f"built {series} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-            data = run_one(series, args.cache / f"out-{size}-{syntax}")
-            rows.append({"slices": size, "syntax": syntax, **data})
+            data = run_one(series, args.cache / f"out-{size}-{variant}", "full" if full else "preview")
+            rows.append({"slices": size, "syntax": variant, **data})
     stages = sorted(
         {s for r in rows for s in r["timings_s"]},
         key=lambda s: list(rows[0]["timings_s"]).index(s) if s in rows[0]["timings_s"] else 99,
     )
     header = (
-        f"{'slices':>6} {'syntax':>6} "
+        f"{'slices':>6} {'syntax':>8} "
         + " ".join(f"{s[:12]:>12}" for s in stages)
         + f" {'total s':>8} {'RSS MB':>7}"
     )
     print(header)
     for r in rows:
         cells = " ".join(f"{r['timings_s'].get(s, 0):12.2f}" for s in stages)
-        print(f"{r['slices']:>6} {r['syntax']:>6} {cells} {r['total_s']:8.2f} {r['peak_rss_mb']:7.0f}")
+        print(f"{r['slices']:>6} {r['syntax']:>8} {cells} {r['total_s']:8.2f} {r['peak_rss_mb']:7.0f}")
     base = [r for r in rows if r["slices"] == min(args.sizes)]
     for r in rows:
         ref = next(b for b in base if b["syntax"] == r["syntax"])
