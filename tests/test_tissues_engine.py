@@ -89,3 +89,26 @@ def test_overlay_renders_rgb_with_square_pixels(tmp_path: Path) -> None:
     for col in TISSUE_COLOURS.values():
         assert col in {tuple(int(v) for v in c) for c in [col]}
     render_overlay(ph.hu, out.labels, ph.spacing_yx_mm, None, None)  # works without summary
+
+
+def test_vertebral_body_run_stops_at_the_canal_and_skips_the_lamina() -> None:
+    """Midline profile at 3 mm: body (≥ 15 mm) → canal (6 mm) → lamina; a spinous process behind.
+
+    The body must end before the canal even when the canal is only two pixels deep, and must be
+    found when the bone component on the smoothed image starts at the lamina (disc levels).
+    """
+    from workers.tissues.bone import _body_run
+
+    col = np.full(60, 20.0)
+    col[10:21] = 120.0  # vertebral body, 33 mm, with one basivertebral dip
+    col[15] = 40.0
+    col[21:23] = 10.0  # canal: 2 pixels = 6 mm
+    col[23:26] = 400.0  # lamina
+    col[26:32] = 300.0  # spinous process
+    raw = col.copy()
+    inside = np.ones(60, dtype=bool)
+    assert _body_run(col, raw, inside, v_top=10, v_bot=31, dy=3.0) == (10, 20)
+    # the vertebra component missed the body and starts at the lamina: search 40 mm in front of it
+    assert _body_run(col, raw, inside, v_top=23, v_bot=31, dy=3.0) == (10, 20)
+    # no lamina behind any long run (a slice without a posterior arch): no answer, caller falls back
+    assert _body_run(col[:21], raw[:21], inside[:21], v_top=10, v_bot=20, dy=3.0) is None

@@ -84,9 +84,10 @@ def test_dice_vat_vs_torso_fat() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "target not reached: SM Dice min 0.857 / mean 0.875 over crop slices 0-18 (classical@0.1); "
-        "kidney/crura next to psoas and organ contact of the thin lateral wall, "
-        "see docs/validation-tissues.md"
+        "target not reached: SM Dice min 0.866 / mean 0.883 over crop slices 0-18 (classical@0.1; was "
+        "0.857 / 0.875); the reference draws the psoas/quadratus/wall boundary against visceral fat one "
+        "pixel tighter, and bowel under the linea alba and colon against the left wall are still "
+        "counted as wall muscle, see docs/validation-tissues.md"
     ),
 )
 def test_dice_skeletal_muscle() -> None:
@@ -96,8 +97,9 @@ def test_dice_skeletal_muscle() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "target not reached: SAT Dice min 0.929 / mean 0.945 (7/19 slices >= 0.95); the reference excludes "
-        "more skin/fat partial-volume pixels than the HU-window convention, see docs/validation-tissues.md"
+        "target not reached: SAT Dice min 0.928 / mean 0.944 (was 0.929 / 0.945); the reference "
+        "excludes more skin/fat partial-volume pixels than the HU-window convention and calls the fat "
+        "under the linea alba torso fat, see docs/validation-tissues.md"
     ),
 )
 def test_dice_sat() -> None:
@@ -106,8 +108,39 @@ def test_dice_sat() -> None:
 
 def test_dice_floor_reached_so_far() -> None:
     """Regression guard at the level reached (not the target): catches any change that makes it worse."""
-    _check("sm", 0.85)
+    _check("sm", 0.86)
     _check("sat", 0.92)
+    _check("vat", 0.855)
+
+
+def test_vertebral_body_matches_reference_vertebra() -> None:
+    """The vertebral body (anchor of psoas zone, canal and peritoneal line) is found on every slice.
+
+    Evaluation only: TotalSegmentator's ``vertebrae_body`` labels (body + disc) are compared with
+    our mask's row/column extent; at 3 mm a miss by more than 2 pixels means the detector ran into
+    the canal, stopped at an endplate or picked a lamina (classical@0.1 before this check: 13 of 19
+    below-diaphragm slices off).
+    """
+    import nibabel
+
+    from workers.tissues.body import find_body
+    from workers.tissues.bone import find_spine
+    from workers.tissues.geometry import as_float
+
+    hu, _, below = _data()
+    lab = _canon(
+        np.asarray(nibabel.load(str(DATA / "labels/spine_report/totalseg_vertebrae_body.nii.gz")).dataobj)
+    )
+    off = []
+    for k in [c + OFFSET for c in below] + [74]:
+        h = as_float(hu[k])
+        vb = find_spine(h, find_body(h, SPACING).mask, SPACING).vertebral_body
+        r, c = np.flatnonzero(vb.any(axis=1)), np.flatnonzero(vb.any(axis=0))
+        rr, cc = np.flatnonzero((lab[k] > 0).any(axis=1)), np.flatnonzero((lab[k] > 0).any(axis=0))
+        err = max(abs(r[0] - rr[0]), abs(r[-1] - rr[-1]), abs(c[0] - cc[0]), abs(c[-1] - cc[-1]))
+        if err > 2:
+            off.append((k, int(err)))
+    assert len(off) <= 1 and all(k != 74 for k, _ in off), off
 
 
 def test_l3_values_are_plausible() -> None:

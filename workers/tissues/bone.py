@@ -26,6 +26,9 @@ BODY_RUN_HU = 55.0  # midline profile: vertebral body (incl. osteopenic marrow) 
 BODY_REGION_HU = 90.0
 # a low-density gap shorter than this inside the body (basivertebral veins) is not yet the canal
 BODY_GAP_MM = 6.0
+VB_MIN_DEPTH_MM = 15.0  # a lumbar/lower thoracic body is 25-35 mm deep; a lamina on the midline is thinner
+VB_SEARCH_FRONT_MM = 40.0
+CANAL_HALF_WIDTH_MM = 10.0
 
 
 @dataclass
@@ -130,6 +133,12 @@ def _find_canal(
         rad = float(np.clip(0.5 * (lamina - start) * dy + 0.5 * dy, 5.0, 12.0))
     yy, xx = np.ogrid[:h, :w]
     disk = ((yy - mid_r) * dy) ** 2 + ((xx - vc[1]) * dx) ** 2 <= rad**2
+    if lamina is not None:
+        # at coarse pixels the canal is only 2-3 rows deep and the disk above is smaller than the
+        # canal's width (the interpedicular distance, ~20-25 mm): add the band between the back of
+        # the body and the lamina, inside the vertebra, across the canal's half-width
+        band = (yy >= start) & (yy < lamina) & (np.abs(xx - vc[1]) * dx <= CANAL_HALF_WIDTH_MM)
+        disk = disk | (band & vert)
     return disk & ~vbody & (hu < 150)
 
 
@@ -145,15 +154,71 @@ def _convex_hull(mask: BoolArray) -> BoolArray:
     return out
 
 
+def _body_run(
+    col: npt.NDArray[Any],
+    raw_col: npt.NDArray[Any],
+    in_body: npt.NDArray[np.bool_],
+    v_top: int,
+    v_bot: int,
+    dy: float,
+) -> tuple[int, int] | None:
+    """First/last row of the vertebral body on the midline profile, or None.
+
+    Why: the vertebra component found on the smoothed image can miss the body (disc and endplate
+    levels, osteopenic marrow) or run through a narrow canal into the laminae. Along the midline the
+    spine always reads: vertebral body (a run above 55 HU, ≥ 15 mm deep; gaps < 6 mm such as
+    basivertebral veins tolerated) → canal (CSF/cord, < 55 HU, ≥ 6 mm) → laminae/spinous process
+    (cortical bone > 150 HU within 35 mm behind the body). So the body is the deepest long
+    run that has a lamina behind it (where the spinous process lies behind a lamina, the lamina's
+    run is the shorter one).
+    Searched from 40 mm in front of the vertebra component to its back.
+    """
+    n = len(col)
+    r0 = max(v_top - int(VB_SEARCH_FRONT_MM / dy), 0)
+    r1 = min(v_bot + 1, n)
+    above = (col > BODY_RUN_HU) & in_body
+    runs: list[tuple[int, int]] = []
+    r = r0
+    while r < r1:
+        if not above[r]:
+            r += 1
+            continue
+        start = last = r
+        gap = 0
+        r += 1
+        while r < r1:
+            if above[r]:
+                last = r
+                gap = 0
+            else:
+                gap += 1
+                if gap * dy >= BODY_GAP_MM:
+                    break
+            r += 1
+        if (last - start + 1) * dy >= VB_MIN_DEPTH_MM:
+            runs.append((start, last))
+        r = last + 1
+    lamina_lo, lamina_hi = int(np.ceil(BODY_GAP_MM / dy)), int(35.0 / dy)
+    with_lamina = [
+        (a, b) for a, b in runs if (raw_col[b + lamina_lo : min(b + lamina_hi + 1, n)] > 150).any()
+    ]
+    if with_lamina:
+        # the body is the deepest such run (a lamina with the spinous process behind it is shorter)
+        return max(with_lamina, key=lambda ab: (ab[1] - ab[0], -ab[0]))
+    return None
+
+
 def _vertebral_body(
     hu: npt.NDArray[Any], vert: BoolArray, body: BoolArray, spacing_yx_mm: Sequence[float]
 ) -> BoolArray:
     """The vertebral body = the front part of the vertebra, ending where the canal starts.
 
-    Walk down the vertebra's midline column from its anterior edge: the body is the first run of
-    (lightly smoothed) HU above 55, tolerating one-pixel dips; the canal (CSF/cord, < 55 HU) ends
-    it. The body region is then the dense bone in those rows attached to that run, made convex.
-    Works for osteopenic bodies whose low-density marrow leaves the cortical ring open.
+    On the vertebra's midline strip (median of ±3 mm, lightly smoothed) the body is the long run of
+    HU above 55 that has the lamina behind the canal (see ``_body_run``); if none is found, the old
+    walk from the first cortical bone is used. The body region is then the dense bone in those rows
+    attached to that run, made convex. Works for osteopenic bodies whose low-density marrow leaves
+    the cortical ring open, and at disc/endplate levels where the smoothed bone component misses
+    the body.
     """
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
     sm = ndi.gaussian_filter(np.clip(hu, -200, 1000).astype(np.float32), (1.0 / dy, 1.0 / dx))
@@ -165,27 +230,34 @@ def _vertebral_body(
     dense = vert & (hu > 200)
     if dense.sum() >= 5:
         mid = round(float(np.median(np.nonzero(dense)[1])))
-    col = sm[:, max(mid - half, 0) : mid + half + 1].max(axis=1)
-    raw_col = hu[:, max(mid - half, 0) : mid + half + 1].max(axis=1)
-    on_vert = np.flatnonzero(vert[:, max(mid - half, 0) : mid + half + 1].any(axis=1))
-    top = int(on_vert[0]) if on_vert.size else int(ys.min())
-    cortex = np.flatnonzero(raw_col[top : top + int(30.0 / dy) + 1] > 200)
-    if cortex.size:
-        top += int(cortex[0])
-    r = top
-    gap = 0
-    last = top
-    max_rows = int(60.0 / dy)
-    while r < hu.shape[0] - 1 and r - top < max_rows:
-        if col[r] > BODY_RUN_HU:
-            last = r
-            gap = 0
-        else:
-            gap += 1
-            if gap * dy > BODY_GAP_MM:
-                break
-        r += 1
-    back = last
+    lo_c, hi_c = max(mid - half, 0), mid + half + 1
+    # median across the ±3 mm strip: one noisy bright pixel in the canal must not bridge it
+    col = np.median(sm[:, lo_c:hi_c], axis=1)
+    raw_col = hu[:, lo_c:hi_c].max(axis=1)
+    on_vert = np.flatnonzero(vert[:, lo_c:hi_c].any(axis=1))
+    v_top = int(on_vert[0]) if on_vert.size else int(ys.min())
+    v_bot = int(on_vert[-1]) if on_vert.size else int(ys.max())
+    run = _body_run(col, raw_col, body[:, mid], v_top, v_bot, dy)
+    if run is not None:
+        top, back = run
+    else:
+        top = v_top
+        cortex = np.flatnonzero(raw_col[top : top + int(30.0 / dy) + 1] > 200)
+        if cortex.size:
+            top += int(cortex[0])
+        back = top
+        r = top
+        gap = 0
+        max_rows = int(60.0 / dy)
+        while r < hu.shape[0] - 1 and r - top < max_rows:
+            if col[r] > BODY_RUN_HU:
+                back = r
+                gap = 0
+            else:
+                gap += 1
+                if gap * dy >= BODY_GAP_MM:
+                    break
+            r += 1
     rows = np.zeros(hu.shape[0], dtype=bool)
     rows[top : back + 1] = True
     region = ((hu > 150) | ((sm > BODY_REGION_HU) & (hu > 80))) & rows[:, None] & body

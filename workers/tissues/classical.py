@@ -59,6 +59,15 @@ EDGE_BAND_PX = 1.5
 LATERAL_WALL_MAX_MM = 40.0
 POSTERIOR_WALL_MAX_MM = 10.0
 WALL_BAND_MM = 15.0
+# costal cartilage (70-150 HU unless calcified) lies inside the muscle window but is denser than any
+# muscle of the same patient: a blob this much above the paraspinal reference is cartilage
+CARTILAGE_DELTA_HU = 50.0
+CARTILAGE_MIN_MM2 = 30.0
+CARTILAGE_SMOOTH_MM = 1.0
+# beside the vertebral body, soft tissue this much darker than the psoas itself is an unenhanced
+# kidney pole, not psoas
+KIDNEY_DELTA_HU = 30.0
+KIDNEY_SMOOTH_MM = 2.0
 CENTER_TOWARD_SPINE = 0.0  # ray centre: body centroid (kept in front of the vertebral body)
 
 
@@ -179,14 +188,20 @@ class ClassicalSegmenter:
         block = find_posterior_block(
             h, cavity_poly & guard, spine.vertebra, spine.vertebral_body, sp, muscle_ref_hu=muscle_ref
         )
-        # thin wall muscle next to the outer edge (latissimus, obliques reaching the back) is lost by
-        # the block's opening: add soft tissue of a shallow band that touches the block
-        # next to the vertebral body only thick muscle is psoas/paraspinal; thin bands hugging the
-        # body are diaphragmatic crura, vessels or bone partial volume
+        # in front of the vertebral body's centre only thick muscle is psoas; thin bands hugging the
+        # body there are diaphragmatic crura, vessels or bone partial volume
         near_vb = block & dilate_mm(spine.vertebral_body, PSOAS_ZONE_MM, sp) & ~spine.vertebra
         thick = open_mm(near_vb, PSOAS_MIN_HALF_THICKNESS_MM, sp)
         thick = dilate_mm(thick, 1.01 * max(sp), sp) & near_vb
-        block = (block & ~near_vb) | thick
+        thin = near_vb & ~thick
+        if spine.body_center_rc is not None:
+            # crura and vessels hug the front half of the body (L1-L3); beside and behind its centre a
+            # thin muscle is the upper psoas, which starts small at T12-L1, or the quadratus
+            thin &= (np.arange(shape[0]) < spine.body_center_rc[0])[:, None]
+        block = block & ~thin
+        block = _drop_kidney_pole(h, block, spine, psoas_zone, preset, sp)
+        # thin wall muscle next to the outer edge (latissimus, obliques reaching the back) is lost by
+        # the block's opening: add soft tissue of a shallow band that touches the block
         band = cavity_poly & post_px & (depth_in <= WALL_BAND_MM) & preset.sm.contains(h)
         blab, _ = ndi.label(band | block)
         keep = np.unique(blab[block])
@@ -209,6 +224,8 @@ class ClassicalSegmenter:
             # low-density trabecular bone of pedicles/laminae inside the vertebra region
             bone_pv |= spine.vertebra & (h > muscle_ref + BONE_PV_RAISE_HU)
         excluded = spine.bone_interior | spine.canal | bone_pv
+        if muscle_ref is not None:
+            excluded |= _costal_cartilage(h, ring & ~block, muscle_ref, sp)
         muscle_px = ring & ~excluded & preset.sm.contains(h)
         # IMAT: fat enclosed by muscle (holes, narrow clefts); other fat in the ring (partial volume at
         # the wall's edges, fat planes between muscles) goes to whichever side (SAT/cavity) is nearer
@@ -261,6 +278,85 @@ class ClassicalSegmenter:
     @property
     def id(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+def _costal_cartilage(
+    h: npt.NDArray[np.float32],
+    wall: npt.NDArray[np.bool_],
+    muscle_ref: float,
+    sp: tuple[float, float],
+) -> npt.NDArray[np.bool_]:
+    """Costal cartilage inside the anterior/lateral wall ring (never muscle).
+
+    Why: above L2 the costal cartilages run inside the abdominal wall; non-calcified cartilage is
+    ~70-150 HU, inside the muscle window (TotalSegmentator issue 117 counted it as muscle), but no
+    skeletal muscle of the same patient is that dense (contrast raises muscle by ~10 HU only).
+    Blobs ≥ 30 mm² whose lightly smoothed HU is > paraspinal reference + 50 HU are cartilage; their
+    one-pixel partial-volume rim is dropped too where it is still > reference + 20 HU (the rule used
+    for bone partial volume).
+    """
+    smooth = ndi.gaussian_filter(h, (CARTILAGE_SMOOTH_MM / sp[0], CARTILAGE_SMOOTH_MM / sp[1]))
+    core = wall & (smooth > muscle_ref + CARTILAGE_DELTA_HU)
+    lab, n = ndi.label(core)
+    if n == 0:
+        return core
+    sizes = np.bincount(lab.ravel()) * sp[0] * sp[1]
+    keep = np.flatnonzero(sizes >= CARTILAGE_MIN_MM2)
+    keep = keep[keep > 0]
+    core = np.isin(lab, keep)
+    rim = (
+        ndi.binary_dilation(core, structure=np.ones((3, 3), bool))
+        & wall
+        & (h > muscle_ref + BONE_PV_RAISE_HU)
+    )
+    out: npt.NDArray[np.bool_] = core | rim
+    return out
+
+
+def _drop_kidney_pole(
+    h: npt.NDArray[np.float32],
+    block: npt.NDArray[np.bool_],
+    spine: SpineResult,
+    psoas_zone: npt.NDArray[np.bool_],
+    preset: WindowPreset,
+    sp: tuple[float, float],
+) -> npt.NDArray[np.bool_]:
+    """Remove from the posterior block a low-density lobe beside the vertebral body (kidney pole).
+
+    Why: the block is grown through soft tissue, so where the medial pole of an unenhanced kidney
+    touches the psoas without a fat plane it joins the block (classical-methods.md: "the whole
+    unenhanced kidney counted as muscle"). Beside the vertebral body (not behind it: there lie the
+    fatty paraspinal muscles) the block should be psoas, whose density is taken as the 75th
+    percentile of the block there (psoas is the bulk and the denser tissue). Unenhanced renal
+    parenchyma is darker than muscle; a region whose smoothed HU (2 mm) is > 30 HU below the psoas
+    is cut off; only the parts still attached to the vertebra (plus the edge the smoothing darkened)
+    are kept. Enhanced kidneys are brighter and already removed by the block's organ test.
+    """
+    vb = spine.vertebral_body
+    if not vb.any():
+        return block
+    vb_back = int(np.flatnonzero(vb.any(axis=1))[-1])
+    rows = np.arange(h.shape[0])[:, None]
+    cand = block & psoas_zone & ~spine.vertebra & (rows <= vb_back)
+    vals = h[cand & preset.sm.contains(h)]
+    if vals.size < 10:
+        return block
+    psoas_hu = float(np.percentile(vals, 75))
+    smooth = ndi.gaussian_filter(h, (KIDNEY_SMOOTH_MM / sp[0], KIDNEY_SMOOTH_MM / sp[1]))
+    low = cand & (smooth < psoas_hu - KIDNEY_DELTA_HU)
+    if not low.any():
+        return block
+    kept = block & ~low
+    lab, _ = ndi.label(kept)
+    ids = np.unique(lab[spine.vertebra & kept])
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return kept
+    attached = np.isin(lab, ids)
+    # the psoas's own edge (partial volume, further darkened by the smoothing over ~1.5 sigma) stays
+    # muscle by the window convention
+    out: npt.NDArray[np.bool_] = dilate_mm(attached, max(1.01 * max(sp), 1.5 * KIDNEY_SMOOTH_MM), sp) & block
+    return out
 
 
 def _largest(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
@@ -326,14 +422,13 @@ def _paraspinal_reference_hu(
     rows = np.arange(h.shape[0])[:, None]
     cols = np.arange(h.shape[1])[None, :]
     depth = ndi.distance_transform_edt(body, sampling=sp)
-    m = (
-        body
-        & (rows >= vb_back + 25.0 / sp[0])
-        & (np.abs(cols - spine.body_center_rc[1]) * sp[1] <= 45.0)
-        & (depth >= 15.0)
-        & preset.sm.contains(h)
-        & ~spine.bone_interior
-    )
-    if m.sum() * sp[0] * sp[1] < 300.0:
-        return None
-    return float(np.median(h[m]))
+    lateral = np.abs(cols - spine.body_center_rc[1]) * sp[1] <= 45.0
+    base = body & lateral & preset.sm.contains(h) & ~spine.bone_interior
+    # second try: a vertebral body mask that ran through a small canal into the laminae (thin
+    # 3 mm slices through an endplate) pushes vb_back too far; the erector spinae still lie
+    # directly behind the laminae, so accept muscle closer to the spine and to the skin
+    for behind_mm, depth_mm in ((25.0, 15.0), (10.0, 10.0)):
+        m = base & (rows >= vb_back + behind_mm / sp[0]) & (depth >= depth_mm)
+        if m.sum() * sp[0] * sp[1] >= 300.0:
+            return float(np.median(h[m]))
+    return None

@@ -8,7 +8,8 @@ pararenal fat in front, SAT behind). So: take soft tissue and bone, open it a li
 bridges (this is what separates a kidney with its fat rim, or a bowel loop, from psoas), keep the
 component attached to the vertebra, restore the opened edges, fill small fat holes (they become
 IMAT). The block is limited to the region behind the front of the vertebral body (aorta and IVC lie
-in front of it) with a small allowance beside it for the psoas bellies.
+in front of it) with a small allowance beside it for the psoas bellies, and, farther than the psoas
+zone from the vertebral body, to the region behind the back of the vertebral body.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from workers.tissues.geometry import BoolArray, dilate_mm, open_mm
 SOFT_LO = -29.0
 OPEN_MM = 3.5
 PSOAS_FRONT_ALLOWANCE_MM = 12.0
+PSOAS_ZONE_MM = 30.0  # psoas lies within this distance of the vertebral body (same as the classical engine)
 HOLE_MAX_MM2 = 400.0
 ORGAN_DELTA_HU = 30.0
 ORGAN_SIGMA_MM = 2.0
@@ -64,6 +66,11 @@ def find_posterior_block(
     cc = np.arange(hu.shape[1])[None, :]
     beside = (cc < c0) | (cc > c1)
     allow = (rr >= front) | (beside & (rr >= front - PSOAS_FRONT_ALLOWANCE_MM / dy))
+    # away from the psoas (beside the vertebral body) the quadratus and the erector spinae lie behind
+    # the transverse processes, i.e. behind the back of the vertebral body; in front of that line,
+    # lateral to the psoas, lie kidney, liver and spleen (touching the back wall above L2)
+    back = int(rows[-1])
+    allow &= dilate_mm(ref, PSOAS_ZONE_MM, spacing_yx_mm) | (rr >= back)
     soft &= allow
     opened = open_mm(soft, OPEN_MM, spacing_yx_mm) | (vertebra & soft)
     lab, _n = ndi.label(opened)

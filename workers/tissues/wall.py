@@ -49,6 +49,7 @@ ORGAN_DELTA_HU = 15.0  # smoothed HU this much above the patient's muscle HU = o
 ORGAN_RUN_MM = 5.0
 ORGAN_MIN_WALL_MM = 5.0
 ORGAN_SMOOTH_MM = 4.0
+REF_EXCESS_MAX_HU = ORGAN_DELTA_HU  # a ray's own wall density may exceed the typical one by this
 FLUID_DELTA_HU = 25.0  # smoothed HU this much below the wall's own density (but not fat) = fluid
 FLUID_MIN_HU = -10.0
 BOWEL_WALL_MM = 3.0  # typical wall of a gas-filled bowel loop (partial volume included)
@@ -64,6 +65,8 @@ WEAK_MIN_MM = 3.0  # search window for a faint wall|organ boundary on capped ray
 WEAK_MAX_MM = 25.0
 WEAK_DROP_HU = 12.0
 WEAK_MAX_HU = 15.0
+RIB_SEARCH_MM = 25.0  # ribs this close under the outer edge lie in the wall (lateral wall above L2)
+RIB_GAP_RAYS = 20  # rays (20°, ~50 mm of wall at a 15 cm radius): spacing of rib sections in a 3 mm cut
 
 
 @dataclass
@@ -156,12 +159,12 @@ def cast_wall(
     capped = np.zeros(N_RAYS, dtype=bool)
     weak = np.zeros(N_RAYS, dtype=bool)
     fat_stop = np.zeros(N_RAYS, dtype=bool)
-    stop_reason: list[str] = []  # per ray, for debugging: fat, air, organ, vbody, weak, cap
+    stop_reason: list[str] = ["no_body"] * N_RAYS  # per ray: fat, air, organ, vbody, weak, cap
+    outer_idx = np.full(N_RAYS, -1, dtype=np.int64)
     for k in range(N_RAYS):
         inb = np.flatnonzero(bprof[k])
         if inb.size == 0:
             capped[k] = True
-            stop_reason.append("no_body")
             continue
         i_skin = int(inb[-1])
         skin_r[k] = s[i_skin]
@@ -206,6 +209,36 @@ def cast_wall(
                 j -= 1
         outer = max(outer, 0)
         outer_r[k] = s[outer]
+        outer_idx[k] = outer
+    # each ray's own wall density (first mm under the outer edge): the recti and obliques are often
+    # denser than fatty paraspinal muscle. Where no muscle lies under the SAT (linea alba, a wall
+    # thinned to nothing) the "first mm" is the organ itself (liver, stomach, bowel wall), so the
+    # ray's density may exceed the wall's typical density around the circumference by at most the
+    # organ margin: otherwise an organ touching the linea alba would define its own reference
+    first_hu = np.full(N_RAYS, np.nan)
+    rays_in_body = [int(r) for r in np.flatnonzero(outer_idx >= 0)]
+    for k in rays_in_body:
+        o = int(outer_idx[k])
+        first = prof[k, max(o - n_organ_min, 0) : o + 1]
+        first = first[first > FAT_HI]
+        if first.size:
+            first_hu[k] = float(np.median(first))
+    front_first = first_hu[~posterior & np.isfinite(first_hu)]
+    wall_typ = float(np.median(front_first)) if front_first.size else None
+    rib_depth = np.full(N_RAYS, np.nan)
+    n_rib = max(round(RIB_SEARCH_MM / step), 1)
+    for k in rays_in_body:
+        p = prof[k]
+        outer = int(outer_idx[k])
+        if not posterior[k]:
+            # ribs inside the outer edge belong to the wall (intercostal muscles, diaphragm)
+            seg_b = (
+                boneprof[k, max(outer - n_rib, 0) : outer + 1] & bprof[k, max(outer - n_rib, 0) : outer + 1]
+            )
+            hits = np.flatnonzero(seg_b)
+            if hits.size:
+                deepest = max(outer - n_rib, 0) + int(hits[0])
+                rib_depth[k] = s[outer] - s[deepest]
         # --- inner edge: continue inward through muscle
         cap = CAP_POSTERIOR_MM if posterior[k] else CAP_LATERAL_MM
         n_cap = int(cap / step)
@@ -214,13 +247,12 @@ def cast_wall(
         gap = 0
         organ_run = 0
         why = "start"
-        # this ray's own wall density (first mm under the outer edge) vs the patient's paraspinal one
         ray_ref = muscle_ref_hu
-        if muscle_ref_hu is not None:
-            first = p[max(outer - n_organ_min, 0) : outer + 1]
-            first = first[first > FAT_HI]
-            if first.size:
-                ray_ref = max(muscle_ref_hu, float(np.median(first)))
+        if muscle_ref_hu is not None and np.isfinite(first_hu[k]):
+            own = float(first_hu[k])
+            if wall_typ is not None:
+                own = min(own, max(wall_typ, muscle_ref_hu) + REF_EXCESS_MAX_HU)
+            ray_ref = max(muscle_ref_hu, own)
         in_vbody = False
         stopped = False
         while j > 0 and outer - j < n_cap:
@@ -290,7 +322,7 @@ def cast_wall(
                         why = "weak"
         inner_r[k] = s[last_tissue]
         fat_stop[k] = why == "fat"
-        stop_reason.append(why)
+        stop_reason[k] = why
     # outer edge outliers: SAT much thicker than around it = a thin wall layer was missed
     sat_t = skin_r - outer_r
     sat_env = _nanpercentile_circular(sat_t, SAT_ENV_WINDOW, SAT_ENV_PERCENTILE)
@@ -319,6 +351,14 @@ def cast_wall(
         prior = float(np.percentile(thick[clean_front], PRIOR_PERCENTILE))
         thick_i = np.where(front & ~valid, np.minimum(thick_i, prior), thick_i)
     thick_i = circular_median(thick_i, 5)
+    # ribs are part of the wall (intercostal muscles between them, the diaphragm's costal origin on
+    # their inner surface): the inner edge never lies outside a rib's inner surface, and the
+    # intercostal spaces take the floor of the ribs on either side. Organ detection alone puts the
+    # edge 5 mm under the outer edge there, because unenhanced liver/spleen and wall share their HU
+    has_rib = np.isfinite(rib_depth) & front
+    if has_rib.any():
+        floor = _interpolate_short_gaps(np.where(has_rib, rib_depth, 0.0), has_rib, RIB_GAP_RAYS)
+        thick_i = np.where(front & np.isfinite(floor), np.maximum(thick_i, floor), thick_i)
     outer_s = circular_mean(circular_median(outer_r, 5), 3)
     inner_s = outer_s - np.maximum(thick_i, 0.0)
     inner_s = circular_mean(inner_s, 3)
@@ -335,6 +375,23 @@ def cast_wall(
         posterior=posterior,
         stop_reason=stop_reason,
     )
+
+
+def _interpolate_short_gaps(x: FloatArray, valid: npt.NDArray[np.bool_], max_gap: int) -> FloatArray:
+    """Circular linear interpolation of invalid samples, but only across gaps ≤ ``max_gap``; NaN elsewhere."""
+    n = len(x)
+    out = np.full(n, np.nan)
+    if not valid.any():
+        return out
+    filled = interpolate_invalid_circular(x, valid)
+    out[valid] = x[valid]
+    idx = np.flatnonzero(valid)
+    nxt = np.concatenate([idx[1:], idx[:1] + n])
+    for a, b in zip(idx, nxt, strict=True):
+        if 1 < b - a <= max_gap + 1:
+            for i in range(a + 1, b):
+                out[i % n] = filled[i % n]
+    return out
 
 
 def _nanmedian_circular(x: FloatArray, width: int) -> FloatArray:
