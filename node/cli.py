@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from node import privacy
 from node.config import ConfigError, Settings, load_settings
 from workers import __version__
 from workers.errors import BodycompError, NotInFieldOfViewError
@@ -105,6 +107,25 @@ def _add_node_commands(sub: Any) -> None:
         "--metrics-port", type=int, metavar="P", help="serve /healthz and /metrics on port P (default off)"
     )
     serve.add_argument("--metrics-host", help="address of the metrics endpoint (default 127.0.0.1)")
+    serve.add_argument(
+        "--max-associations", type=int, metavar="N", help="associations at once (16); more are rejected"
+    )
+    serve.add_argument(
+        "--network-timeout", type=float, metavar="S", help="drop a connection silent for S seconds (120)"
+    )
+    serve.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="this node's certificate: listen with DICOM TLS only"
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="private key of --tls-cert")
+    serve.add_argument(
+        "--tls-ca", type=Path, metavar="PEM", help="CA bundle for client and +tls destination certificates"
+    )
+    serve.add_argument(
+        "--tls-verify-client",
+        action="store_true",
+        default=None,
+        help="require callers to present a certificate signed by --tls-ca",
+    )
     serve.add_argument("-v", "--verbose", action="store_true")
 
     worker = sub.add_parser("worker", help="run a Celery worker (with an external broker)")
@@ -146,7 +167,29 @@ NODE_FLAGS = (
     "concurrency",
     "metrics_port",
     "metrics_host",
+    "max_associations",
+    "network_timeout",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_verify_client",
 )
+
+#: ``serve`` and ``worker`` create files readable by the service user only: the spool, the index,
+#: results and the broker hold PHI (set before any file or child process is created).
+SERVICE_UMASK = 0o077
+
+
+def _private_data_dir(settings: Settings) -> None:
+    """Use a private umask and create the data directory 0700; warn if an existing one is open."""
+    os.umask(SERVICE_UMASK)
+    data_dir = settings.node.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = data_dir.stat().st_mode & 0o777
+    if mode & 0o007:
+        log.warning(
+            "event=data_dir_permissions path=%s mode=%03o (others may read PHI: chmod 700)", data_dir, mode
+        )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -169,8 +212,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from node.service import run
+    from node.tls import server_context
 
     logging.getLogger("bodycomp").setLevel(logging.INFO)
+    server_context(settings.node)  # unusable certificate files: exit 2 before anything starts
+    _private_data_dir(settings)
     try:
         return run(settings, args.config)
     except OSError as exc:
@@ -182,6 +228,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from node.worker import run_worker
 
     logging.getLogger("bodycomp").setLevel(logging.INFO)
+    _private_data_dir(settings)
     return run_worker(settings)
 
 
@@ -204,7 +251,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_echo(args: argparse.Namespace, settings: Settings) -> int:
     from node.status import echo
 
-    ok, message = echo(args.target, settings.node.ae_title)
+    ok, message = echo(args.target, settings.node.ae_title, settings=settings.node)
     print(message, file=sys.stdout if ok else sys.stderr)
     return EXIT_OK if ok else 1
 
@@ -262,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # highdicom logs one INFO line per attribute module it copies: noise in a service log.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+    # Library messages that quote dataset values (a birth date, a name) never reach a log.
+    privacy.install()
     try:
         settings = _settings(args)
         return COMMANDS[args.command](args, settings)

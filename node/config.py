@@ -73,6 +73,14 @@ class NodeSettings:
     check_host: bool = False
     """Also require a calling AE listed in ``destinations`` to connect from that host."""
     require_called_ae: bool = True
+    max_associations: int = 16
+    """Associations served at once; one more is rejected (A-ASSOCIATE-RJ transient, "local limit
+    exceeded") so the sender retries later. Each costs two threads and, while a C-STORE arrives,
+    at most one PDU (1 MiB) in memory: 16 takes a busy PACS' parallel sends on two cores."""
+    network_timeout: float = 120.0
+    """Seconds a connection may stay silent, and the most one PDU may take to arrive, before the
+    node drops it (a stalled or trickling peer cannot hold a slot); also bounds association
+    negotiation (at most 30 s)."""
     stable_seconds: float = 30.0
     """A study is complete after this long without a new instance (association release is a hint)."""
     destinations: tuple[str, ...] = ()
@@ -106,6 +114,21 @@ class NodeSettings:
     """Port of the HTTP endpoint with ``/healthz`` and ``/metrics`` (Prometheus); None: off."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds to (loopback unless a scraper on another host needs it)."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) of this node. Set (with ``tls_key``), the listener speaks DICOM TLS
+    only, never plaintext, and the node presents it as its client certificate to ``+tls``
+    destinations. Unset: plaintext listener (keep it on a trusted segment)."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert`` (unencrypted: the service starts unattended; mode 0600)."""
+    tls_ca: Path | None = None
+    """PEM CA bundle trusted for client certificates (``tls_verify_client``) and for the
+    certificates of ``+tls`` destinations; unset: the system's trust store for destinations."""
+    tls_verify_client: bool = False
+    """Require every caller to present a certificate signed by ``tls_ca`` (mutual TLS); without
+    it, TLS encrypts and authenticates the node but callers are identified by AE title only."""
+    tls_check_hostname: bool = True
+    """A ``+tls`` destination's certificate must name its HOST (DNS or IP subject alternative
+    name); turn off only for a PACS whose certificate does not, and rely on ``tls_ca`` then."""
 
     @property
     def spool_dir(self) -> Path:
@@ -145,13 +168,24 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False
+    """Deliver over DICOM TLS (written ``AE@HOST:PORT+tls``, as DCMTK's ``+tls`` flag); never
+    falls back to plaintext."""
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}{TLS_SUFFIX if self.tls else ''}"
+
+
+#: Suffix of a destination reached over DICOM TLS: ``PACS@10.0.0.5:2762+tls``.
+TLS_SUFFIX = "+tls"
 
 
 def parse_destination(text: str) -> Destination:
-    """Parse ``AE@HOST:PORT`` (IPv6 hosts in brackets: ``AE@[::1]:104``)."""
+    """Parse ``AE@HOST:PORT`` or ``AE@HOST:PORT+tls`` (IPv6 hosts in brackets: ``AE@[::1]:104``)."""
+    text = text.strip()
+    tls = text.lower().endswith(TLS_SUFFIX)
+    if tls:
+        text = text[: -len(TLS_SUFFIX)]
     ae, sep, address = text.strip().partition("@")
     host, colon, port = address.rpartition(":")
     host = host.strip("[]")
@@ -161,7 +195,7 @@ def parse_destination(text: str) -> Destination:
         raise ConfigError(f"destination {text!r}: an AE title has at most 16 characters and no backslash")
     if not 0 < int(port) < 65536:
         raise ConfigError(f"destination {text!r}: port out of range")
-    return Destination(ae, host, int(port))
+    return Destination(ae, host, int(port), tls)
 
 
 #: Flat ``BODYCOMP_<FLAG>`` names whose flag differs from the ``[node]`` key (repeated flags).
@@ -292,4 +326,11 @@ def load_settings(
         raise ConfigError(f"node.metrics_port {port} is out of range")
     if settings.node.stable_seconds < 0:
         raise ConfigError("node.stable_seconds must not be negative")
+    if settings.node.max_associations < 1 or settings.node.network_timeout <= 0:
+        raise ConfigError("node.max_associations must be ≥ 1 and node.network_timeout > 0")
+    node = settings.node
+    if (node.tls_cert is None) != (node.tls_key is None):
+        raise ConfigError("node.tls_cert and node.tls_key go together (the certificate and its key)")
+    if node.tls_verify_client and (node.tls_cert is None or node.tls_ca is None):
+        raise ConfigError("node.tls_verify_client needs tls_cert, tls_key (the listener's) and tls_ca")
     return settings

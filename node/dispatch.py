@@ -12,9 +12,12 @@ a late instance gives a new hash, a new job, new result UIDs, and supersedes the
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +128,174 @@ def dispatch_study(
     return new_jobs
 
 
-def enqueue(index: Index, job_id: int, spec: dict[str, Any], publish: Publish) -> bool:
-    """Publish a job to the broker; a broker that is down leaves it for the next round."""
+class BrokerHealth:
+    """Whether the broker took the last message, so that an outage is handled, and logged, once.
+
+    Why: while Redis or RabbitMQ is down every publish fails after the client's own retries
+    (seconds each). Trying every unpublished job on every scheduler tick would stall the scheduler
+    and write an error per job per second for the whole outage. Instead the first failure logs one
+    ``event=broker_unavailable`` line, the jobs stay ``queued`` with no ``enqueued`` time (so
+    :func:`node.results.republish` publishes them later), only one publish is tried every
+    ``probe_seconds`` until one succeeds, and then one ``event=broker_available`` line says so.
+    A job never fails because the broker was away.
+    """
+
+    def __init__(self, probe_seconds: float = 5.0) -> None:
+        self.probe_seconds = probe_seconds
+        self.down_since: float | None = None
+        self.next_probe = 0.0
+        self.failures = 0
+
+    def may_publish(self, now: float | None = None) -> bool:
+        """True when the broker is up as far as we know, or a probe is due."""
+        now = time.monotonic() if now is None else now
+        return self.down_since is None or now >= self.next_probe
+
+    def failed(self, exc: BaseException, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.failures += 1
+        self.next_probe = now + self.probe_seconds
+        if self.down_since is None:
+            self.down_since = now
+            log.error(
+                "event=broker_unavailable reason=%s: %s (jobs stay queued and are published when it is back)",
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+        else:
+            log.debug("broker still unavailable: %s", exc)
+
+    def succeeded(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self.down_since is not None:
+            log.warning(
+                "event=broker_available after_s=%.0f failed_publishes=%d",
+                now - self.down_since,
+                self.failures,
+            )
+        self.down_since = None
+        self.failures = 0
+
+
+#: The node's view of its broker (one broker per node process).
+BROKER = BrokerHealth()
+
+
+def enqueue(
+    index: Index, job_id: int, spec: dict[str, Any], publish: Publish, health: BrokerHealth | None = None
+) -> bool:
+    """Publish a job to the broker; a broker that is down leaves it unpublished for a later round."""
+    health = BROKER if health is None else health
+    if not health.may_publish():
+        return False
     try:
         publish(spec)
     except Exception as exc:  # kombu raises many types for an unreachable broker
-        log.error("event=enqueue_failed job=%d reason=%s: %s", job_id, type(exc).__name__, exc)
+        health.failed(exc)
         return False
+    health.succeeded()
     index.mark_enqueued(job_id)
     return True
+
+
+#: Below this much free space in the data directory no analysis is started (claiming stable
+#: studies and re-publishing jobs pause): an analysis writes a few MB of results and one that
+#: meets a full disk fails. Independent of ``min_free_mb``, the SCP's reserve, which is there so
+#: that the node's own work (analyses, index, outbox) still has room when receiving stops.
+ANALYSIS_MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from a write, or SQLite's "database or disk is full"."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
+
+
+class DiskGuard:
+    """Pauses analyses while the data disk is (nearly) full, and says so once, not every tick.
+
+    Why: a study that became stable while the disk was full used to be dispatched anyway; its
+    analysis failed on ENOSPC after two quick retries, or the dispatch itself failed, and the study
+    ended ``failed`` for good although nothing was wrong with it. Now it waits (``received``) and
+    is analysed when space returns; one ``event=analysis_paused`` line and one
+    ``event=analysis_resumed`` line tell the operator.
+    """
+
+    #: After an ENOSPC met with free space above the floor (quota, inodes), wait this long before
+    #: trying again, so that the log does not flap between paused and resumed every tick.
+    HOLD_SECONDS = 30.0
+
+    def __init__(self, min_free_bytes: int = ANALYSIS_MIN_FREE_BYTES) -> None:
+        self.min_free_bytes = min_free_bytes
+        self.paused_since: float | None = None
+        self.hold_until = 0.0
+
+    @staticmethod
+    def free_bytes(path: Path) -> int:
+        stats = os.statvfs(path)
+        return stats.f_bavail * stats.f_frsize
+
+    def room(self, path: Path, now: float | None = None) -> bool:
+        """True when analyses may start (enough free space under ``path``)."""
+        now = time.monotonic() if now is None else now
+        try:
+            free = self.free_bytes(path)
+        except OSError:
+            return True  # cannot tell: carry on, a real shortage shows up as ENOSPC
+        if free < self.min_free_bytes:
+            self.pause(f"{free / 1048576:.1f} MB free, below {self.min_free_bytes / 1048576:.0f} MB", now)
+            return False
+        if now < self.hold_until:
+            return False
+        if self.paused_since is not None:
+            log.warning(
+                "event=analysis_resumed free_mb=%.0f after_s=%.0f", free / 1048576, now - self.paused_since
+            )
+            self.paused_since = None
+        return True
+
+    def pause(self, reason: str, now: float | None = None, hold: bool = False) -> None:
+        """Note a full disk (from the free space, or with ``hold`` an ENOSPC met on the way); log
+        it once."""
+        now = time.monotonic() if now is None else now
+        if hold:
+            self.hold_until = now + self.HOLD_SECONDS
+        if self.paused_since is None:
+            self.paused_since = now
+            log.error(
+                "event=analysis_paused reason=data disk full (%s): stable studies wait and are analysed "
+                "when space returns",
+                reason,
+            )
+        else:
+            log.debug("data disk still full: %s", reason)
+
+
+#: The node's view of its data disk (one per node process).
+DISK = DiskGuard()
+
+
+def rebuild_job_dir(index: Index, settings: NodeSettings, job: sqlite3.Row) -> dict[str, Any] | None:
+    """Prepare again the folder of a job whose ``job.json`` is missing; return its spec, or None.
+
+    Why: a dispatch cut short after the job's row was committed (disk full while writing
+    ``job.json``, a crash) left a job that could never run and was failed as "job folder
+    missing". The row has all that is needed, and the index still lists the series' instances:
+    when they still hash to the job's input hash the folder is rebuilt; otherwise (the input has
+    changed since) None, and the job stays failed. Raises on a full disk (the caller waits).
+    """
+    rows = index.query("SELECT sop_uid, digest, path FROM instances WHERE series_uid=?", (job["series_uid"],))
+    if not rows or input_hash((r["sop_uid"], r["digest"]) for r in rows) != job["input_hash"]:
+        return None
+    spec = {
+        "job_id": int(job["id"]),
+        "study_uid": job["study_uid"],
+        "series_uid": job["series_uid"],
+        "input_hash": job["input_hash"],
+        "job_dir": job["result_dir"],
+        "instances": len(rows),
+    }
+    prepare_job_dir(settings.data_dir / job["result_dir"], [r["path"] for r in rows], spec)
+    log.warning("event=job_folder_rebuilt job=%d study=%s", job["id"], job["study_uid"])
+    return spec

@@ -187,14 +187,24 @@ class Index:
     # -- receiving -------------------------------------------------------------------------------
 
     def record_instance(self, rec: InstanceRecord, now: float | None = None) -> str:
-        """Record a durably stored instance; return ``new``, ``duplicate`` or ``replaced``.
+        """Record a durably stored instance; return ``new``, ``duplicate``, ``replaced`` or ``conflict``.
 
         A duplicate (same SOP Instance UID and digest) only refreshes the study's last-received
-        time: the study stays as it was, so nothing is analysed again.
+        time: the study stays as it was, so nothing is analysed again. ``replaced``: same SOP
+        Instance UID in the same series, different content (a corrected instance re-sent); the new
+        content wins and the study is analysed again. ``conflict``: the SOP Instance UID is already
+        recorded in *another* study or series; nothing is recorded (the caller refuses it). A UID
+        identifies one instance for ever, so a second study claiming it is a UID collision or a
+        mis-filed instance, perhaps of another patient: merging it silently could put one
+        patient's image into another's analysis.
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
-            old = db.execute("SELECT digest FROM instances WHERE sop_uid=?", (rec.sop_uid,)).fetchone()
+            old = db.execute(
+                "SELECT digest, study_uid, series_uid FROM instances WHERE sop_uid=?", (rec.sop_uid,)
+            ).fetchone()
+            if old is not None and (old["study_uid"], old["series_uid"]) != (rec.study_uid, rec.series_uid):
+                return "conflict"  # nothing written: see the docstring
             outcome = "new" if old is None else "duplicate" if old["digest"] == rec.digest else "replaced"
             db.execute(
                 """INSERT INTO studies (study_uid, calling_ae, patient_id, study_date, first_received,
@@ -233,6 +243,11 @@ class Index:
                 (rec.calling_ae, now, rec.study_uid),
             )
         return outcome
+
+    def instance_location(self, sop_uid: str) -> tuple[str, str] | None:
+        """(study UID, series UID) of an instance already recorded, or None."""
+        rows = self.query("SELECT study_uid, series_uid FROM instances WHERE sop_uid=?", (sop_uid,))
+        return (str(rows[0]["study_uid"]), str(rows[0]["series_uid"])) if rows else None
 
     def study_hash(self, study_uid: str) -> str:
         rows = self.query("SELECT sop_uid, digest FROM instances WHERE study_uid=?", (study_uid,))
@@ -278,6 +293,15 @@ class Index:
         with self.transaction() as db:
             cursor = db.execute("UPDATE studies SET changed=1, state='received' WHERE state='stable'")
             return int(cursor.rowcount)
+
+    def reopen_study(self, study_uid: str) -> None:
+        """A dispatch that could not finish (disk full) is tried again at the next stable check,
+        instead of the study being failed for a reason that has nothing to do with it."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE studies SET changed=1, state='received', updated=? WHERE study_uid=? AND changed=0",
+                (time.time(), study_uid),
+            )
 
     def create_job(
         self, study_uid: str, series_uid: str, digest: str, result_dir: str, calling_ae: str

@@ -64,6 +64,7 @@ STATUS_NAMES = {
     0xA700: "out_of_resources",
     0xA900: "sop_class_mismatch",
     0xC000: "cannot_understand",
+    0xC001: "uid_conflict",
 }
 
 REGISTRY = CollectorRegistry(auto_describe=True)

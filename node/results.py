@@ -7,9 +7,9 @@ one ``done`` or ``failed`` (with the reason, shown by ``bodycomp status``), and 
 a done job enter the outbox once per destination.
 
 :func:`republish` is the safety net under the broker: a job that never reached the broker, or
-that started and never finished within the time limit (its worker died holding the message on a
-transport that cannot give it back), is published again. Tasks are idempotent, so a duplicate
-message costs a look at ``outcome.json``.
+that neither finished nor started again within the time limit and a margin (its worker died
+holding the message on a transport that cannot give it back), is published again. Tasks are
+idempotent, so a duplicate message costs a look at ``outcome.json`` (and the job's lock).
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 
 import pydicom
 
+from node import privacy
 from node.config import NodeSettings
-from node.dispatch import Publish, enqueue
+from node.dispatch import BROKER, DISK, Publish, enqueue, is_disk_full, rebuild_job_dir
 from node.index import Index
 from workers.tasks import INPUT, JOB, OUTCOME, STARTED, read_json
 
@@ -60,7 +61,7 @@ def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outco
     index.update_job(
         job["id"],
         state=state,
-        reason=str(outcome.get("reason", "")),
+        reason=privacy.redact(str(outcome.get("reason", ""))),  # shown by status: no dataset values
         attempts=int(outcome.get("attempts", 0)),
         finished=float(outcome.get("finished", time.time())),
     )
@@ -115,29 +116,55 @@ def collect(index: Index, settings: NodeSettings) -> int:
 
 
 def republish(
-    index: Index, settings: NodeSettings, publish: Publish, everything: bool = False, now: float | None = None
+    index: Index,
+    settings: NodeSettings,
+    publish: Publish,
+    everything: bool = False,
+    now: float | None = None,
+    held: bool = False,
 ) -> int:
     """Publish again the jobs the broker may have lost (see module docstring).
 
-    ``everything``: every open job (at start-up with the embedded broker, whose only worker is
-    the node's own child and so cannot be running anything yet).
+    A job is lost when it never reached the broker, or when it was neither finished nor started
+    again within the lease (time limit + 5 min) since it was last published or started (its
+    worker died holding the message, or a worker killed between taking the message and starting
+    left it nowhere). ``held``: also every job that has started without an outcome, which a
+    worker that just died may have been holding (at start-up with the embedded broker, and when
+    the node restarts its dead worker). Not every open job: the embedded broker keeps queued
+    messages across restarts, and re-publishing them all on every restart piled up copies that
+    each cost a worker process (66 copies after 22 restarts in tests/test_fault_process.py).
+    ``everything``: every open job. A copy of a job that is done or running is skipped by the
+    worker (``outcome.json``, the job lock).
     """
     now = time.time() if now is None else now
     lease = settings.task_time_limit + 300
     count = 0
     for job in index.open_jobs():
-        lost = job["enqueued"] is None or (
-            job["state"] == "running"
-            and job["started"] is not None
-            and now - max(job["started"], job["enqueued"]) > lease
+        last = max(job["started"] or 0.0, job["enqueued"] or 0.0)
+        lost = job["enqueued"] is None or now - last > lease
+        folder = settings.data_dir / job["result_dir"]
+        may_be_held = (
+            held
+            and (job["state"] == "running" or (folder / STARTED).exists())
+            and not (folder / OUTCOME).exists()
         )
-        if not (lost or everything):
+        if not (lost or everything or may_be_held):
             continue
         spec = read_json(settings.data_dir / job["result_dir"] / JOB)
+        if spec is None:
+            try:
+                spec = rebuild_job_dir(index, settings, job)  # a dispatch cut short (disk full, crash)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                DISK.pause(f"rebuilding job {job['id']}: {exc}", hold=True)
+                break
         if spec is None:
             index.update_job(job["id"], state="failed", reason="job folder missing")
             continue
         if enqueue(index, job["id"], spec, publish):
             log.info("event=job_republished job=%d", job["id"])
             count += 1
+        elif BROKER.down_since is not None:
+            break  # the broker is down: the other jobs wait for it too (see BrokerHealth)
     return count

@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import socket
 import sqlite3
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -28,10 +30,11 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import metrics
+from node import connection, metrics, tls
 from node.config import NodeSettings
 from node.index import Index, InstanceRecord, digest_bytes
-from node.spool import InvalidUIDError, Spool, SpoolFullError
+from node.instance_check import Refusal, check_instance
+from node.spool import InvalidUIDError, Spool, SpoolFullError, checked_uid
 
 log = logging.getLogger("bodycomp.scp")
 
@@ -41,6 +44,11 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_NOT_AUTHORISED = 0x0124
 STATUS_SOP_CLASS_MISMATCH = 0xA900
+#: Refused: the SOP Instance UID is already recorded in another study or series (see
+#: :meth:`node.index.Index.record_instance`); 0xCxxx is "cannot understand" in PS3.4 B.2.3.
+STATUS_UID_CONFLICT = 0xC001
+#: Values longer than this are not read when a received dataset is parsed (only their length).
+DEFER_SIZE = 4096
 
 #: Transfer syntaxes a PACS sends CT in: uncompressed, deflate, JPEG 2000, JPEG-LS, JPEG, RLE.
 TRANSFER_SYNTAXES = [
@@ -87,6 +95,24 @@ def host_allowed(settings: NodeSettings, calling_ae: str, address: str) -> bool:
     return address in hosts or address in resolved
 
 
+def _loggable_uid(value: object) -> str:
+    """A request's UID for a log line when it is a valid UID, else ``-`` (it may be anything)."""
+    try:
+        return checked_uid(value, "UID")
+    except InvalidUIDError:
+        return "-"
+
+
+#: Header values the index records for each instance (series choice, status, export).
+INDEXED_KEYWORDS = ("Modality", "SeriesNumber", "SeriesDescription", "PatientID", "StudyDate")
+
+
+def _received_size(request: Any) -> int | None:
+    """Bytes of a dataset received in memory (pynetdicom keeps them in ``request.DataSet``)."""
+    data: Any = getattr(request, "DataSet", None)
+    return len(data.getvalue()) if hasattr(data, "getvalue") else None
+
+
 def _text(ds: Any, keyword: str) -> str:
     value = ds.get(keyword, "")
     return str(value if value is not None else "").strip()
@@ -95,47 +121,93 @@ def _text(ds: Any, keyword: str) -> str:
 def make_store_handler(
     spool: Spool, index: Index, settings: NodeSettings, on_stored: Callable[[str, str], None] | None = None
 ) -> Any:
+    # One lock per SOP Instance UID (striped): two associations sending one UID at once must not
+    # leave the spool file of one and the index digest of the other.
+    locks = [threading.Lock() for _ in range(64)]
+
     def handle_store(event: Any) -> int:
         calling = event.assoc.requestor.ae_title
+        request = event.request
+        sop_hint = _loggable_uid(request.AffectedSOPInstanceUID)
         if not host_allowed(settings, calling, event.assoc.requestor.address):
             log.warning("refused an instance: %s connected from an unexpected host", calling)
             return STATUS_NOT_AUTHORISED
         try:
-            chunked = getattr(event.request, "_dataset_path", None) is not None
-            # Chunked: the dataset is in a temporary file; read its header only, never the pixels.
-            ds = pydicom.dcmread(event.dataset_path, stop_before_pixels=True) if chunked else event.dataset
-            study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
-            if ds.get("SOPClassUID") and ds.SOPClassUID != event.request.AffectedSOPClassUID:
-                log.warning("refused instance %s from %s: SOP class does not match the request", sop, calling)
-                return STATUS_SOP_CLASS_MISMATCH
-            if chunked:
-                # The digest is taken while copying (the dataset after the File Meta Information).
-                source = event.dataset_path
-                stored = spool.store_file(
-                    source, str(study), str(series), str(sop), hash_from=split_dataset(source)[1]
-                )
-                digest = stored.digest
-            else:
-                stored = spool.store(
-                    event.encoded_dataset(include_meta=True), str(study), str(series), str(sop)
-                )
-                digest = digest_bytes(event.encoded_dataset(include_meta=False))
-            record = InstanceRecord(
-                study_uid=stored.study_uid,
-                series_uid=stored.series_uid,
-                sop_uid=stored.sop_instance_uid,
-                sop_class_uid=str(event.request.AffectedSOPClassUID),
-                path=stored.path,
-                size=stored.size,
-                digest=digest,
-                calling_ae=calling,
-                modality=_text(ds, "Modality"),
-                series_number=_text(ds, "SeriesNumber"),
-                description=_text(ds, "SeriesDescription"),
-                patient_id=_text(ds, "PatientID"),
-                study_date=_text(ds, "StudyDate"),
+            chunked = getattr(request, "_dataset_path", None) is not None
+            # Chunked: the dataset is in a temporary file; parse its structure, but values above
+            # DEFER_SIZE (the pixels) are skipped, only their lengths read.
+            ds = pydicom.dcmread(event.dataset_path, defer_size=DEFER_SIZE) if chunked else event.dataset
+            refusal = check_instance(
+                ds,
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID),
+                str(event.context.transfer_syntax),
+                event.dataset_path.stat().st_size if chunked else _received_size(request),
             )
-            outcome = index.record_instance(record)
+            # The values the index keeps are read now: a deferred value that cannot be parsed
+            # (pydicom raises OSError for "No tag to read") is a bad dataset, not a full disk.
+            described = {keyword: _text(ds, keyword) for keyword in INDEXED_KEYWORDS}
+        except Exception as exc:  # pydicom raises many types on hostile input; all mean the same
+            refusal = Refusal(STATUS_CANNOT_UNDERSTAND, f"undecodable dataset ({type(exc).__name__})")
+        if refusal is not None:
+            log.warning(
+                "event=refused status=0x%04X sop=%s from=%s reason=%s",
+                refusal.status,
+                sop_hint,
+                calling,
+                refusal.reason,
+            )
+            return refusal.status
+        unrecorded: Path | None = None
+        try:
+            study, series, sop = (
+                checked_uid(ds.StudyInstanceUID, "StudyInstanceUID"),
+                checked_uid(ds.SeriesInstanceUID, "SeriesInstanceUID"),
+                checked_uid(ds.SOPInstanceUID, "SOPInstanceUID"),
+            )
+            with locks[hash(sop) % len(locks)]:
+                known = index.instance_location(sop)
+                if known is not None and known != (study, series):
+                    log.warning(
+                        "event=refused status=0x%04X sop=%s from=%s reason=SOP Instance UID already "
+                        "recorded in study %s series %s",
+                        STATUS_UID_CONFLICT,
+                        sop,
+                        calling,
+                        *known,
+                    )
+                    return STATUS_UID_CONFLICT
+                if chunked:
+                    # The digest is taken while copying (the dataset after the File Meta Information).
+                    source = event.dataset_path
+                    stored = spool.store_file(source, study, series, sop, hash_from=split_dataset(source)[1])
+                    digest = stored.digest
+                else:
+                    stored = spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
+                    digest = digest_bytes(event.encoded_dataset(include_meta=False))
+                unrecorded = stored.path if known is None else None  # removed if the index fails
+                record = InstanceRecord(
+                    study_uid=stored.study_uid,
+                    series_uid=stored.series_uid,
+                    sop_uid=stored.sop_instance_uid,
+                    sop_class_uid=str(request.AffectedSOPClassUID),
+                    path=stored.path,
+                    size=stored.size,
+                    digest=digest,
+                    calling_ae=calling,
+                    modality=described["Modality"],
+                    series_number=described["SeriesNumber"],
+                    description=described["SeriesDescription"],
+                    patient_id=described["PatientID"],
+                    study_date=described["StudyDate"],
+                )
+                outcome = index.record_instance(record)
+                if outcome == "conflict":  # cannot happen under the lock; never trust one check
+                    stored.path.unlink(missing_ok=True)
+                    log.warning(
+                        "event=refused status=0x%04X sop=%s reason=UID conflict", STATUS_UID_CONFLICT, sop
+                    )
+                    return STATUS_UID_CONFLICT
         except SpoolFullError as exc:
             log.error("refused an instance from %s: spool full (%s)", calling, exc)
             return STATUS_OUT_OF_RESOURCES
@@ -150,9 +222,22 @@ def make_store_handler(
             return STATUS_OUT_OF_RESOURCES
         except sqlite3.Error as exc:
             # The file is on disk but not recorded: refuse, so the sender retries and we record it.
+            # A new instance's file goes too (under the UID's lock, unless another association
+            # recorded it meanwhile): left there, the next dispatch scan would see a file the index
+            # does not know, and a full disk would stay fuller.
             log.error("could not record an instance from %s in the index: %s", calling, exc)
+            if unrecorded is not None:
+                with locks[hash(unrecorded.stem) % len(locks)]:
+                    try:
+                        if index.instance_location(unrecorded.stem) is None:
+                            unrecorded.unlink(missing_ok=True)
+                    except (sqlite3.Error, OSError):
+                        pass  # kept: a re-send replaces it, and it is a complete file
             full = "full" in str(exc).lower()
             return STATUS_OUT_OF_RESOURCES if full else STATUS_PROCESSING_FAILURE
+        except Exception as exc:  # never raise: pynetdicom would answer 0xC211 and keep its temp file
+            log.error("event=store_error sop=%s from=%s error=%s", sop_hint, calling, type(exc).__name__)
+            return STATUS_PROCESSING_FAILURE
         log.info(
             "event=stored study=%s series=%s sop=%s bytes=%d from=%s outcome=%s",
             stored.study_uid,
@@ -178,12 +263,17 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.require_called_aet = settings.require_called_ae
     if settings.allow_ae:
         ae.require_calling_aet = list(settings.allow_ae)
-    # Large CT studies: no limit on PDU size from our side, and no idle timeout shorter than a
-    # slow PACS' pause between instances.
-    ae.maximum_pdu_size = 0
-    ae.network_timeout = 120
-    ae.dimse_timeout = 120
-    ae.acse_timeout = 30
+    # PDUs up to 1 MiB (enough that their overhead does not matter; a larger one is refused, see
+    # node.connection), and no idle timeout shorter than a slow PACS' pause between instances.
+    ae.maximum_pdu_size = connection.MAXIMUM_PDU_SIZE
+    ae.network_timeout = settings.network_timeout
+    ae.dimse_timeout = settings.network_timeout
+    ae.acse_timeout = min(30.0, settings.network_timeout)
+    ae.maximum_associations = settings.max_associations
+    # pydicom's "invalid value" warnings quote the value, which may be a patient's name: a service
+    # log must not carry it (the node reads a few attributes only, and validates those itself).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    connection.redact_pynetdicom_logs()  # and pynetdicom's "non-conformant UID" warnings, too
     return ae
 
 
@@ -199,6 +289,7 @@ def serve(
     ``on_stored(study_uid, outcome)`` runs after each committed instance and ``on_released()``
     after each association ends: the scheduler uses them as hints to look at the studies early.
     """
+    ssl_context = tls.server_context(settings)  # first: unusable certificates stop here (ConfigError)
     spool = Spool(settings.spool_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
     index = index or Index(settings.index_path)
     # Process-wide in pynetdicom; the handler copes with either mode.
@@ -217,11 +308,17 @@ def serve(
         (evt.EVT_RELEASED, released),
         (evt.EVT_ABORTED, released),
     ]
+    if ssl_context is not None:  # the handshake before anything else reads or writes the socket
+        handlers.insert(0, (evt.EVT_CONN_OPEN, tls.handshake))
+    handlers += connection.handlers(settings.network_timeout)  # after the handshake: bounds per socket
     log.warning(
-        "event=listening ae=%s address=%s:%d data_dir=%s",
+        "event=listening ae=%s address=%s:%d data_dir=%s tls=%s",
         settings.ae_title,
         settings.host,
         settings.port,
         settings.data_dir,
+        ("on+client-cert" if settings.tls_verify_client else "on") if ssl_context else "off",
     )
-    return ae.start_server((settings.host, settings.port), block=block, evt_handlers=handlers)
+    return ae.start_server(
+        (settings.host, settings.port), block=block, evt_handlers=handlers, ssl_context=ssl_context
+    )

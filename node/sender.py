@@ -30,7 +30,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from node import metrics
+from node import metrics, tls
 from node.config import NodeSettings, parse_destination
 from node.index import Index
 
@@ -87,13 +87,24 @@ def send_to_destination(
     ae.acse_timeout = 30
     ae.dimse_timeout = 120
     ae.network_timeout = 60
+    # TCP connect and, for +tls, the TLS handshake: without a limit a peer that accepts the
+    # connection and never answers the handshake would hold the sender thread forever.
+    ae.connection_timeout = 30
     for sop_class in sorted({r["sop_class_uid"] for r in rows}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    # +tls: verified TLS or nothing; a failed handshake is a failed attempt, never plaintext.
+    context = tls.client_context(settings) if dest.tls else None
     assoc = ae.associate(
-        dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+        dest.host,
+        dest.port,
+        ae_title=dest.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+        tls_args=(context, dest.host) if context is not None else None,
     )
     if not assoc.is_established:
         why = "association rejected" if assoc.is_rejected else "association aborted or no answer"
+        if context is not None and context.handshake_error:
+            why = f"TLS handshake failed: {context.handshake_error}"
         for row in rows:
             _fail(index, settings, row, f"{why} by {destination}", now)
         return 0

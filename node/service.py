@@ -16,24 +16,32 @@ separate ``bodycomp worker`` processes, on this host or others sharing the data 
 Shutdown (SIGTERM or Ctrl-C): stop accepting associations (in-flight C-STOREs finish: every file
 is written under a temporary name and renamed, so none is half-written), stop the threads, give
 the workers time to finish their analysis (Celery's warm shutdown), then close the index. On the
-next start, studies that became stable meanwhile are dispatched, open jobs re-published and the
-undelivered results resent: all of that state is in the index.
+next start, open jobs are re-published, undelivered results resent and the studies waiting are
+dispatched once the node has listened for a stable period (downtime is not idle time: a sender cut
+off by a crash sends the rest after the restart): all of that state is in the index.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
+import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
+
+from pynetdicom import _config as pynetdicom_config
 
 from node import metrics
 from node.config import Settings
-from node.dispatch import dispatch_study
+from node.dispatch import DISK, dispatch_study, is_disk_full
 from node.index import Index
 from node.results import collect, republish
 from node.scp import serve as start_scp
@@ -44,6 +52,9 @@ from workers.app import configure_app
 log = logging.getLogger("bodycomp.node")
 
 TICK_SECONDS = 1.0
+#: Below this much free space in the temporary directory, incoming datasets are received into
+#: memory (see :meth:`Node._receive_mode`).
+RECEIVE_TMP_MIN_FREE_BYTES = 16 * 1024 * 1024
 
 
 def _die_with_parent() -> None:
@@ -53,6 +64,45 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def receive_tmp_dir(data_dir: Path) -> Path:
+    """The folder of this node's own in the temporary directory, for pynetdicom's received files."""
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"bodycomp-rx-{key}"
+
+
+def use_private_receive_tmp(data_dir: Path) -> int:
+    """Point this process' temporary files at :func:`receive_tmp_dir`, emptied; return files removed.
+
+    Why: with ``stream_to_disk`` pynetdicom writes each incoming dataset to
+    ``NamedTemporaryFile(delete=False)`` in the temporary directory and removes it after the
+    C-STORE handler. A node killed mid-association left those files, whole instances with patient
+    data, in ``/tmp`` for ever (123 after tests/test_fault_process.py). In a folder of its own the
+    next start removes them. The folder stays in the same temporary directory (same file system,
+    so ``TMPDIR`` and the receive-mode check keep their meaning); a folder with that name not
+    created by this user, or open to others (someone could have prepared it in ``/tmp``), is not
+    used: a fresh private one from :func:`tempfile.mkdtemp` is.
+    """
+    folder = receive_tmp_dir(data_dir)
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        # lstat: a symbolic link planted under that name is not a directory here.
+        safe = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
+    except OSError:
+        safe = False
+    if not safe:
+        log.warning("event=receive_tmp_unsafe path=%s (using a new private folder)", folder)
+        tempfile.tempdir = tempfile.mkdtemp(prefix="bodycomp-rx-")
+        return 0
+    removed = 0
+    for leftover in folder.iterdir():
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    tempfile.tempdir = str(folder)
+    return removed
 
 
 def worker_command(settings: Settings, config_path: str | None) -> list[str]:
@@ -87,6 +137,7 @@ class Node:
         self.server: Any = None
         self.index: Index | None = None
         self.last_restart = 0.0
+        self.started_at = time.monotonic()
         self.metrics: metrics.MetricsServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -95,6 +146,16 @@ class Node:
         node = self.node
         for sub in ("spool", "results"):
             (node.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        # A node killed mid-write leaves its temporary file behind; nothing was acknowledged from
+        # it (the SCP answers after the rename), and the SCP is not listening yet.
+        leftovers = list((node.spool_dir / "tmp").glob("rx-*.part"))
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        if leftovers:
+            log.warning("event=spool_tmp_cleaned files=%d", len(leftovers))
+        received_leftovers = use_private_receive_tmp(node.data_dir)
+        if received_leftovers:
+            log.warning("event=receive_tmp_cleaned files=%d", received_leftovers)
         self.index = Index(node.index_path)
         interrupted = self.index.reopen_interrupted_dispatches()
         if interrupted:
@@ -108,7 +169,7 @@ class Node:
         )
         for _ in range(node.workers_to_start):
             self._start_worker()
-        republished = republish(self.index, node, self.publish, everything=node.broker_is_embedded)
+        republished = republish(self.index, node, self.publish, held=node.broker_is_embedded)
         pending = len(self.index.changed_studies())
         log.warning(
             "event=node_started broker=%s workers=%d republished_jobs=%d studies_waiting=%d destinations=%s",
@@ -120,11 +181,12 @@ class Node:
         )
         if node.metrics_port is not None:  # before the SCP: when the DICOM port answers, so does this
             self.metrics = metrics.MetricsServer(node)
+        self.started_at = time.monotonic()
         self.server = start_scp(
             node,
             block=False,
             index=self.index,
-            on_stored=metrics.instance_stored,
+            on_stored=self._stored,
             on_released=self.wakeup.poke,
         )
         for name, target in (("scheduler", self._scheduler), ("sender", self._sender)):
@@ -176,6 +238,35 @@ class Node:
             retry_policy={"max_retries": 2, "interval_start": 0.5, "interval_step": 1, "interval_max": 2},
         )
 
+    def _stored(self, study_uid: str, outcome: str) -> None:
+        metrics.instance_stored(study_uid, outcome)
+        self._receive_mode()
+
+    def _receive_mode(self) -> None:
+        """Receive into memory, not temporary files, while the temporary directory is nearly full.
+
+        Why: with ``stream_to_disk`` pynetdicom writes each incoming dataset to a temporary file
+        before the C-STORE handler runs. On a full disk that write fails inside pynetdicom, which
+        aborts the association with a traceback in the log, instead of the node answering 0xA700
+        (Out of Resources) as it promises. Held in memory, the dataset reaches the handler, whose
+        spool write refuses it properly. Checked after each stored instance and every tick.
+        """
+        if not self.node.stream_to_disk:
+            return
+        try:
+            stats = os.statvfs(tempfile.gettempdir())
+        except OSError:
+            return
+        free = stats.f_bavail * stats.f_frsize
+        chunked = free >= RECEIVE_TMP_MIN_FREE_BYTES
+        if chunked != pynetdicom_config.STORE_RECV_CHUNKED_DATASET:
+            pynetdicom_config.STORE_RECV_CHUNKED_DATASET = chunked
+            log.warning(
+                "event=receive_mode mode=%s tmp_free_mb=%.1f",
+                "temporary-files" if chunked else "memory (temporary directory nearly full)",
+                free / 1048576,
+            )
+
     def _start_worker(self) -> None:
         command = worker_command(self.settings, self.config_path)
         proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
@@ -193,16 +284,31 @@ class Node:
                 log.error("event=worker_exited pid=%d code=%s (restarting)", proc.pid, code)
                 command = worker_command(self.settings, self.config_path)
                 self.workers[i] = subprocess.Popen(command, preexec_fn=_die_with_parent)
+                if self.node.broker_is_embedded and self.index is not None:
+                    # The embedded broker cannot give back the message the dead worker held (see
+                    # workers.app): publish the open jobs again now rather than after the lease.
+                    # A copy of a job that is done or running elsewhere is skipped by the worker.
+                    republish(self.index, self.node, self.publish, held=True)
 
     def tick(self) -> None:
         """One scheduler round (a plain method, so tests and a debugger can step through it)."""
         assert self.index is not None
         node = self.node
-        for study in claim_stable_studies(self.index, node.stable_seconds):
+        self._receive_mode()
+        # Time the node was down is not idle time: a sender cut off by a crash sends again after
+        # the restart, so no study is complete before the node has listened for a stable period.
+        listening = time.monotonic() - self.started_at >= node.stable_seconds
+        # A (nearly) full data disk pauses analyses: the studies wait, they do not fail (DiskGuard).
+        room = DISK.room(node.data_dir)
+        for study in claim_stable_studies(self.index, node.stable_seconds) if listening and room else []:
             log.info("event=study_stable study=%s hash=%s", study.study_uid, study.input_hash[:16])
             try:
                 dispatch_study(study, self.index, node, self.settings.selection, self.publish)
-            except Exception:
+            except Exception as exc:
+                if is_disk_full(exc):
+                    DISK.pause(f"dispatching study {study.study_uid}: {exc}", hold=True)
+                    self.index.reopen_study(study.study_uid)
+                    continue
                 log.exception("event=dispatch_error study=%s", study.study_uid)
                 self.index.set_study_state(study.study_uid, "failed", "dispatch error (see the log)")
         open_jobs = [int(job["id"]) for job in self.index.open_jobs()]
@@ -210,15 +316,19 @@ class Node:
             self.send_wakeup.poke()
             finished = [self.index.job(job_id) for job_id in open_jobs]
             metrics.jobs_collected(node, [job for job in finished if job is not None])
-        republish(self.index, node, self.publish)
+        if room:
+            republish(self.index, node, self.publish)
         self._supervise_workers()
 
     def _scheduler(self) -> None:
         while not self.stopping.is_set():
             try:
                 self.tick()
-            except Exception:
-                log.exception("event=scheduler_error")
+            except Exception as exc:
+                if is_disk_full(exc):  # the index cannot commit: said once, retried every tick
+                    DISK.pause(f"scheduler: {exc}", hold=True)
+                else:
+                    log.exception("event=scheduler_error")
             self.wakeup.wait(TICK_SECONDS)
 
     def _sender(self) -> None:

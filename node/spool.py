@@ -144,6 +144,9 @@ class Spool:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(exc.errno, str(exc)) from exc
             raise
+        except BaseException:  # whatever stops the write, no partial file stays in tmp/
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
         return StoredInstance(target, study_uid, series_uid, sop_instance_uid, size)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from node import tls
 from node.config import ConfigError, NodeSettings, parse_destination
 from node.index import Index
 
@@ -42,11 +43,26 @@ def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:
             {"sop_uid": r["sop_uid"], "destination": r["destination"], "error": r["last_error"]}
             for r in index.query("SELECT * FROM outbox WHERE state='dead' ORDER BY id DESC LIMIT 20")
         ]
+        # Deliveries that failed at least once and are retried: why (a refused association, a
+        # failed TLS handshake...) is what the operator needs before they become dead letters.
+        retrying = [
+            {
+                "sop_uid": r["sop_uid"],
+                "destination": r["destination"],
+                "attempts": r["attempts"],
+                "next_try": r["next_try"],
+                "error": r["last_error"],
+            }
+            for r in index.query(
+                "SELECT * FROM outbox WHERE state='pending' AND attempts>0 ORDER BY id DESC LIMIT 20"
+            )
+        ]
         return {
             "data_dir": str(node.data_dir),
             "studies_by_state": counts,
             "outbox_by_state": outbox,
             "dead_letters": dead,
+            "retrying": retrying,
             "studies": index.recent_studies(limit),
         }
     finally:
@@ -84,6 +100,11 @@ def format_status(report: dict[str, Any]) -> str:
             )
     for d in report["dead_letters"]:
         lines.append(f"dead letter: {d['sop_uid']} to {d['destination']}: {d['error']}")
+    for r in report.get("retrying", []):
+        lines.append(
+            f"retrying: {r['sop_uid']} to {r['destination']} (attempt {r['attempts']}, "
+            f"next {_when(r['next_try'])}): {r['error']}"
+        )
     return "\n".join(lines)
 
 
@@ -146,15 +167,22 @@ def export_csv(node: NodeSettings, target: Path) -> int:
     return len(rows)
 
 
-def echo(target: str, calling_ae: str, timeout: float = 10.0) -> tuple[bool, str]:
-    """C-ECHO ``AE@HOST:PORT``; return (success, a line for the operator)."""
+def echo(
+    target: str, calling_ae: str, timeout: float = 10.0, settings: NodeSettings | None = None
+) -> tuple[bool, str]:
+    """C-ECHO ``AE@HOST:PORT`` (``+tls``: over TLS with the node's ``tls_*`` settings, as the
+    sender would connect); return (success, a line for the operator)."""
     dest = parse_destination(target)
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    context = tls.client_context(settings or NodeSettings()) if dest.tls else None
+    tls_args = (context, dest.host) if context is not None else None
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         why = "rejected the association" if assoc.is_rejected else "did not answer"
+        if context is not None and context.handshake_error:
+            why = f"TLS handshake failed: {context.handshake_error}"
         return False, f"C-ECHO {dest}: failed ({dest.host}:{dest.port} {why})"
     try:
         status = assoc.send_c_echo()

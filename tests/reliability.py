@@ -6,7 +6,7 @@ lost, *measured from the real peers* (storescu's responses, the spool, the desti
 and appends one :class:`Tally` per run to a JSON-lines file. ``scripts/reliability_report.py``
 turns that file into the table of ``docs/reliability.md``; nobody types the numbers.
 
-The file is ``$BODYCOMP_RELIABILITY_LOG`` or ``.cache/reliability/results.jsonl`` in the checkout.
+The file is ``$RELIABILITY_LOG`` or ``.cache/reliability/results.jsonl`` in the checkout.
 A test records its tally only after its assertions passed or failed: a failing run is recorded too
 (``passed`` false), so the report shows it rather than hiding it.
 """
@@ -27,13 +27,11 @@ DEFAULT_LOG = ROOT / ".cache" / "reliability" / "results.jsonl"
 
 
 #: One pytest process = one session; the report uses each scenario's latest session only.
-SESSION = (
-    os.environ.get("BODYCOMP_RELIABILITY_SESSION") or time.strftime("%Y-%m-%dT%H:%M:%S") + f"-{os.getpid()}"
-)
+SESSION = os.environ.get("RELIABILITY_SESSION") or time.strftime("%Y-%m-%dT%H:%M:%S") + f"-{os.getpid()}"
 
 
 def log_path() -> Path:
-    return Path(os.environ.get("BODYCOMP_RELIABILITY_LOG") or DEFAULT_LOG)
+    return Path(os.environ.get("RELIABILITY_LOG") or DEFAULT_LOG)
 
 
 @dataclass

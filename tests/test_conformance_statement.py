@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import scp
-from node.config import NodeSettings
+from node import scp, tls
+from node.config import TLS_SUFFIX, NodeSettings
 from node.index import Index, InstanceRecord
 from node.sender import send_to_destination
 from tests.dicom_builder import SeriesOptions, axial_geometry, sample, write_series
@@ -82,10 +83,11 @@ def test_every_storage_sop_class_the_scp_accepts_is_listed_with_every_transfer_s
 def test_association_policies_as_configured_in_code(doc: str) -> None:
     settings = NodeSettings()
     ae = scp.build_ae(settings)
-    assert ae.maximum_pdu_size == 0 and "unlimited (0 proposed" in doc
+    assert ae.maximum_pdu_size == 1048576 and "| received, as SCP | 1048576 bytes" in doc
     assert (ae.acse_timeout, ae.dimse_timeout, ae.network_timeout) == (30, 120, 120)
     assert "ACSE (association negotiation) 30 s; DIMSE 120 s; network (idle connection" in doc
-    assert ae.maximum_associations == 10 and "Maximum simultaneous associations as SCP | 10" in doc
+    assert ae.maximum_associations == settings.max_associations == 16
+    assert "Maximum simultaneous associations as SCP | 16" in doc
     assert ae.require_called_aet is True and settings.require_called_ae
     assert f"`{settings.ae_title}`" in doc and f"`{settings.host}:{settings.port}`" in doc
     assert ae.implementation_class_uid in doc and ae.implementation_version_name in doc
@@ -249,4 +251,9 @@ def test_every_code_declared_in_codes_py_is_documented(doc: str) -> None:
 def test_templates_named(doc: str) -> None:
     for tid in ("TID 1500", "TID 1410", "TID 1501", "TID 300", "TID 1001", "TID 4019", "TID 1600"):
         assert f"| {tid}" in doc, tid
-    assert "TLS" in doc and "not\nsupported in this version" in doc
+    # 7.1 DICOM TLS as the code does it: the versions, the settings, the handshake limit.
+    assert ssl.TLSVersion(tls.MINIMUM_VERSION).name == "TLSv1_2" and "TLS 1.2 and TLS 1.3" in doc
+    for name in ("tls_cert", "tls_key", "tls_ca", "tls_verify_client", "tls_check_hostname"):
+        assert f"`{name}`" in doc and hasattr(NodeSettings(), name), name
+    assert f"{tls.HANDSHAKE_TIMEOUT:.0f} s, in the association's own thread" in doc
+    assert f"`AE@HOST:PORT{TLS_SUFFIX}`" in doc

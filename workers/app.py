@@ -21,7 +21,9 @@ Settings that matter for a hospital node, all set in :func:`configure_app`:
 * ``worker_max_tasks_per_child``: a fresh child process after N analyses releases its memory;
 * ``task_time_limit`` / ``task_soft_time_limit``: a stuck analysis ends as a failed job;
 * Redis ``visibility_timeout`` longer than the time limit, or Redis would hand a running task to
-  a second worker.
+  a second worker;
+* RabbitMQ publisher confirms, and analyses not cancelled when the broker connection drops
+  (broker outages are survived without losing or stalling a job; see :func:`configure_app`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def configure_app(
     transport_options: dict[str, Any] = {}
     if broker_url.startswith(("redis://", "rediss://")):
         transport_options["visibility_timeout"] = time_limit + 600
+    if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        # Publisher confirms: a publish returns only once RabbitMQ has the message, so one sent
+        # into a connection the broker is closing raises (the job stays unpublished, the node
+        # retries) instead of vanishing while the index says it was enqueued.
+        transport_options["confirm_publish"] = True
     if broker_url.startswith("sqla+sqlite:"):
         transport_options["connect_args"] = {"timeout": 30}
     embedded = broker_url.startswith("sqla+")
@@ -66,13 +73,20 @@ def configure_app(
         worker_concurrency=concurrency,
         worker_max_tasks_per_child=max_tasks_per_child,
         task_time_limit=time_limit,
-        task_soft_time_limit=max(1, time_limit - 60),
+        # A minute before the hard limit, or a tenth of a short one (``max(1, limit - 60)`` made
+        # every analysis fail after 1 s with a limit under a minute).
+        task_soft_time_limit=time_limit - min(60, max(1, time_limit // 10)),
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         # The SQLAlchemy transport has no fanout exchange, which remote control needs.
         worker_enable_remote_control=not embedded,
         worker_send_task_events=False,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # An analysis running when the broker goes away finishes and writes its outcome (the node
+        # reads it from the job folder, no broker needed). Cancelling it (Celery's future default)
+        # left it killed while Redis kept its message invisible for ``visibility_timeout`` (40 min)
+        # and the node's lease ran just as long; a redelivered copy is skipped (tasks.job_lock,
+        # outcome.json).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
     )
     return app

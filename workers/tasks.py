@@ -19,6 +19,7 @@ the data directory, and SQLite must not be shared over a network file system. Th
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -26,11 +27,14 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure
 
 from workers.app import app
 from workers.errors import BodycompError
@@ -41,6 +45,8 @@ from workers.stack import StackPolicy
 log = logging.getLogger("bodycomp.worker")
 
 STARTED, OUTCOME, JOB, INPUT, OUT = "started.json", "outcome.json", "job.json", "input", "out"
+#: Held (``flock``) by the process running an attempt; the kernel releases it when that process dies.
+LOCK = ".lock"
 
 
 @dataclass(frozen=True)
@@ -139,9 +145,40 @@ def run_analysis(job_dir: Path, series_uid: str, config: WorkerConfig) -> list[s
     return sorted(str(p.relative_to(job_dir)) for p in (final / "dicom").glob("*.dcm"))
 
 
+@contextmanager
+def job_lock(job_dir: Path) -> Iterator[bool]:
+    """Yield True while this process holds the job's lock, False if another live process does.
+
+    Why: one job can be in the broker twice (the node re-publishes open jobs when it restarts or
+    its worker dies, and a worker left over from a killed node may still be running the first
+    copy). Two attempts at once in one folder would race on ``out/`` and ``started.json``; with
+    the lock the second copy steps aside, and a killed holder frees it at once.
+    """
+    fd = os.open(job_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def run_job(spec: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
     """The task's body as a plain function: returns the outcome, raises on a retryable error."""
     job_dir = config.data_dir / spec["job_dir"]
+    with job_lock(job_dir) as held:
+        if not held:
+            # Not an outcome: the holder writes it, or dies and the node re-publishes the job.
+            log.warning("event=job_busy job=%s reason=another process is running this job", spec["job_id"])
+            return {"state": "busy", "reason": "another process is running this job"}
+        return _run_locked(job_dir, spec, config)
+
+
+def _run_locked(job_dir: Path, spec: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
+    """One attempt, under the job's lock (see :func:`run_job`)."""
     done = read_json(job_dir / OUTCOME)
     if done is not None:
         log.info("event=job_skipped job=%s reason=already %s", spec["job_id"], done.get("state"))
@@ -186,3 +223,30 @@ def analyse_series(self: Any, spec: dict[str, Any]) -> str:
         finish(job_dir, "failed", reason, attempts, [])
         log.error("event=job_failed job=%s reason=%s", spec["job_id"], reason)
         return "failed"
+
+
+@task_failure.connect
+def record_hard_time_limit(
+    sender: Any = None, exception: BaseException | None = None, args: Any = None, **_: Any
+) -> None:
+    """Write the failed outcome of an analysis stopped by the hard time limit.
+
+    Why: a hang the soft limit cannot interrupt (stuck in native code, a stopped process) ends
+    with the pool killing the child; Celery acknowledges the message and nothing in the job folder
+    would say what happened, so the node would wait for its lease and run the hang again. Celery
+    fires ``task_failure`` for a hard time limit in the worker's main process, which records the
+    reason here; the node then marks the job failed, not retried.
+    """
+    if not isinstance(exception, TimeLimitExceeded) or getattr(sender, "name", "") != analyse_series.name:
+        return
+    spec = args[0] if isinstance(args, list | tuple) and args else None
+    if not isinstance(spec, dict) or "job_dir" not in spec:
+        return
+    job_dir = _config.data_dir / str(spec["job_dir"])
+    if read_json(job_dir / OUTCOME) is not None:
+        return
+    limit = exception.args[0] if exception.args else "?"
+    attempts = int((read_json(job_dir / STARTED) or {}).get("attempts", 0))
+    reason = f"analysis exceeded the time limit ({limit} s) and was stopped; not retried"
+    finish(job_dir, "failed", reason, attempts, [])
+    log.error("event=job_failed job=%s reason=hard time limit (%s s)", spec.get("job_id"), limit)

@@ -6,10 +6,14 @@ analysis and writes them where the caller says.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DA, TM
 
 from workers.encode.inputs import EncodeInput
 from workers.encode.sc import build_overlay_sc
@@ -38,6 +42,35 @@ class EncodedOutputs:
         return paths
 
 
+#: Patient/study attributes highdicom parses when it copies them into SEG, SR and SC.
+_PARSED = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
+
+
+def _parseable(ds: Dataset) -> Dataset:
+    """``ds``, or a copy with the dates and times highdicom cannot parse left empty.
+
+    Why: a value written another way (``17.04.1923`` by older modalities) made highdicom raise
+    and the whole analysis fail, with the birth date in the error shown by the logs and
+    ``bodycomp status``. The results get an empty value instead (type 2: allowed); the CT keeps
+    its own.
+    """
+    bad = []
+    for keyword, parse in _PARSED.items():
+        value = ds.get(keyword)
+        if value not in (None, ""):
+            try:
+                parse(str(value))
+            except ValueError:
+                bad.append(keyword)
+    if not bad:
+        return ds
+    fixed = copy.deepcopy(ds)
+    for keyword in bad:
+        setattr(fixed, keyword, "")
+    return fixed
+
+
 def encode_all(data: EncodeInput) -> EncodedOutputs:
+    data = dataclasses.replace(data, source_slices=[_parseable(ds) for ds in data.source_slices])
     seg = build_segmentation(data)
     return EncodedOutputs(seg=seg, sr=build_report(data, seg), overlay=build_overlay_sc(data))
