@@ -17,7 +17,6 @@ stable; then it comes back and one more study arrives. What must hold:
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -44,6 +43,7 @@ from tests.test_node_support import (
     start_node,
     start_worker,
     status,
+    store_responses,
     storescp,
     storescu,
     wait_for,
@@ -56,26 +56,6 @@ STABLE_SECONDS = 3.0
 ARRIVALS = (2.0, 25.0, 45.0)
 DRAIN_TIMEOUT = 420.0  # five analyses of example_ct one after another on a shared 2-core machine
 RESULTS_PER_STUDY = 3  # SEG, SR, colour overlay
-
-
-def store_responses(output: str) -> dict[str, str]:
-    """File → the status storescu got for it (``Success``, ``Out of Resources``, …), from ``-v``.
-
-    A file sent with no response (association aborted, refused) maps to ``no response``.
-    """
-    answers: dict[str, str] = {}
-    current: str | None = None
-    for line in output.splitlines():
-        sending = re.search(r"Sending file: (.+)$", line)
-        if sending:
-            current = sending.group(1).strip()
-            answers[current] = "no response"
-            continue
-        response = re.search(r"Received Store Response \((.+)\)", line)
-        if response and current is not None:
-            answers[current] = response.group(1).strip()
-            current = None
-    return answers
 
 
 def acknowledged(answers: dict[str, str]) -> set[str]:

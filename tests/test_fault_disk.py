@@ -43,7 +43,7 @@ from node.scp import serve
 from node.service import Node
 from node.spool import Spool, SpoolFullError
 from tests.reliability import recorded
-from tests.test_fault_broker import acknowledged, sop_uids, stable_ct_studies, store_responses
+from tests.test_fault_broker import acknowledged, sop_uids, stable_ct_studies
 from tests.test_node_support import (
     DCMTK,
     copy_study,
@@ -51,6 +51,7 @@ from tests.test_node_support import (
     received,
     start_node,
     status,
+    store_responses,
     storescp,
     study_status,
     wait_for,

@@ -38,8 +38,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,10 @@ from tests.test_node_support import (
     NodeProc,
     copy_study,
     free_port,
-    port_open,
-    start,
     start_node,
     status,
+    store_responses,
+    storescp,
     storescu,
     wait_for,
 )
@@ -79,21 +79,9 @@ ANALYSIS_TIMEOUT = 240.0  # one analysis of example_ct on a shared 2-core machin
 # -- peers -----------------------------------------------------------------------------------------
 
 
-@contextmanager
-def pacs(out_dir: Path, port: int | None = None, ae_title: str = "DEST") -> Iterator[int]:
+def pacs(out_dir: Path, port: int | None = None, ae_title: str = "DEST") -> AbstractContextManager[int]:
     """DCMTK storescp writing one new file per C-STORE it receives (``+uf``)."""
-    port = port or free_port()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    proc = start(
-        [str(DCMTK / "storescp"), "-aet", ae_title, "-od", str(out_dir), "+uf", "--fork", str(port)],
-        out_dir.parent / f"storescp-{ae_title}-{port}.log",
-        {"TCP_NODELAY": "1"},
-    )
-    try:
-        wait_for("storescp to listen", lambda: port_open(port), 15, proc.log)
-        yield port
-    finally:
-        proc.stop(10)
+    return storescp(out_dir, ae_title, port, unique_files=True)
 
 
 @dataclass(frozen=True)
@@ -119,25 +107,8 @@ def pacs_received(out_dir: Path) -> list[Received]:
     return out
 
 
-def store_answers(output: str) -> dict[str, str]:
-    """File → the status storescu got for it (from ``-v``: it sends the files in the order given)."""
-    answers: dict[str, str] = {}
-    current: str | None = None
-    for line in output.splitlines():
-        sending = re.search(r"Sending file: (.+)$", line)
-        if sending:
-            current = sending.group(1).strip()
-            answers[current] = "no response"
-            continue
-        response = re.search(r"Received Store Response \((.+)\)", line)
-        if response and current is not None:
-            answers[current] = response.group(1).strip()
-            current = None
-    return answers
-
-
 def successes(output: str) -> set[str]:
-    return {f for f, answer in store_answers(output).items() if answer.startswith("Success")}
+    return {f for f, answer in store_responses(output).items() if answer.startswith("Success")}
 
 
 def sop_of(files: Sequence[Path]) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -162,14 +163,41 @@ def storescu(port: int, files: Sequence[Path], calling: str = "STORESCU", called
     return result.stdout + result.stderr
 
 
+def store_responses(output: str) -> dict[str, str]:
+    """File → the status storescu got for it (``Success``, ``Out of Resources``, …), from ``-v``.
+
+    A file sent with no response (association aborted, refused) maps to ``no response``.
+    """
+    answers: dict[str, str] = {}
+    current: str | None = None
+    for line in output.splitlines():
+        sending = re.search(r"Sending file: (.+)$", line)
+        if sending:
+            current = sending.group(1).strip()
+            answers[current] = "no response"
+            continue
+        response = re.search(r"Received Store Response \((.+)\)", line)
+        if response and current is not None:
+            answers[current] = response.group(1).strip()
+            current = None
+    return answers
+
+
 @contextmanager
-def storescp(out_dir: Path, ae_title: str = "DEST", port: int | None = None) -> Iterator[int]:
-    """DCMTK storescp writing what it receives into ``out_dir``; yields its port."""
+def storescp(
+    out_dir: Path, ae_title: str = "DEST", port: int | None = None, unique_files: bool = False
+) -> Iterator[int]:
+    """DCMTK storescp writing what it receives into ``out_dir``; yields its port.
+
+    ``unique_files`` (``+uf``): one new file per C-STORE received, so that an object delivered
+    twice shows up as two files instead of overwriting the first.
+    """
     port = port or free_port()
     out_dir.mkdir(parents=True, exist_ok=True)
+    unique = ["+uf"] if unique_files else []
     proc = start(
-        [str(DCMTK / "storescp"), "-aet", ae_title, "-od", str(out_dir), "--fork", str(port)],
-        out_dir.parent / f"storescp-{ae_title}.log",
+        [str(DCMTK / "storescp"), "-aet", ae_title, "-od", str(out_dir), *unique, "--fork", str(port)],
+        out_dir.parent / f"storescp-{ae_title}-{port}.log",
         {"TCP_NODELAY": "1"},
     )
     try:
