@@ -102,7 +102,7 @@ def machine() -> str:
         commit = "?"
     return (
         f"{platform.system()} {platform.release()}, {os.cpu_count()} CPU ({cpu or 'unknown'}), "
-        f"Python {platform.python_version()}, commit {commit or '?'}"
+        f"Python {platform.python_version()}; report written at commit {commit or '?'}"
     )
 
 
