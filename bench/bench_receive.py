@@ -8,6 +8,8 @@ The same CT series (bench/make_series.py, cached under --cache) is sent by ``/us
   only the receive path (spool with fsync + index commit) runs, one association;
 * ``bodycomp x4``: the same, the series split over 4 concurrent associations (4 storescu);
 * ``storescp x4``: storescp ``--fork`` with 4 concurrent associations, for reference;
+* ``bodycomp-rxN x4`` (``--receivers N``): ``bodycomp serve --receivers N``, N receiving
+  processes sharing the port, 4 concurrent associations;
 * ``pynetdicom x1`` (``--noop``): a bare pynetdicom SCP with the node's settings (chunked receive,
   TCP_NODELAY, unlimited PDU) whose handler answers Success at once: the ceiling of any handler.
 
@@ -53,6 +55,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NOOP_SCP = """
 import socket, sys
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from node import reactor
 from node.scp import TRANSFER_SYNTAXES
 _config.STORE_RECV_CHUNKED_DATASET = True
 def nodelay(event):
@@ -62,7 +65,7 @@ for context in AllStoragePresentationContexts:
     ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
 ae.maximum_pdu_size = 0
 handlers = [(evt.EVT_CONN_OPEN, nodelay), (evt.EVT_C_STORE, lambda event: 0x0000)]
-ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True, evt_handlers=handlers)
+reactor.start_server(ae, ("127.0.0.1", int(sys.argv[1])), block=True, evt_handlers=handlers, ssl_context=None)
 """
 #: Extra environment for ``bodycomp serve`` (``--node-env KEY=VALUE``), e.g. a setting to compare.
 NODE_ENV: dict[str, str] = {}
@@ -88,9 +91,16 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process (its own threads; not forked children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU of a process and its living children (``bodycomp serve --receivers``)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -125,6 +135,7 @@ class Receiver:
             command = [sys.executable, "-c", NOOP_SCP, str(self.port)]
         else:
             self.ae = "BODYCOMP"
+            receivers = int(kind.partition("-rx")[2] or 1)
             command = [
                 BODYCOMP,
                 "serve",
@@ -138,17 +149,19 @@ class Receiver:
                 "100000",
                 "--workers",
                 "0",
+                "--receivers",
+                str(receivers),
             ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("BODYCOMP_")}
         env["TCP_NODELAY"] = "1"
         env["PYTHONPATH"] = str(ROOT)
-        if kind == "bodycomp":
+        if kind.startswith("bodycomp"):
             env.update(NODE_ENV)
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
         log.close()
         wait_port(self.port, self.proc)
-        if kind == "bodycomp":
-            time.sleep(1.0)  # let the node's start-up (scheduler, sender threads) settle
+        if kind.startswith("bodycomp"):
+            time.sleep(1.0 + receivers)  # let the node's start-up (scheduler, sender, receivers) settle
 
     def count(self) -> int:
         if self.kind == "pynetdicom":
@@ -200,7 +213,7 @@ def one_run(kind: str, files: list[Path], concurrent: int, work: Path) -> dict[s
     finally:
         receiver.close()
     row = {"seconds": elapsed, "instances_per_s": len(files) / elapsed}
-    if not (kind == "storescp" and concurrent > 1):  # forked children's CPU is not in the parent
+    if not (kind == "storescp" and concurrent > 1):  # storescp's forks end before they are counted
         row["receiver_cpu_ms_per_instance"] = 1000 * cpu / len(files)
     return row
 
@@ -278,6 +291,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="one extra bodycomp run under py-spy")
     parser.add_argument("--noop", action="store_true", help="also a bare pynetdicom SCP answering at once")
     parser.add_argument(
+        "--receivers", type=int, nargs="*", default=[], metavar="N", help="also bodycomp --receivers N, x4"
+    )
+    parser.add_argument(
         "--node-env",
         action="append",
         default=[],
@@ -289,6 +305,7 @@ def main() -> None:
     modes = [("storescp", 1), ("bodycomp", 1), ("bodycomp", args.concurrent), ("storescp", args.concurrent)]
     if args.noop:
         modes.append(("pynetdicom", 1))
+    modes += [(f"bodycomp-rx{n}", args.concurrent) for n in args.receivers]
     work = args.cache / "receive-work"
     results: dict[str, Any] = {"slices": args.slices, "runs": args.runs, "node_env": NODE_ENV, "syntaxes": {}}
     for syntax in args.syntaxes:

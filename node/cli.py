@@ -111,6 +111,12 @@ def _add_node_commands(sub: Any) -> None:
         "--max-associations", type=int, metavar="N", help="associations at once (16); more are rejected"
     )
     serve.add_argument(
+        "--receivers",
+        type=int,
+        metavar="N",
+        help="processes receiving on the port (1); see docs/benchmarks.md",
+    )
+    serve.add_argument(
         "--network-timeout", type=float, metavar="S", help="drop a connection silent for S seconds (120)"
     )
     serve.add_argument(
@@ -168,6 +174,7 @@ NODE_FLAGS = (
     "metrics_port",
     "metrics_host",
     "max_associations",
+    "receivers",
     "network_timeout",
     "tls_cert",
     "tls_key",
@@ -301,16 +308,21 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configure_logging(verbose: bool = False) -> None:
+    """The service log (also in the node's receiving processes): format, levels, redaction."""
     logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # highdicom logs one INFO line per attribute module it copies: noise in a service log.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     # Library messages that quote dataset values (a birth date, a name) never reach a log.
     privacy.install()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
     try:
         settings = _settings(args)
         return COMMANDS[args.command](args, settings)

@@ -77,6 +77,14 @@ class NodeSettings:
     """Associations served at once; one more is rejected (A-ASSOCIATE-RJ transient, "local limit
     exceeded") so the sender retries later. Each costs two threads and, while a C-STORE arrives,
     at most one PDU (1 MiB) in memory: 16 takes a busy PACS' parallel sends on two cores."""
+    event_driven: bool = True
+    """Serve associations with :mod:`node.reactor`'s loops, which wait for data instead of
+    pynetdicom's 1 ms polling (~2 × the receive rate of a bare SCP); false: pynetdicom's own."""
+    receivers: int = 1
+    """Processes receiving on the DICOM port (Linux ``SO_REUSEPORT``: the kernel spreads
+    associations over them). One Python process executes on one core at a time; several let
+    concurrent associations use several cores (docs/benchmarks.md). ``max_associations`` holds
+    per process. 1: the node process alone, as before."""
     network_timeout: float = 120.0
     """Seconds a connection may stay silent, and the most one PDU may take to arrive, before the
     node drops it (a stalled or trickling peer cannot hold a slot); also bounds association
@@ -328,6 +336,8 @@ def load_settings(
         raise ConfigError("node.stable_seconds must not be negative")
     if settings.node.max_associations < 1 or settings.node.network_timeout <= 0:
         raise ConfigError("node.max_associations must be ≥ 1 and node.network_timeout > 0")
+    if not 1 <= settings.node.receivers <= 64:
+        raise ConfigError("node.receivers must be between 1 and 64")
     node = settings.node
     if (node.tls_cert is None) != (node.tls_key is None):
         raise ConfigError("node.tls_cert and node.tls_key go together (the certificate and its key)")

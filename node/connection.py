@@ -49,23 +49,34 @@ def _bounded_recv(assoc_socket: Any, timeout: float, limit: int, nr_bytes: int) 
     if nr_bytes > limit:
         raise OSError(errno.EMSGSIZE, f"the peer announced a PDU of {nr_bytes} bytes (limit {limit})")
     sock = assoc_socket.socket
-    data = bytearray()
     if sock is None:
-        return data
+        return bytearray()
+    # Read straight into the PDU's buffer (a 512 KB slice arrives in ~10 reads; appending chunks
+    # would copy it each time). Memory follows what arrives: a peer announcing the limit and
+    # sending nothing gets 64 KiB, the buffer grows only with received bytes.
+    data = bytearray(min(nr_bytes, 65536))
+    received = 0
     deadline = time.monotonic() + timeout
     try:
-        while len(data) < nr_bytes:
+        while received < nr_bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{len(data)} of {nr_bytes} bytes of a PDU after {timeout:g} s")
+                raise TimeoutError(f"{received} of {nr_bytes} bytes of a PDU after {timeout:g} s")
+            if received == len(data):
+                data.extend(bytes(min(nr_bytes - received, len(data))))  # doubles, up to nr_bytes
             sock.settimeout(remaining)
-            chunk = sock.recv(min(nr_bytes - len(data), 65536))
-            if not chunk:
+            view = memoryview(data)[received:]
+            try:
+                count = sock.recv_into(view)
+            finally:
+                view.release()  # or the buffer could not grow
+            if not count:
                 break
-            data += chunk
+            received += count
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(timeout)  # sends get the whole timeout, not what this read left over
+    del data[received:]
     return data
 
 

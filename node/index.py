@@ -8,8 +8,9 @@ Why SQLite: a PACS administrator gets one file to back up and inspect, transacti
 instance is on disk *and* recorded" one step that survives a crash, and nothing needs a server.
 The database runs in WAL mode with ``synchronous=FULL`` (a commit is on disk before the SCP answers
 Success) and a busy timeout, so ``bodycomp status`` in another process can read while the node
-writes. Only the node process writes (workers hand their outcomes back through files in the
-results folder, see :mod:`node.results`), so SQLite is never shared over a network file system.
+writes. Only the node's processes write (the node and, with ``receivers`` > 1, its receiving
+processes, one machine; workers hand their outcomes back through files in the results folder,
+see :mod:`node.results`), so SQLite is never shared over a network file system.
 
 Idempotence lives here: a re-sent identical instance (same SOP Instance UID, same bytes) changes
 nothing but the study's last-received time, so it cannot change an input hash or start an
@@ -19,7 +20,9 @@ UID, destination), so a task that runs twice still yields one delivery per resul
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -154,6 +157,16 @@ class Index:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        # Writers in several processes (the node's receivers) queue on this file lock, which wakes
+        # the next one as soon as it is free; SQLite's own busy handler would sleep 1, 2, 5, …
+        # milliseconds between retries, a long time next to a ~1 ms commit. Only a shortcut:
+        # SQLite's locking keeps the data right without it (a read-only or full disk: no file).
+        try:
+            self._writer_fd = os.open(
+                path.with_name(path.name + ".writer-lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+        except OSError:
+            self._writer_fd = -1
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -167,18 +180,27 @@ class Index:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._writer_fd >= 0:
+                os.close(self._writer_fd)
+                self._writer_fd = -1
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: writers queue here, never deadlock later)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if self._writer_fd >= 0:
+                fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if self._writer_fd >= 0:
+                    fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -128,8 +128,22 @@ def instance_stored(study_uid: str, outcome: str) -> None:
     INSTANCES_RECEIVED.labels(outcome=outcome).inc()
 
 
+#: In a receiving process of ``node.receivers``: where its C-STORE statuses go (the node process
+#: counts them, it serves the metrics). None: counted here.
+_relay: Callable[[int], None] | None = None
+
+
+def relay_store_status(relay: Callable[[int], None] | None) -> None:
+    """Send this process' C-STORE statuses to ``relay`` instead of counting them here."""
+    global _relay
+    _relay = relay
+
+
 def store_status(status: int) -> None:
     """Every C-STORE response status; failures count as refused."""
+    if _relay is not None:
+        _relay(status)
+        return
     if status != 0x0000:
         INSTANCES_REFUSED.labels(status=f"0x{status:04X}", reason=STATUS_NAMES.get(status, "other")).inc()
 

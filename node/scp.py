@@ -17,9 +17,9 @@ File Meta Information) and is the same in both modes.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,12 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import connection, metrics, tls
+from node import connection, metrics, reactor, tls
 from node.config import NodeSettings
 from node.index import Index, InstanceRecord, digest_bytes
 from node.instance_check import Refusal, check_instance
 from node.spool import InvalidUIDError, Spool, SpoolFullError, checked_uid
+from node.uid_locks import UidLocks
 
 log = logging.getLogger("bodycomp.scp")
 
@@ -121,9 +122,9 @@ def _text(ds: Any, keyword: str) -> str:
 def make_store_handler(
     spool: Spool, index: Index, settings: NodeSettings, on_stored: Callable[[str, str], None] | None = None
 ) -> Any:
-    # One lock per SOP Instance UID (striped): two associations sending one UID at once must not
+    # Two associations (perhaps in two receiving processes) sending one UID at once must not
     # leave the spool file of one and the index digest of the other.
-    locks = [threading.Lock() for _ in range(64)]
+    locks = UidLocks(spool.root / "uid.lock")
 
     def handle_store(event: Any) -> int:
         calling = event.assoc.requestor.ae_title
@@ -165,7 +166,7 @@ def make_store_handler(
                 checked_uid(ds.SeriesInstanceUID, "SeriesInstanceUID"),
                 checked_uid(ds.SOPInstanceUID, "SOPInstanceUID"),
             )
-            with locks[hash(sop) % len(locks)]:
+            with locks.hold(sop):
                 known = index.instance_location(sop)
                 if known is not None and known != (study, series):
                     log.warning(
@@ -178,9 +179,10 @@ def make_store_handler(
                     )
                     return STATUS_UID_CONFLICT
                 if chunked:
-                    # The digest is taken while copying (the dataset after the File Meta Information).
+                    # Moved into the spool (copied across file systems); the digest covers the
+                    # dataset after the File Meta Information.
                     source = event.dataset_path
-                    stored = spool.store_file(source, study, series, sop, hash_from=split_dataset(source)[1])
+                    stored = spool.adopt_file(source, study, series, sop, hash_from=split_dataset(source)[1])
                     digest = stored.digest
                 else:
                     stored = spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
@@ -227,7 +229,7 @@ def make_store_handler(
             # does not know, and a full disk would stay fuller.
             log.error("could not record an instance from %s in the index: %s", calling, exc)
             if unrecorded is not None:
-                with locks[hash(unrecorded.stem) % len(locks)]:
+                with locks.hold(unrecorded.stem):
                     try:
                         if index.instance_location(unrecorded.stem) is None:
                             unrecorded.unlink(missing_ok=True)
@@ -283,11 +285,13 @@ def serve(
     index: Index | None = None,
     on_stored: Callable[[str, str], None] | None = None,
     on_released: Callable[[], None] | None = None,
+    reuse_port: bool = False,
 ) -> Any:
     """Start the SCP; returns the running server when ``block`` is False (tests, embedding).
 
     ``on_stored(study_uid, outcome)`` runs after each committed instance and ``on_released()``
     after each association ends: the scheduler uses them as hints to look at the studies early.
+    ``reuse_port``: share the port with the node's other receiving processes (``receivers``).
     """
     ssl_context = tls.server_context(settings)  # first: unusable certificates stop here (ConfigError)
     spool = Spool(settings.spool_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
@@ -297,7 +301,7 @@ def serve(
     ae = build_ae(settings)
 
     def released(event: Any) -> None:
-        log.info("event=association_end from=%s", event.assoc.requestor.ae_title)
+        log.info("event=association_end from=%s pid=%d", event.assoc.requestor.ae_title, os.getpid())
         if on_released is not None:
             on_released()
 
@@ -319,6 +323,12 @@ def serve(
         settings.data_dir,
         ("on+client-cert" if settings.tls_verify_client else "on") if ssl_context else "off",
     )
-    return ae.start_server(
-        (settings.host, settings.port), block=block, evt_handlers=handlers, ssl_context=ssl_context
+    return reactor.start_server(
+        ae,
+        (settings.host, settings.port),
+        block=block,
+        evt_handlers=handlers,
+        ssl_context=ssl_context,
+        reuse_port=reuse_port,
+        event_driven=settings.event_driven,
     )

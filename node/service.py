@@ -24,6 +24,7 @@ off by a crash sends the rest after the restart): all of that state is in the in
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import logging
 import os
@@ -43,6 +44,7 @@ from node import metrics
 from node.config import Settings
 from node.dispatch import DISK, dispatch_study, is_disk_full
 from node.index import Index
+from node.receivers import ReceiverPool, port_in_use
 from node.results import collect, republish
 from node.scp import serve as start_scp
 from node.sender import deliver_due
@@ -53,11 +55,11 @@ log = logging.getLogger("bodycomp.node")
 
 TICK_SECONDS = 1.0
 #: Below this much free space in the temporary directory, incoming datasets are received into
-#: memory (see :meth:`Node._receive_mode`).
+#: memory (see :func:`update_receive_mode`).
 RECEIVE_TMP_MIN_FREE_BYTES = 16 * 1024 * 1024
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In a child: ask Linux to send SIGTERM when the node dies, so no worker is orphaned."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -66,13 +68,21 @@ def _die_with_parent() -> None:
         pass
 
 
-def receive_tmp_dir(data_dir: Path) -> Path:
-    """The folder of this node's own in the temporary directory, for pynetdicom's received files."""
+#: The temporary directory before :func:`use_private_receive_tmp` pointed ``tempfile`` elsewhere.
+_system_tmp: str | None = None
+
+
+def receive_tmp_dir(data_dir: Path, slot: int = 0) -> Path:
+    """The folder of this node's own in the temporary directory, for pynetdicom's received files
+    (``slot``: which receiving process, 0 the node process itself; see ``node.receivers``)."""
+    global _system_tmp
+    if _system_tmp is None:
+        _system_tmp = tempfile.gettempdir()
     key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"bodycomp-rx-{key}"
+    return Path(_system_tmp) / (f"bodycomp-rx-{key}" + (f"-{slot}" if slot else ""))
 
 
-def use_private_receive_tmp(data_dir: Path) -> int:
+def use_private_receive_tmp(data_dir: Path, slot: int = 0, adopt: bool = True) -> int:
     """Point this process' temporary files at :func:`receive_tmp_dir`, emptied; return files removed.
 
     Why: with ``stream_to_disk`` pynetdicom writes each incoming dataset to
@@ -83,8 +93,11 @@ def use_private_receive_tmp(data_dir: Path) -> int:
     so ``TMPDIR`` and the receive-mode check keep their meaning); a folder with that name not
     created by this user, or open to others (someone could have prepared it in ``/tmp``), is not
     used: a fresh private one from :func:`tempfile.mkdtemp` is.
+
+    ``adopt=False``: only empty the folder (the node process does that for its receiving
+    processes' folders before they start).
     """
-    folder = receive_tmp_dir(data_dir)
+    folder = receive_tmp_dir(data_dir, slot)
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         info = folder.lstat()
@@ -94,15 +107,44 @@ def use_private_receive_tmp(data_dir: Path) -> int:
         safe = False
     if not safe:
         log.warning("event=receive_tmp_unsafe path=%s (using a new private folder)", folder)
-        tempfile.tempdir = tempfile.mkdtemp(prefix="bodycomp-rx-")
+        if adopt:
+            tempfile.tempdir = tempfile.mkdtemp(prefix="bodycomp-rx-", dir=_system_tmp)
         return 0
     removed = 0
     for leftover in folder.iterdir():
         if leftover.is_file() and not leftover.is_symlink():
             leftover.unlink(missing_ok=True)
             removed += 1
-    tempfile.tempdir = str(folder)
+    if adopt:
+        tempfile.tempdir = str(folder)
     return removed
+
+
+def update_receive_mode(stream_to_disk: bool) -> None:
+    """Receive into memory, not temporary files, while the temporary directory is nearly full.
+
+    Why: with ``stream_to_disk`` pynetdicom writes each incoming dataset to a temporary file
+    before the C-STORE handler runs. On a full disk that write fails inside pynetdicom, which
+    aborts the association with a traceback in the log, instead of the node answering 0xA700
+    (Out of Resources) as it promises. Held in memory, the dataset reaches the handler, whose
+    spool write refuses it properly. Checked after each stored instance and every tick (in every
+    receiving process: the setting is pynetdicom's, per process).
+    """
+    if not stream_to_disk:
+        return
+    try:
+        stats = os.statvfs(tempfile.gettempdir())
+    except OSError:
+        return
+    free = stats.f_bavail * stats.f_frsize
+    chunked = free >= RECEIVE_TMP_MIN_FREE_BYTES
+    if chunked != pynetdicom_config.STORE_RECV_CHUNKED_DATASET:
+        pynetdicom_config.STORE_RECV_CHUNKED_DATASET = chunked
+        log.warning(
+            "event=receive_mode mode=%s tmp_free_mb=%.1f",
+            "temporary-files" if chunked else "memory (temporary directory nearly full)",
+            free / 1048576,
+        )
 
 
 def worker_command(settings: Settings, config_path: str | None) -> list[str]:
@@ -139,6 +181,7 @@ class Node:
         self.last_restart = 0.0
         self.started_at = time.monotonic()
         self.metrics: metrics.MetricsServer | None = None
+        self.receivers: ReceiverPool | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -154,6 +197,8 @@ class Node:
         if leftovers:
             log.warning("event=spool_tmp_cleaned files=%d", len(leftovers))
         received_leftovers = use_private_receive_tmp(node.data_dir)
+        for slot in range(1, node.receivers):  # the children's folders: nothing of theirs is live yet
+            received_leftovers += use_private_receive_tmp(node.data_dir, slot, adopt=False)
         if received_leftovers:
             log.warning("event=receive_tmp_cleaned files=%d", received_leftovers)
         self.index = Index(node.index_path)
@@ -182,13 +227,26 @@ class Node:
         if node.metrics_port is not None:  # before the SCP: when the DICOM port answers, so does this
             self.metrics = metrics.MetricsServer(node)
         self.started_at = time.monotonic()
+        shared = node.receivers > 1
+        if shared and port_in_use(node.host, node.port):
+            # With SO_REUSEPORT the bind would succeed and share the port with whoever is there.
+            raise OSError(errno.EADDRINUSE, "another process listens on that port already")
         self.server = start_scp(
             node,
             block=False,
             index=self.index,
             on_stored=self._stored,
             on_released=self.wakeup.poke,
+            reuse_port=shared,
         )
+        if shared:
+            self.receivers = ReceiverPool(
+                node,
+                on_stored=self._stored,
+                on_released=self.wakeup.poke,
+                verbose=logging.getLogger().isEnabledFor(logging.DEBUG),
+            )
+            self.receivers.start()
         for name, target in (("scheduler", self._scheduler), ("sender", self._sender)):
             thread = threading.Thread(target=target, name=f"bodycomp-{name}", daemon=True)
             thread.start()
@@ -205,7 +263,11 @@ class Node:
         log.warning("event=node_stopping")
         if self.server is not None:
             self.server.shutdown()
+            self.server.server_close()
             self.server = None
+        if self.receivers is not None:
+            self.receivers.stop()
+            self.receivers = None
         self.wakeup.poke()
         self.send_wakeup.poke()
         for thread in self.threads:
@@ -243,38 +305,18 @@ class Node:
         self._receive_mode()
 
     def _receive_mode(self) -> None:
-        """Receive into memory, not temporary files, while the temporary directory is nearly full.
-
-        Why: with ``stream_to_disk`` pynetdicom writes each incoming dataset to a temporary file
-        before the C-STORE handler runs. On a full disk that write fails inside pynetdicom, which
-        aborts the association with a traceback in the log, instead of the node answering 0xA700
-        (Out of Resources) as it promises. Held in memory, the dataset reaches the handler, whose
-        spool write refuses it properly. Checked after each stored instance and every tick.
-        """
-        if not self.node.stream_to_disk:
-            return
-        try:
-            stats = os.statvfs(tempfile.gettempdir())
-        except OSError:
-            return
-        free = stats.f_bavail * stats.f_frsize
-        chunked = free >= RECEIVE_TMP_MIN_FREE_BYTES
-        if chunked != pynetdicom_config.STORE_RECV_CHUNKED_DATASET:
-            pynetdicom_config.STORE_RECV_CHUNKED_DATASET = chunked
-            log.warning(
-                "event=receive_mode mode=%s tmp_free_mb=%.1f",
-                "temporary-files" if chunked else "memory (temporary directory nearly full)",
-                free / 1048576,
-            )
+        update_receive_mode(self.node.stream_to_disk)
 
     def _start_worker(self) -> None:
         command = worker_command(self.settings, self.config_path)
-        proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(command, preexec_fn=die_with_parent)
         log.info("event=worker_started pid=%d", proc.pid)
         self.workers.append(proc)
 
     def _supervise_workers(self) -> None:
-        """Restart a worker that died (at most every 10 s, so a broken set-up does not spin)."""
+        """Restart a worker or receiver that died (at most every 10 s, so a broken set-up does not spin)."""
+        if self.receivers is not None:
+            self.receivers.supervise()
         if time.monotonic() - self.last_restart < 10:
             return
         for i, proc in enumerate(self.workers):
@@ -283,7 +325,7 @@ class Node:
                 self.last_restart = time.monotonic()
                 log.error("event=worker_exited pid=%d code=%s (restarting)", proc.pid, code)
                 command = worker_command(self.settings, self.config_path)
-                self.workers[i] = subprocess.Popen(command, preexec_fn=_die_with_parent)
+                self.workers[i] = subprocess.Popen(command, preexec_fn=die_with_parent)
                 if self.node.broker_is_embedded and self.index is not None:
                     # The embedded broker cannot give back the message the dead worker held (see
                     # workers.app): publish the open jobs again now rather than after the lease.

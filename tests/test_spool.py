@@ -1,4 +1,6 @@
-"""Spool.store_file's digest, taken while copying, equals a second read of the stored file."""
+"""Spool.store_file's digest, taken while copying, equals a second read of the stored file; and
+Spool.adopt_file moves a received file into the spool (copies it across file systems) with the
+same content and digest."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from node.index import digest_file
-from node.spool import Spool
+from node.spool import Spool, SpoolFullError
 
 MB = 1024 * 1024
 
@@ -31,3 +33,47 @@ def test_no_digest_unless_asked(tmp_path: Path) -> None:
     source.write_bytes(b"x" * 100)
     stored = Spool(tmp_path / "spool", min_free_bytes=0).store_file(source, "1.2", "1.2.3", "1.2.3.4")
     assert stored.digest == ""
+
+
+@pytest.mark.parametrize(("size", "offset"), [(0, 0), (1000, 132), (MB + 7, MB), (3 * MB + 5, MB + 3)])
+def test_adopt_moves_the_file_on_one_file_system(tmp_path: Path, size: int, offset: int) -> None:
+    data = os.urandom(size)
+    source = tmp_path / "received.dcm"
+    source.write_bytes(data)
+    inode = source.stat().st_ino
+    stored = Spool(tmp_path / "spool", min_free_bytes=0).adopt_file(source, "1.2", "1.2.3", "1.2.3.4", offset)
+    assert not source.exists(), "moved, not copied"
+    assert stored.path.stat().st_ino == inode
+    assert stored.path.read_bytes() == data
+    assert stored.size == size
+    assert stored.digest == digest_file(stored.path, offset)
+    assert stored.path == tmp_path / "spool" / "studies" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+
+
+def test_adopt_copies_across_file_systems(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's folder")
+    data = os.urandom(MB + 3)
+    source = shm / f"bodycomp-test-{os.getpid()}.dcm"
+    source.write_bytes(data)
+    try:
+        stored = Spool(tmp_path / "spool", min_free_bytes=0).adopt_file(
+            source, "1.2", "1.2.3", "1.2.3.4", 128
+        )
+        assert source.exists(), "the source stays where it was: its owner removes it"
+        assert stored.path.read_bytes() == data
+        assert stored.digest == digest_file(stored.path, 128)
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def test_adopt_refuses_below_the_reserve_and_keeps_the_source(tmp_path: Path) -> None:
+    source = tmp_path / "received.dcm"
+    source.write_bytes(b"x" * 100)
+    spool = Spool(tmp_path / "spool", min_free_bytes=1 << 62)
+    with pytest.raises(SpoolFullError):
+        spool.adopt_file(source, "1.2", "1.2.3", "1.2.3.4")
+    assert source.read_bytes() == b"x" * 100
+    assert not (tmp_path / "spool" / "studies" / "1.2").exists()
