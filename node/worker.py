@@ -5,7 +5,8 @@ its broker. It reads the job folders the node prepared and writes results and ``
 there; it never opens the node's SQLite index (see :mod:`workers.tasks`).
 
 Started with the options of :mod:`workers.app`: one analysis per child process at a time,
-children recycled after ``max_tasks_per_child`` analyses, no gossip/mingle/heartbeat events (a
+children recycled after ``max_tasks_per_child`` analyses and forked from a main process that has
+already imported what an analysis needs (:mod:`workers.warmup`), no gossip/mingle/heartbeat events (a
 hospital node has nothing to gain from them and they cost broker traffic).
 """
 
@@ -18,6 +19,7 @@ import socket
 from node.config import Settings
 from workers.app import configure_app
 from workers.tasks import WorkerConfig, configure
+from workers.warmup import preload
 
 log = logging.getLogger("bodycomp.worker")
 
@@ -47,11 +49,14 @@ def run_worker(settings: Settings) -> int:
             },
         )
     )
+    # Before the pool forks: every analysis child inherits these modules (workers.warmup).
+    preload_seconds = preload()
     log.warning(
-        "event=worker_starting broker=%s data_dir=%s concurrency=%d",
+        "event=worker_starting broker=%s data_dir=%s concurrency=%d preload_s=%.2f",
         "embedded" if node.broker_is_embedded else node.broker_url.split("://")[0],
         node.data_dir,
         node.concurrency,
+        preload_seconds,
     )
     app.worker_main(
         [
