@@ -2,7 +2,9 @@
 
 For each size (slices of 512 × 512) and transfer syntax, a series is built from the real example
 CT (bench/make_series.py, cached under --cache) and analysed in a fresh child process with
-``--dicom`` so that the peak RSS of one analysis is measured on its own. Prints a table and writes
+``--dicom`` so that the peak RSS of one analysis is measured on its own. The child first imports
+what the worker imports before forking (workers/warmup.py), so the stage times are those of a
+worker's analysis child, and the peak RSS includes those modules. Prints a table and writes
 JSON. Timing is measured here, never asserted in tests.
 
     .venv/bin/python bench/bench_analysis.py --sizes 200 500 1000 --syntaxes raw j2k j2k-full
@@ -32,6 +34,8 @@ from bench.make_series import make_series  # noqa: E402
 CHILD = """
 import json, sys, time
 from pathlib import Path
+from workers.warmup import preload
+preload_s = preload()  # as the worker does before forking its analysis children (workers/warmup.py)
 from workers.pipeline import AnalysisOptions, analyse
 start = time.perf_counter()
 options = AnalysisOptions(write_dicom=True, preview=sys.argv[3] != "full")
@@ -41,6 +45,7 @@ total = time.perf_counter() - start
 # of the benchmark process that built the series.
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"timings_s": result["timings_s"], "total_s": total, "peak_rss_mb": hwm / 1024,
+                  "preload_s": preload_s,
                   "l3_slice": result["l3"]["slice_index"], "status": result["status"]}))
 """
 
