@@ -331,7 +331,7 @@ def write_doc(
             f"{r['sm_in_organs_cm2']:.1f}{f' ({which})' if which else ''} | {r['vat_in_organs_cm2']:.1f} | "
             f"{r['paraspinal_recall']:.3f} | {r['sm_in_ribs_cm2']:.2f} |"
         )
-    t12 = [r for r in native if r["level"].startswith("T12")]
+    t12 = [r for r in native if r["level"] == "T12"]
     add("")
     add(
         f"On the {len(t12)} slices through T12: paraspinal recall min "

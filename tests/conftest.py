@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -13,6 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXAMPLE_CT = SHARED_DATA / "example_ct" / "example_ct.nii.gz"
 EXAMPLE_CT_DICOM = SHARED_DATA / "example_ct_dicom" / "example_ct_dicom"
+
+
+@lru_cache(maxsize=1)
+def validation_script() -> ModuleType:
+    """``scripts/validate_tissues.py`` as a module: its loaders and checks are the tests' too."""
+    spec = importlib.util.spec_from_file_location(
+        "validate_tissues", REPO / "scripts" / "validate_tissues.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _require(path: Path) -> Path:

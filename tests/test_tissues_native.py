@@ -9,28 +9,20 @@ spleen lie inside the muscle window. The numbers are those of scripts/validate_t
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.conftest import EXAMPLE_CT_DICOM, REPO
+from tests.conftest import EXAMPLE_CT_DICOM, validation_script
 
 pytestmark = pytest.mark.skipif(not EXAMPLE_CT_DICOM.exists(), reason="shared test CT not available")
 
 
 @lru_cache(maxsize=1)
 def _rows() -> list[dict[str, Any]]:
-    spec = importlib.util.spec_from_file_location(
-        "validate_tissues", Path(REPO, "scripts", "validate_tissues.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows: list[dict[str, Any]] = module.native_check()
+    rows: list[dict[str, Any]] = validation_script().native_check()
     return rows
 
 

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from bench.make_series import make_series
+from tests.conftest import REPO
 from workers.warmup import ANALYSIS_IMPORTS, preload
-
-REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import json, sys
