@@ -35,7 +35,13 @@ def _t12() -> list[dict[str, Any]]:
 def test_paraspinal_muscles_are_muscle_on_every_t12_slice() -> None:
     recall = [r["paraspinal_recall"] for r in _t12()]
     assert float(np.median(recall)) >= 0.99, recall
-    assert min(recall) >= 0.75, recall  # slice 1: the cavity reaches the upper left paraspinal
+    assert min(recall) >= 0.93, recall  # slice 1: 0.96 (0.80 before the paraspinal-gutter rule)
+
+
+def test_paraspinal_muscles_are_muscle_at_the_lung_bases() -> None:
+    """T11 slices: lung bases behind liver and spleen; 0.16-0.80 before the paraspinal-gutter rule."""
+    recall = [r["paraspinal_recall"] for r in _rows() if r["level"] == "T11"]
+    assert len(recall) >= 4 and min(recall) >= 0.95, recall
 
 
 def test_little_muscle_is_labelled_inside_organs() -> None:

@@ -8,73 +8,51 @@ label in example_seg.nii.gz. Targets per slice: SM ≥ 0.90, SAT ≥ 0.95, VAT (
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.conftest import EXAMPLE_CT, validation_script
 from workers.metrics import PatientInputs, compute_result, tissue_stats, waist_circumference_cm
 from workers.presets import get_preset
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
 
-DATA = Path("/work/shared/data/example_ct")
-CROP = DATA / "labels/example_ct_sm"
 OFFSET = 82
 SPACING = (3.0, 3.0)
 
-pytestmark = pytest.mark.skipif(
-    not (DATA / "example_ct.nii.gz").exists(), reason="shared test CT not available"
-)
-
-
-def _canon(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    return np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, ::-1])
+pytestmark = pytest.mark.skipif(not EXAMPLE_CT.exists(), reason="shared test CT not available")
 
 
 @lru_cache(maxsize=1)
-def _data() -> tuple[npt.NDArray[np.int16], dict[str, npt.NDArray[np.bool_]], list[int]]:
-    import nibabel
-
-    hu = _canon(np.asarray(nibabel.load(str(DATA / "example_ct.nii.gz")).dataobj)).astype(np.int16)
-    tdir = CROP / "example_seg_tissue_types"
-    ref = {
-        n: _canon(np.asarray(nibabel.load(str(tdir / f"{n}.nii.gz")).dataobj)) > 0
-        for n in ("skeletal_muscle", "subcutaneous_fat", "torso_fat")
-    }
-    seg = _canon(np.asarray(nibabel.load(str(CROP / "example_seg.nii.gz")).dataobj))
-    below = [k for k in range(seg.shape[0]) if not np.isin(seg[k], (10, 11, 12, 13, 14)).any()]
-    return hu, ref, below
-
-
-def _dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+def _data() -> tuple[npt.NDArray[np.int16], list[int]]:
+    vs = validation_script()
+    return vs.load_ct(), vs.below_diaphragm_crop_slices()
 
 
 @lru_cache(maxsize=1)
-def _all_dice() -> dict[str, list[tuple[int, float]]]:
-    hu, ref, below = _data()
-    p = get_preset()
-    seg = get_segmenter()
-    out: dict[str, list[tuple[int, float]]] = {"sm": [], "sat": [], "vat": []}
-    for c in below:
-        sl = hu[c + OFFSET]
-        lab = seg.segment(sl, SPACING, p).labels
-        out["sm"].append((c, _dice(lab == LABEL_SM, ref["skeletal_muscle"][c] & p.sm.contains(sl))))
-        out["sat"].append((c, _dice(lab == LABEL_SAT, ref["subcutaneous_fat"][c] & p.sat.contains(sl))))
-        out["vat"].append((c, _dice(lab == LABEL_VAT, ref["torso_fat"][c] & p.vat.contains(sl))))
-    return out
+def _rows() -> list[dict[str, Any]]:
+    """Per-slice Dice of scripts/validate_tissues.py (the numbers docs/validation-tissues.md shows)."""
+    rows: list[dict[str, Any]] = validation_script().evaluate()["rows"]
+    return rows
+
+
+@lru_cache(maxsize=1)
+def _muscle_recall() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = validation_script().muscle_recall()
+    return rows
 
 
 def test_below_diaphragm_slices_are_the_expected_ones() -> None:
-    _, _, below = _data()
+    _, below = _data()
     assert below == list(range(19))  # example_ct slices 82-100 (lungs appear from crop slice 19)
 
 
-def _check(tissue: str, target: float) -> None:
-    worst = min(_all_dice()[tissue], key=lambda t: t[1])
-    assert worst[1] >= target, f"{tissue}: worst slice crop {worst[0]} Dice {worst[1]:.3f} < {target}"
+def _check(tissue: str, target: float, key: str = "dice") -> None:
+    worst = min(_rows(), key=lambda r: r[f"{key}_{tissue}"])
+    value = worst[f"{key}_{tissue}"]
+    assert value >= target, f"{tissue}: worst slice crop {worst['crop_slice']} {key} {value:.3f} < {target}"
 
 
 def test_dice_vat_vs_torso_fat() -> None:
@@ -113,6 +91,46 @@ def test_dice_floor_reached_so_far() -> None:
     _check("vat", 0.855)
 
 
+def test_disagreement_beyond_the_outline_stays_small() -> None:
+    """Boundary-only Dice: what is left if only the one-pixel outline disagreement remained.
+
+    The targets (0.90 / 0.95) equal this ceiling on the worst slices (SM 0.904, SAT 0.950 at
+    classical@0.1): errors away from the reference's outline (organ or bowel taken as wall, muscle
+    lost) lower it, outline convention does not. A regression guard just under the reached level.
+    """
+    _check("sm", 0.90, key="bdice")
+    _check("sat", 0.945, key="bdice")
+    _check("vat", 0.92, key="bdice")
+
+
+def _recall(levels: set[str], muscle: str) -> list[float]:
+    return [
+        v
+        for r in _muscle_recall()
+        if r["level"] in levels
+        for name, v in r["recall"].items()
+        if name.startswith(muscle) and v is not None
+    ]
+
+
+def test_psoas_and_paraspinal_muscles_are_muscle_through_l3() -> None:
+    """On every slice through the L3 body (TotalSegmentator `total` iliopsoas/autochthon labels)."""
+    psoas, paraspinal = _recall({"L3"}, "psoas"), _recall({"L3"}, "paraspinal")
+    assert len(psoas) >= 18 and len(paraspinal) >= 18  # 10-11 slices, left and right
+    assert float(np.median(psoas)) >= 0.95 and min(psoas) >= 0.6, psoas
+    assert min(paraspinal) >= 0.95, paraspinal
+
+
+def test_fatty_paraspinal_muscles_are_not_lost_l4_to_t12() -> None:
+    """Very fatty erector spinae (L4 here: median 8-17 HU) fall apart under the block's opening.
+
+    Before the paraspinal-gutter rule: mean recall 0.959 with 5 side-slices below 0.7 (L4).
+    """
+    recall = _recall({"L4", "L3", "L2", "L1", "T12"}, "paraspinal")
+    assert float(np.mean(recall)) >= 0.97, recall
+    assert sum(v < 0.7 for v in recall) <= 2, recall
+
+
 def test_vertebral_body_matches_reference_vertebra() -> None:
     """The vertebral body (anchor of psoas zone, canal and peritoneal line) is found on every slice.
 
@@ -127,10 +145,9 @@ def test_vertebral_body_matches_reference_vertebra() -> None:
     from workers.tissues.bone import find_spine
     from workers.tissues.geometry import as_float
 
-    hu, _, below = _data()
-    lab = _canon(
-        np.asarray(nibabel.load(str(DATA / "labels/spine_report/totalseg_vertebrae_body.nii.gz")).dataobj)
-    )
+    hu, below = _data()
+    vs = validation_script()
+    lab = vs.canonical(np.asarray(nibabel.load(str(vs.VERTEBRAL_BODIES)).dataobj))
     off = []
     for k in [c + OFFSET for c in below] + [74]:
         h = as_float(hu[k])
@@ -145,7 +162,7 @@ def test_vertebral_body_matches_reference_vertebra() -> None:
 
 def test_l3_values_are_plausible() -> None:
     """Mid-L3 (example_ct slice 74): areas in adult ranges, flags as expected (left flank at edge)."""
-    hu, _, _ = _data()
+    hu, _ = _data()
     sl = hu[74]
     out = get_segmenter().segment(sl, SPACING, get_preset())
     st = tissue_stats(sl, out.labels, SPACING)

@@ -31,6 +31,10 @@ HOLE_MAX_MM2 = 400.0
 ORGAN_DELTA_HU = 30.0
 ORGAN_SIGMA_MM = 2.0
 ORGAN_BONE_MARGIN_MM = 6.0  # smoothing spreads bone brightness into adjacent muscle
+PSOAS_BELLY_MIN_MM2 = 150.0  # a detached psoas belly (L4-L5: ~5-15 cm²)
+PSOAS_BELLY_IN_ZONE = 0.5  # ...lies mostly within the psoas zone beside the vertebral body
+GUTTER_BEHIND_MM = 10.0
+GUTTER_HALF_WIDTH_MM = 45.0  # paraspinal muscles either side of the spinous process
 
 
 def find_posterior_block(
@@ -79,8 +83,22 @@ def find_posterior_block(
     if ids.size == 0:
         return np.zeros_like(region)
     block = np.isin(lab, ids)
+    # a psoas belly separated from the vertebral body by a fat plane (lower lumbar levels) is a
+    # component of its own: keep components that lie mostly in the psoas zone beside the body
+    zone = dilate_mm(ref, PSOAS_ZONE_MM, spacing_yx_mm) & beside & (rr <= back)
+    sizes = np.bincount(lab.ravel())
+    in_zone = np.bincount(lab[zone], minlength=sizes.size)
+    belly = (in_zone * dy * dx >= PSOAS_BELLY_MIN_MM2) & (in_zone >= PSOAS_BELLY_IN_ZONE * sizes)
+    belly[0] = False
+    block |= belly[lab]
     # restore the edges removed by the opening (only soft pixels touching the block)
     block = dilate_mm(block, OPEN_MM + 0.5 * max(dy, dx), spacing_yx_mm) & soft
+    # paraspinal gutters: behind the back of the vertebral body and close to the midline there are
+    # only the erector spinae and multifidus (no organ reaches there); very fatty muscle falls apart
+    # into fragments under the opening, so soft tissue there is block whether attached or not
+    mid = 0.5 * (c0 + c1)
+    gutter = (rr >= back + GUTTER_BEHIND_MM / dy) & (np.abs(cc - mid) * dx <= GUTTER_HALF_WIDTH_MM)
+    block |= soft & gutter
     return _fill_small_holes(block, HOLE_MAX_MM2 / (dy * dx)) & region
 
 
