@@ -520,6 +520,13 @@ the pictures showed the intended tissue moving (mid-L3 moved by ≤ 1.1 cm² in 
   second patient's T11 slices, see the recall sections). Components lying mostly in the psoas zone
   beside the vertebral body (≥ 1.5 cm²) are kept although a fat plane separates them from the body.
   Crop Dice: ct 91 +0.011, ct 92 +0.009, ct 96 −0.005 (crura beside T12 kept), others ±0.001.
+* **Dense psoas beside fatty paraspinal muscles** (2026-12-04): the block's organ test ignores
+  bright regions < 3 cm², the kidney-pole rule keeps separated pieces of psoas density (recall
+  section). Crop Dice ±0.001.
+* **Iliac crest is not an arm** (`body._bulges_out`, 2026-12-04): at L4 (ct 59) the crest's section
+  passed the limb-bone test and the watershed cut a 16 cm² column out of the posterior SAT (flag
+  `arms_in_fov`). A limb part must now lie mostly (> 50 %) outside the convex hull of the rest of
+  the body; the second patient's arms lie 88-99 % outside, the crest's part 0 %.
 * **Vertebral body on the midline profile** (`bone._body_run`). The old walk from the first cortical
   bone ran through a 2-pixel canal into the laminae, or started at the lamina when the smoothed bone
   component missed the body (disc/endplate levels): 13 of the 19 slices had a wrong body (checked
@@ -668,12 +675,15 @@ spinae (L4 here, median 8-17 HU) fall apart into fragments under the block's 3.5
 lost (mean L4-T12 paraspinal recall 0.959, five side-slices below 0.7); behind the back of the
 vertebral body and within 45 mm of the midline only the erector spinae and multifidus lie, so soft
 tissue there is now block whether attached or not (0.979, two below 0.7), and a psoas belly separated
-from the vertebral body by a fat plane (≥ 1.5 cm², mostly inside the psoas zone) is kept. **Known
-failures, not fixed:** the psoas is lost at L5 (iliac wings; recall ~0) and on most disc slices
-(L3/L4, L2/L3: the vertebral-body detector finds no body in a disc, so the psoas zone is misplaced),
-and on some L4 slices the kidney-pole or organ rules cut a psoas that is 25-40 HU denser than this
-patient's fatty paraspinal muscle (the reference density). bodycomp measures mid-L3, where psoas
-recall is ≥ 0.95 on most slices, but a patient whose L3 looks like this L4 would lose psoas.
+from the vertebral body by a fat plane (≥ 1.5 cm², mostly inside the psoas zone) is kept. The psoas
+itself keeps its density when the paraspinal muscles turn fatty (here 31-47 against 8-20 HU): the
+block's organ test (reference + 30 HU) now ignores bright regions smaller than 3 cm² (organs are
+larger; these were the psoas's denser spots), and the kidney-pole rule keeps a separated piece of
+psoas density (≥ 1.5 cm², median within 15 HU of the psoas): L3 psoas recall min 0.68 → 0.94, L4
+side-slices below 0.7: 8 → 3. **Known failures, not fixed:** the psoas is lost at L5 (iliac wings;
+recall ~0) and on most disc slices (L3/L4, L2/L3: the vertebral-body detector finds no body in a
+disc, so the psoas zone is misplaced). bodycomp measures mid-L3 (a body slice), where these do not
+apply, but an L3 finder one level off or a multi-slice measurement reaching a disc would lose psoas.
 """
 
 DOC_NATIVE = """\

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scipy import ndimage as ndi
 
 from tests.conftest import EXAMPLE_CT, validation_script
 from workers.metrics import PatientInputs, compute_result, tissue_stats, waist_circumference_cm
@@ -64,8 +65,9 @@ def test_dice_vat_vs_torso_fat() -> None:
     reason=(
         "target not reached: SM Dice min 0.866 / mean 0.883 over crop slices 0-18 (classical@0.1; was "
         "0.857 / 0.875); the reference draws the psoas/quadratus/wall boundary against visceral fat one "
-        "pixel tighter, and bowel under the linea alba and colon against the left wall are still "
-        "counted as wall muscle, see docs/validation-tissues.md"
+        "pixel tighter (boundary-only Dice min 0.904: the target is the outline ceiling), and the "
+        "liver's left lobe under the linea alba and colon against the left wall are still counted as "
+        "wall muscle, see docs/validation-tissues.md"
     ),
 )
 def test_dice_skeletal_muscle() -> None:
@@ -117,8 +119,20 @@ def test_psoas_and_paraspinal_muscles_are_muscle_through_l3() -> None:
     """On every slice through the L3 body (TotalSegmentator `total` iliopsoas/autochthon labels)."""
     psoas, paraspinal = _recall({"L3"}, "psoas"), _recall({"L3"}, "paraspinal")
     assert len(psoas) >= 18 and len(paraspinal) >= 18  # 10-11 slices, left and right
-    assert float(np.median(psoas)) >= 0.95 and min(psoas) >= 0.6, psoas
+    assert float(np.median(psoas)) >= 0.95 and min(psoas) >= 0.9, psoas  # min 0.68 before 2026-12-04
     assert min(paraspinal) >= 0.95, paraspinal
+
+
+def test_psoas_denser_than_fatty_paraspinal_muscles_is_kept_at_l4() -> None:
+    """L4 here: psoas 31-47 HU, erector spinae 8-17 HU (the patient's muscle reference).
+
+    Before 2026-12-04 the block's organ test (reference + 30 HU) cut the psoas's denser spots and
+    the kidney-pole rule dropped whatever the cut separated from the vertebra (there is no kidney at
+    L4): 8 of the 18 L4 psoas side-slices were below 0.7.
+    """
+    psoas = _recall({"L4"}, "psoas")
+    assert len(psoas) >= 16
+    assert sum(v < 0.7 for v in psoas) <= 3, psoas
 
 
 def test_fatty_paraspinal_muscles_are_not_lost_l4_to_t12() -> None:
@@ -129,6 +143,22 @@ def test_fatty_paraspinal_muscles_are_not_lost_l4_to_t12() -> None:
     recall = _recall({"L4", "L3", "L2", "L1", "T12"}, "paraspinal")
     assert float(np.mean(recall)) >= 0.97, recall
     assert sum(v < 0.7 for v in recall) <= 2, recall
+
+
+def test_iliac_crest_is_not_an_arm() -> None:
+    """ct 59 (L4): the iliac crest's section looks like a forearm bone in the body's outer third.
+
+    The watershed split used to cut a 1,600 mm² column out of the posterior subcutaneous fat and
+    flag ``arms_in_fov``; an arm bulges out of the trunk's outline, this part lay inside it.
+    """
+    from workers.tissues.body import find_body
+    from workers.tissues.geometry import as_float
+
+    hu, _ = _data()
+    body = find_body(as_float(hu[59]), SPACING)
+    assert "arms_in_fov" not in body.flags
+    assert not body.removed.any()
+    assert np.array_equal(body.mask, ndi.binary_fill_holes(body.mask))
 
 
 def test_vertebral_body_matches_reference_vertebra() -> None:

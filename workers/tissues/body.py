@@ -85,7 +85,7 @@ def find_body(
     limb = _limb_bones(hu, body, spacing_yx_mm)
     if limb.any():
         part = _split_limbs(body, limb, spacing_yx_mm)
-        if part.sum() * px_mm2 >= ARM_MIN_AREA_MM2:
+        if part.sum() * px_mm2 >= ARM_MIN_AREA_MM2 and _bulges_out(body, part):
             removed |= part
             body = ndi.binary_fill_holes(largest_component(body & ~part))
             if "arms_in_fov" not in flags:
@@ -148,6 +148,25 @@ def _limb_bones(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[f
             continue
         out[lab == rp.label] = True
     return out
+
+
+LIMB_MAX_INSIDE_HULL = 0.5
+
+
+def _bulges_out(body: BoolArray, part: BoolArray) -> bool:
+    """True when most of ``part`` lies outside the convex hull of the rest of the body.
+
+    Why: an arm against the flank bulges out of the trunk's outline; the iliac crest (a compact
+    bone section in the outer third of the width at L4-L5) gave a watershed "part" that lay inside
+    the trunk, and cutting it left a hole in the subcutaneous fat.
+    """
+    from skimage.morphology import convex_hull_image
+
+    rest = body & ~part
+    if not rest.any():
+        return True
+    inside = float((part & convex_hull_image(rest)).sum()) / max(float(part.sum()), 1.0)
+    return inside <= LIMB_MAX_INSIDE_HULL
 
 
 def _split_limbs(body: BoolArray, limb: BoolArray, spacing_yx_mm: Sequence[float]) -> BoolArray:

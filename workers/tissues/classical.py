@@ -68,6 +68,8 @@ CARTILAGE_SMOOTH_MM = 1.0
 # kidney pole, not psoas
 KIDNEY_DELTA_HU = 30.0
 KIDNEY_SMOOTH_MM = 2.0
+KIDNEY_KEEP_MIN_MM2 = 150.0  # a separated piece this large and of psoas density is psoas
+KIDNEY_KEEP_DELTA_HU = 15.0
 CENTER_TOWARD_SPINE = 0.0  # ray centre: body centroid (kept in front of the vertebral body)
 
 
@@ -347,11 +349,21 @@ def _drop_kidney_pole(
     if not low.any():
         return block
     kept = block & ~low
-    lab, _ = ndi.label(kept)
+    lab, n = ndi.label(kept)
     ids = np.unique(lab[spine.vertebra & kept])
     ids = ids[ids > 0]
     if ids.size == 0:
         return kept
+    # a piece the cut separated from the vertebra goes with the low lobe, unless it is itself a
+    # substantial piece of psoas density: at L4 the smoothing darkens the fat plane between psoas
+    # and vertebral body, and the whole psoas used to go (there is no kidney that low)
+    idx = np.arange(1, n + 1)
+    sizes = ndi.sum_labels(np.ones_like(h), lab, idx)
+    med = ndi.median(h, lab, idx)
+    dense = (sizes * sp[0] * sp[1] >= KIDNEY_KEEP_MIN_MM2) & (
+        np.asarray(med) >= psoas_hu - KIDNEY_KEEP_DELTA_HU
+    )
+    ids = np.union1d(ids, idx[dense])
     attached = np.isin(lab, ids)
     # the psoas's own edge (partial volume, further darkened by the smoothing over ~1.5 sigma) stays
     # muscle by the window convention

@@ -10,6 +10,13 @@ component attached to the vertebra, restore the opened edges, fill small fat hol
 IMAT). The block is limited to the region behind the front of the vertebral body (aorta and IVC lie
 in front of it) with a small allowance beside it for the psoas bellies, and, farther than the psoas
 zone from the vertebral body, to the region behind the back of the vertebral body.
+
+Two kinds of muscle are not attached after the opening and are kept anyway: a psoas belly that a
+fat plane separates from the vertebral body (lower lumbar levels), and the fragments of very fatty
+erector spinae in the paraspinal gutters behind the spine, where no organ lies. The organ test
+(brighter than the patient's paraspinal muscle by 30 HU) only counts bright regions of organ size:
+the psoas keeps its density when the paraspinal muscles turn fatty, and its denser spots are not
+an organ.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ HOLE_MAX_MM2 = 400.0
 ORGAN_DELTA_HU = 30.0
 ORGAN_SIGMA_MM = 2.0
 ORGAN_BONE_MARGIN_MM = 6.0  # smoothing spreads bone brightness into adjacent muscle
+ORGAN_MIN_AREA_MM2 = 300.0  # liver, spleen, kidney: far larger than a bright spot in a psoas
 PSOAS_BELLY_MIN_MM2 = 150.0  # a detached psoas belly (L4-L5: ~5-15 cm²)
 PSOAS_BELLY_IN_ZONE = 0.5  # ...lies mostly within the psoas zone beside the vertebral body
 GUTTER_BEHIND_MM = 10.0
@@ -59,7 +67,16 @@ def find_posterior_block(
         # the margin is wide because psoas is often 10-25 HU denser than fatty paraspinal muscle
         organ = ndi.gaussian_filter(hu.astype(np.float32), (ORGAN_SIGMA_MM / dy, ORGAN_SIGMA_MM / dx))
         near_bone = dilate_mm(vertebra | (hu > 150), ORGAN_BONE_MARGIN_MM, spacing_yx_mm)
-        soft &= ~((organ > muscle_ref_hu + ORGAN_DELTA_HU) & ~near_bone)
+        bright = (organ > muscle_ref_hu + ORGAN_DELTA_HU) & ~near_bone
+        # an organ is large; scattered bright spots are the denser tail of a psoas that kept its
+        # density while the paraspinal muscles (the reference) turned fatty
+        lab_b, n_b = ndi.label(bright)
+        if n_b:
+            area = np.bincount(lab_b.ravel()) * dy * dx
+            big = area >= ORGAN_MIN_AREA_MM2
+            big[0] = False
+            bright = big[lab_b]
+        soft &= ~bright
     # only behind the front of the vertebral body (+ allowance for psoas beside it)
     ref = vertebral_body if vertebral_body.any() else vertebra
     rows = np.flatnonzero(ref.any(axis=1))
