@@ -523,6 +523,8 @@ the pictures showed the intended tissue moving (mid-L3 moved by ≤ 1.1 cm² in 
 * **Dense psoas beside fatty paraspinal muscles** (2026-12-04): the block's organ test ignores
   bright regions < 3 cm², the kidney-pole rule keeps separated pieces of psoas density (recall
   section). Crop Dice ±0.001.
+* **Disc levels** (`bone._vertebral_body`, 2026-12-04): a retry of the midline run 65 mm in front
+  of the posterior arch, and the disc's soft dense region as the body (recall section).
 * **Iliac crest is not an arm** (`body._bulges_out`, 2026-12-04): at L4 (ct 59) the crest's section
   passed the limb-bone test and the watershed cut a 16 cm² column out of the posterior SAT (flag
   `arms_in_fov`). A limb part must now lie mostly (> 50 %) outside the convex hull of the rest of
@@ -680,10 +682,14 @@ itself keeps its density when the paraspinal muscles turn fatty (here 31-47 agai
 block's organ test (reference + 30 HU) now ignores bright regions smaller than 3 cm² (organs are
 larger; these were the psoas's denser spots), and the kidney-pole rule keeps a separated piece of
 psoas density (≥ 1.5 cm², median within 15 HU of the psoas): L3 psoas recall min 0.68 → 0.94, L4
-side-slices below 0.7: 8 → 3. **Known failures, not fixed:** the psoas is lost at L5 (iliac wings;
-recall ~0) and on most disc slices (L3/L4, L2/L3: the vertebral-body detector finds no body in a
-disc, so the psoas zone is misplaced). bodycomp measures mid-L3 (a body slice), where these do not
-apply, but an L3 finder one level off or a multi-slice measurement reaching a disc would lose psoas.
+side-slices below 0.7: 8 → 3. On disc slices the vertebra component is only the posterior arch;
+the vertebral body is now searched up to 65 mm in front of it and, when the rows of the midline run
+hold less than 3 cm² of dense bone, taken as the soft dense region (the disc) around the run: the
+L2/L3 and L3/L4 disc slices went from 5 to 2 psoas side-slices below 0.6. **Known failures, not
+fixed:** the psoas is lost at L5 (iliac wings; recall ~0) and on the L3/L4 disc slice ct 67, where
+the vertebra component is a single facet off the midline; at L5 the fat behind the iliac wings is
+labelled VAT. bodycomp measures mid-L3 (a body slice); an L3 finder one level off or a multi-slice
+measurement reaching L4-L5 would meet these.
 """
 
 DOC_NATIVE = """\
@@ -720,8 +726,10 @@ DOC_L3 = """\
   the left flank touches the image edge (flag `fov_truncated`), which is also why the waist is null.
 * *Waist* 108 cm (not reported because truncated): perimeter of the trunk outline at L3.
 
-The changes of this round moved mid-L3 by −1.1 cm² SM (canal and transverse-process pixels no
-longer muscle; 136.4 → 135.3), IMAT 4.9 → 4.9, VAT +0.6 and SAT −0.6 cm².
+The earlier round moved mid-L3 by −1.1 cm² SM (canal and transverse-process pixels no longer
+muscle; 136.4 → 135.3), IMAT 4.9 → 4.9, VAT +0.6 and SAT −0.6 cm². The 2026-12-04 changes (fatty
+paraspinal muscles, dense psoas, discs, iliac crest) leave this slice unchanged to 0.1 cm²: they act
+where the psoas or the erector spinae were lost, which did not happen here.
 """
 
 DOC_TAIL = """\

@@ -135,6 +135,24 @@ def test_psoas_denser_than_fatty_paraspinal_muscles_is_kept_at_l4() -> None:
     assert sum(v < 0.7 for v in psoas) <= 3, psoas
 
 
+def test_psoas_beside_the_discs_next_to_l3() -> None:
+    """L2/L3 and L3/L4 disc slices (a multi-slice measurement around L3 can reach them).
+
+    A disc has no cortex, so the vertebra component was only the posterior arch and the vertebral
+    body landed on a lamina: the psoas zone went with it. Before 2026-12-04, 5 of these 12 psoas
+    side-slices were below 0.6 (three at 0.00).
+    """
+    psoas = [
+        v
+        for r in _muscle_recall()
+        if r["level"] == "disc" and 66 <= r["ct_slice"] <= 81
+        for name, v in r["recall"].items()
+        if name.startswith("psoas") and v is not None
+    ]
+    assert len(psoas) >= 10
+    assert sum(v < 0.6 for v in psoas) <= 2, psoas
+
+
 def test_fatty_paraspinal_muscles_are_not_lost_l4_to_t12() -> None:
     """Very fatty erector spinae (L4 here: median 8-17 HU) fall apart under the block's opening.
 

@@ -28,6 +28,8 @@ BODY_REGION_HU = 90.0
 BODY_GAP_MM = 6.0
 VB_MIN_DEPTH_MM = 15.0  # a lumbar/lower thoracic body is 25-35 mm deep; a lamina on the midline is thinner
 VB_SEARCH_FRONT_MM = 40.0
+DISC_SEARCH_FRONT_MM = 65.0
+DISC_MAX_BONE_MM2 = 300.0  # a vertebral body's section is > 1,000 mm²; less dense bone = disc level
 CANAL_HALF_WIDTH_MM = 10.0
 
 
@@ -161,6 +163,7 @@ def _body_run(
     v_top: int,
     v_bot: int,
     dy: float,
+    search_front_mm: float = VB_SEARCH_FRONT_MM,
 ) -> tuple[int, int] | None:
     """First/last row of the vertebral body on the midline profile, or None.
 
@@ -171,10 +174,11 @@ def _body_run(
     (cortical bone > 150 HU within 35 mm behind the body). So the body is the deepest long
     run that has a lamina behind it (where the spinous process lies behind a lamina, the lamina's
     run is the shorter one).
-    Searched from 40 mm in front of the vertebra component to its back.
+    Searched from ``search_front_mm`` (40 mm; 65 mm on the retry for disc levels) in front of the
+    vertebra component to its back.
     """
     n = len(col)
-    r0 = max(v_top - int(VB_SEARCH_FRONT_MM / dy), 0)
+    r0 = max(v_top - int(search_front_mm / dy), 0)
     r1 = min(v_bot + 1, n)
     above = (col > BODY_RUN_HU) & in_body
     runs: list[tuple[int, int]] = []
@@ -238,6 +242,10 @@ def _vertebral_body(
     v_top = int(on_vert[0]) if on_vert.size else int(ys.min())
     v_bot = int(on_vert[-1]) if on_vert.size else int(ys.max())
     run = _body_run(col, raw_col, body[:, mid], v_top, v_bot, dy)
+    if run is None:
+        # disc level: the smoothed bone component is only the posterior arch, so its front lies a
+        # canal's depth behind the disc's back and the disc can reach ~60 mm in front of it
+        run = _body_run(col, raw_col, body[:, mid], v_top, v_bot, dy, DISC_SEARCH_FRONT_MM)
     if run is not None:
         top, back = run
     else:
@@ -264,6 +272,13 @@ def _vertebral_body(
     lab, _ = ndi.label(region)
     ids = np.unique(lab[top : back + 1, mid])
     ids = ids[ids > 0]
+    if run is not None and np.isin(lab, ids).sum() * dy * dx < DISC_MAX_BONE_MM2:
+        # an intervertebral disc (70-110 HU, at most an endplate fragment of bone): the soft dense
+        # region around the run
+        region = (sm > BODY_RUN_HU) & rows[:, None] & body
+        lab, _ = ndi.label(region)
+        ids = np.unique(lab[top : back + 1, mid])
+        ids = ids[ids > 0]
     core = np.isin(lab, ids) if ids.size else vert & rows[:, None]
     # lateral limit: the vertebral body is at most ~60 mm wide
     cols = np.arange(hu.shape[1])
