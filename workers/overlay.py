@@ -21,6 +21,14 @@ from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT
 
 __all__ = ["TISSUE_COLOURS", "render_overlay"]
 
+QC_LINES = 4  # QC reasons shown on the picture; all of them are in result.json
+QC_CHARS = 44
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 #: Okabe-Ito palette (distinguishable with the common colour-vision deficiencies)
 TISSUE_COLOURS: dict[int, tuple[int, int, int]] = {
     LABEL_SM: (213, 94, 0),  # vermillion
@@ -167,13 +175,19 @@ def render_overlay(
         for k, short in (("skeletal_muscle", "SM"), ("imat", "IMAT"), ("vat", "VAT"), ("sat", "SAT")):
             win = wins.get(k) or {}
             line(f"   {short}: {win.get('min_hu')}..{win.get('max_hu')} HU", (170, 170, 170))
-    flags = (
-        list((s.get("qc") or {}).get("reasons", []) or [])
-        + list(s.get("flags", []) or [])
-        + list(metrics.get("flags", []) or [])
-    )
-    if flags:
-        line("QC: " + ", ".join(dict.fromkeys(str(f) for f in flags))[:48], (255, 160, 160))
+    # the QC reasons are the readable form of the flags: show them, one per line, and the raw flags
+    # only when no reason was given (both at once printed "fov truncated, fov_truncated")
+    qc = s.get("qc") or {}
+    reasons = [str(r) for r in (qc.get("reasons") or [])]
+    if not reasons:
+        reasons = [str(f) for f in list(s.get("flags", []) or []) + list(metrics.get("flags", []) or [])]
+    reasons = list(dict.fromkeys(reasons))
+    if reasons or qc.get("status"):
+        line(f"QC: {qc.get('status') or 'review'}", (255, 160, 160))
+        for reason in reasons[:QC_LINES]:
+            line(f"   {_clip(reason, QC_CHARS)}", (255, 160, 160))
+        if len(reasons) > QC_LINES:
+            line(f"   (+{len(reasons) - QC_LINES} more in result.json)", (255, 160, 160))
     if s.get("slice") is not None:
         line(f"slice: {s.get('slice')}", (200, 200, 200))
     y = max(y + 6, panel_h - 40)
