@@ -603,8 +603,12 @@ the reference on every slice; per slice about 240 false and 65 missed muscle pix
   Anatomically that fat is outside the thoracolumbar fascia, i.e. SAT. Tried: no interpolation on
   posterior rays (corners right, but rays passing between muscles then cut SAT wedges into the
   cavity: VAT min Dice 0.76) and cutting the pocket off at a narrow neck (it joins the cavity
-  through the unlabelled aponeurosis band, not a neck). No reference exists at L3 to measure it;
-  it inflates VAT and deflates SAT by a few cm² at mid-L3 of this CT.
+  through the unlabelled aponeurosis band, not a neck). No reference exists at L3 to measure it.
+  At mid-L3 (ct 74) the outer edge is interpolated on ~40 rays (40°) at each posterolateral corner,
+  and 36 cm² of the 135 cm² VAT lie behind the back of the vertebral body and > 45 mm from the
+  midline: part is posterior pararenal fat (VAT), part this pocket (SAT), so VAT is overstated and
+  SAT understated by an amount of that order at most. The fix needs a model of the wall's posterior
+  end (transversus aponeurosis to the quadratus's lateral border) instead of the polar outer edge.
 * **Colon against the left lateral wall (ct 82-90) and posterior liver at T12 (ct 97-99).** The
   descending colon's wall continues the wall's inner layer; the posterior right lobe of the liver
   touches the posterior wall and the quadratus behind the body's back line (45-55 HU against
