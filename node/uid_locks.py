@@ -10,13 +10,18 @@ a string is randomised per process).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+DEADLOCK_RETRY_S = 0.001
+DEADLOCK_RETRY_MAX_S = 0.05
 
 
 class UidLocks:
@@ -35,8 +40,27 @@ class UidLocks:
     def hold(self, uid: str) -> Iterator[None]:
         index = self.stripe(uid)
         with self._threads[index]:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, index)
+            self._lock_stripe(index)
             try:
                 yield
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, index)
+
+    def _lock_stripe(self, index: int) -> None:
+        """Block until this process holds the stripe's record lock.
+
+        The kernel's deadlock check for record locks reasons per process, not per thread: thread A
+        of this process holding stripe 1 while thread B waits for stripe 2, held by another process
+        whose thread waits for stripe 1, reads as a cycle and fails with EDEADLK although A will let
+        go without needing anything (no code holds two stripes). Such a refusal is retried.
+        """
+        delay = DEADLOCK_RETRY_S
+        while True:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, index)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EDEADLK:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, DEADLOCK_RETRY_MAX_S)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydicom
+import pydicom.errors
 from pydicom.uid import generate_uid
 
 BODYCOMP = str(Path(sys.executable).with_name("bodycomp"))
@@ -208,7 +209,20 @@ def storescp(
 
 
 def received(out_dir: Path) -> list[pydicom.Dataset]:
-    return [pydicom.dcmread(p) for p in sorted(out_dir.iterdir()) if p.is_file()]
+    """The instances storescp has finished writing (a file still being written is skipped).
+
+    storescp creates the file, then writes it: polled mid-write, a file can be shorter than its
+    preamble. Once the caller's count is reached, every file is complete (checked again later).
+    """
+    out: list[pydicom.Dataset] = []
+    for p in sorted(out_dir.iterdir()):
+        if not p.is_file():
+            continue
+        try:
+            out.append(pydicom.dcmread(p))
+        except (pydicom.errors.InvalidDicomError, EOFError, OSError):
+            continue
+    return out
 
 
 def copy_study(src: Path, dst: Path, keep_sop: bool = False) -> tuple[list[Path], str]:
