@@ -147,7 +147,7 @@ def broker_outage(broker: str, example: Path, tmp_path: Path, tally: Tally) -> N
                             and published(data, queued_uid)
                         ),
                         180,
-                        node.log,
+                        [node.log, worker.log],
                     )
                     server.stop()
                     down = time.monotonic()
@@ -174,7 +174,9 @@ def broker_outage(broker: str, example: Path, tmp_path: Path, tally: Tally) -> N
                             for _, uid in studies
                         )
 
-                    wait_for("every study analysed and delivered", drained, DRAIN_TIMEOUT, node.log)
+                    wait_for(
+                        "every study analysed and delivered", drained, DRAIN_TIMEOUT, [node.log, worker.log]
+                    )
                     time.sleep(3)  # a duplicate delivery, if any, would arrive now
             finally:
                 node.stop()

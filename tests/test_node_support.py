@@ -35,16 +35,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, log: Path | None = None) -> T:
-    """Poll ``check`` until it returns a truthy value; fail with ``what`` (and the log) after ``timeout``."""
+def wait_for(
+    what: str, check: Callable[[], T | None], timeout: float, log: Path | Sequence[Path] | None = None
+) -> T:
+    """Poll ``check`` until it returns a truthy value; fail with ``what`` and the tail of each log
+    (the node's and, where a separate worker runs, the worker's) after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+            logs = [] if log is None else [log] if isinstance(log, Path) else list(log)
+            tails = "".join(
+                f"\n--- {p.name} ---\n{p.read_text(errors='replace')[-4000:]}" for p in logs if p.exists()
+            )
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tails}")
         time.sleep(0.25)
 
 

@@ -522,12 +522,12 @@ def full_run(example_ct_derived_dicom: Path, tmp_path_factory: pytest.TempPathFa
             figures["sent"] += len(failing) + len(refused)
             figures["acknowledged"] += ok_failing
             figures["refused"] = len(refused) - ok_refused
-            wait_for("the results", lambda: len(received(dest)) >= 3, RESULT_TIMEOUT, node.log)
+            wait_for("the results", lambda: len(received(dest)) >= 3, RESULT_TIMEOUT, [node.log, worker.log])
             wait_for(
                 "the failed analysis",
                 lambda: (study_status(data, failed_study) or {}).get("state") == "failed",
                 RESULT_TIMEOUT,
-                node.log,
+                [node.log, worker.log],
             )
             wait_for(
                 "delivered",

@@ -192,7 +192,7 @@ class ClassicalSegmenter:
         )
         # in front of the vertebral body's centre only thick muscle is psoas; thin bands hugging the
         # body there are diaphragmatic crura, vessels or bone partial volume
-        near_vb = block & dilate_mm(spine.vertebral_body, PSOAS_ZONE_MM, sp) & ~spine.vertebra
+        near_vb = block & psoas_zone & ~spine.vertebra
         thick = open_mm(near_vb, PSOAS_MIN_HALF_THICKNESS_MM, sp)
         thick = dilate_mm(thick, 1.01 * max(sp), sp) & near_vb
         thin = near_vb & ~thick
@@ -358,7 +358,7 @@ def _drop_kidney_pole(
     # substantial piece of psoas density: at L4 the smoothing darkens the fat plane between psoas
     # and vertebral body, and the whole psoas used to go (there is no kidney that low)
     idx = np.arange(1, n + 1)
-    sizes = ndi.sum_labels(np.ones_like(h), lab, idx)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     med = ndi.median(h, lab, idx)
     dense = (sizes * sp[0] * sp[1] >= KIDNEY_KEEP_MIN_MM2) & (
         np.asarray(med) >= psoas_hu - KIDNEY_KEEP_DELTA_HU

@@ -91,7 +91,8 @@ def find_posterior_block(
     # the transverse processes, i.e. behind the back of the vertebral body; in front of that line,
     # lateral to the psoas, lie kidney, liver and spleen (touching the back wall above L2)
     back = int(rows[-1])
-    allow &= dilate_mm(ref, PSOAS_ZONE_MM, spacing_yx_mm) | (rr >= back)
+    near_ref = dilate_mm(ref, PSOAS_ZONE_MM, spacing_yx_mm)
+    allow &= near_ref | (rr >= back)
     soft &= allow
     opened = open_mm(soft, OPEN_MM, spacing_yx_mm) | (vertebra & soft)
     lab, _n = ndi.label(opened)
@@ -102,7 +103,7 @@ def find_posterior_block(
     block = np.isin(lab, ids)
     # a psoas belly separated from the vertebral body by a fat plane (lower lumbar levels) is a
     # component of its own: keep components that lie mostly in the psoas zone beside the body
-    zone = dilate_mm(ref, PSOAS_ZONE_MM, spacing_yx_mm) & beside & (rr <= back)
+    zone = near_ref & beside & (rr <= back)
     sizes = np.bincount(lab.ravel())
     in_zone = np.bincount(lab[zone], minlength=sizes.size)
     belly = (in_zone * dy * dx >= PSOAS_BELLY_MIN_MM2) & (in_zone >= PSOAS_BELLY_IN_ZONE * sizes)
