@@ -49,7 +49,7 @@ from node.results import collect, republish
 from node.scp import serve as start_scp
 from node.sender import deliver_due
 from node.stability import Wakeup, claim_stable_studies
-from workers.app import configure_app
+from workers.app import configure_app, prepare_broker
 
 log = logging.getLogger("bodycomp.node")
 
@@ -205,13 +205,17 @@ class Node:
         interrupted = self.index.reopen_interrupted_dispatches()
         if interrupted:
             log.warning("event=dispatch_resumed studies=%d", interrupted)
-        configure_app(
+        app = configure_app(
             node.effective_broker_url,
             time_limit=node.task_time_limit,
             max_tasks_per_child=node.max_tasks_per_child,
             concurrency=node.concurrency,
             queue=node.queue,
         )
+        try:  # before its workers start and it re-publishes (see prepare_broker)
+            prepare_broker(app, node.queue)
+        except Exception as exc:  # kombu/SQLAlchemy raise many types; publishing retries on its own
+            log.warning("event=broker_unavailable reason=%s: %s", type(exc).__name__, exc)
         for _ in range(node.workers_to_start):
             self._start_worker()
         republished = republish(self.index, node, self.publish, held=node.broker_is_embedded)

@@ -16,8 +16,11 @@ import logging
 import os
 import socket
 
+import click
+from celery import Celery
+
 from node.config import Settings
-from workers.app import configure_app
+from workers.app import configure_app, prepare_broker
 from workers.tasks import WorkerConfig, configure
 from workers.warmup import preload
 
@@ -49,6 +52,10 @@ def run_worker(settings: Settings) -> int:
             },
         )
     )
+    try:
+        prepare_broker(app, node.queue)
+    except Exception as exc:  # Celery's own connection retries take over from here
+        log.warning("event=broker_unavailable reason=%s: %s", type(exc).__name__, exc)
     # Before the pool forks: every analysis child inherits these modules (workers.warmup).
     preload_seconds = preload()
     log.warning(
@@ -58,7 +65,8 @@ def run_worker(settings: Settings) -> int:
         node.concurrency,
         preload_seconds,
     )
-    app.worker_main(
+    return celery_worker(
+        app,
         [
             "worker",
             "--loglevel=INFO",
@@ -69,6 +77,25 @@ def run_worker(settings: Settings) -> int:
             "--without-mingle",
             "--without-heartbeat",
             "--pool=prefork",
-        ]
+        ],
     )
-    return 0
+
+
+def celery_worker(app: Celery, argv: list[str]) -> int:
+    """Run ``celery worker`` with ``argv`` for ``app``; return its exit code.
+
+    Why not ``app.worker_main``: it (and ``app.start``, which it calls) drops the command's exit
+    code, so a worker that stopped on an "Unrecoverable error" (Celery's exit code 1: a broker
+    it cannot use, say) exited 0, and a service manager restarts only a worker that says it
+    failed (``Restart=on-failure`` in deploy/systemd). This is ``app.start`` keeping the code.
+    """
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app  # the ``--app`` option, as ``app.start`` sets it
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_command.params[0].default = None
+    return code if isinstance(code, int) else 0

@@ -28,9 +28,13 @@ Settings that matter for a hospital node, all set in :func:`configure_app`:
 
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from sqlalchemy.engine import make_url
 
 QUEUE = "bodycomp.analyses"
 
@@ -90,3 +94,36 @@ def configure_app(
         enable_utc=True,
     )
     return app
+
+
+def embedded_broker_file(broker_url: str) -> Path | None:
+    """The SQLite file of a ``sqla+sqlite:///PATH`` broker URL; None for any other broker."""
+    if not broker_url.startswith("sqla+sqlite:"):
+        return None
+    database = make_url(broker_url[len("sqla+") :]).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def prepare_broker(app: Celery, queue: str) -> None:
+    """Create the SQLite broker's tables and its queue once, before this process publishes or consumes.
+
+    Why: kombu's SQLAlchemy transport creates its tables and the queue's row on first use, each
+    with a look-then-insert that is atomic within a process but not across processes. A worker
+    declaring the queue while the node publishes its first job (a worker started with the node, a
+    node re-publishing at start) can lose the race; the loser's ``UNIQUE constraint failed:
+    kombu_queue.name`` is no connection error to Celery: "Unrecoverable error", and the worker
+    stops while jobs wait. Every process that opens the embedded broker calls this first; an
+    exclusive lock on ``<broker>.lock`` lets one of them create what is missing, and the others
+    then find it. Redis and RabbitMQ declare queues atomically: nothing to do for them.
+    """
+    path = embedded_broker_file(str(app.conf.broker_url))
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the close below
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_declare(queue=queue)
+    finally:
+        os.close(fd)
