@@ -49,11 +49,13 @@ from node.results import collect, republish
 from node.scp import serve as start_scp
 from node.sender import deliver_due
 from node.stability import Wakeup, claim_stable_studies
-from workers.app import configure_app, prepare_broker
+from workers.app import configure_app, prepare_broker, purge_consumed
 
 log = logging.getLogger("bodycomp.node")
 
 TICK_SECONDS = 1.0
+#: How often, and after how long, messages taken from the embedded broker are deleted (workers.app).
+BROKER_PURGE_SECONDS = 3600.0
 #: Below this much free space in the temporary directory, incoming datasets are received into
 #: memory (see :func:`update_receive_mode`).
 RECEIVE_TMP_MIN_FREE_BYTES = 16 * 1024 * 1024
@@ -179,6 +181,7 @@ class Node:
         self.server: Any = None
         self.index: Index | None = None
         self.last_restart = 0.0
+        self.last_broker_purge = -float("inf")
         self.started_at = time.monotonic()
         self.metrics: metrics.MetricsServer | None = None
         self.receivers: ReceiverPool | None = None
@@ -365,6 +368,19 @@ class Node:
         if room:
             republish(self.index, node, self.publish)
         self._supervise_workers()
+        self._purge_broker()
+
+    def _purge_broker(self) -> None:
+        """Hourly (and at the first tick): drop the messages workers took from the embedded broker."""
+        if (
+            not self.node.broker_is_embedded
+            or time.monotonic() - self.last_broker_purge < BROKER_PURGE_SECONDS
+        ):
+            return
+        self.last_broker_purge = time.monotonic()
+        purged = purge_consumed(self.node.effective_broker_url, BROKER_PURGE_SECONDS)
+        if purged:
+            log.info("event=broker_purged messages=%d", purged)
 
     def _scheduler(self) -> None:
         while not self.stopping.is_set():

@@ -10,14 +10,23 @@ stopped, exiting 0, so nothing restarted it (a CI run timed out waiting for resu
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import sqlite3
 import subprocess
+from contextlib import closing
+from datetime import datetime, timedelta
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+import pytest
+from celery import Celery
+
+from node.config import NodeSettings, Settings
+from node.index import Index
+from node.service import Node
 from tests.test_node_support import BODYCOMP, start, wait_for
-from workers.app import configure_app, embedded_broker_file, prepare_broker
+from workers.app import configure_app, embedded_broker_file, prepare_broker, purge_consumed
 
 QUEUE = "bodycomp.analyses"
 ROUNDS = 20
@@ -90,3 +99,64 @@ def test_worker_exit_code_says_whether_it_failed(tmp_path: Path) -> None:
         code = worker.stop()
     assert code == 0, worker.text()[-3000:]
     assert "Warm shutdown" in worker.text()
+
+
+def rows(broker: Path) -> list[tuple[int, int]]:
+    """(visible, count) of the broker's messages."""
+    with closing(sqlite3.connect(broker)) as db:
+        query = "SELECT visible, COUNT(*) FROM kombu_message GROUP BY visible ORDER BY visible"
+        return [(int(v), int(n)) for v, n in db.execute(query)]
+
+
+def put_and_take(app: Celery, jobs: int, take: int) -> list[int]:
+    """Publish ``jobs`` messages and take (and acknowledge) the first ``take``, as a worker does."""
+    with app.connection_for_write() as connection:
+        queue = connection.SimpleQueue(QUEUE)
+        for job in range(jobs):
+            queue.put({"job": job})
+        taken = [queue.get(timeout=10) for _ in range(take)]
+        for message in taken:
+            message.ack()
+        queue.close()
+    return [int(m.payload["job"]) for m in taken]
+
+
+def test_taken_messages_are_purged_and_waiting_ones_kept(tmp_path: Path) -> None:
+    """kombu marks a taken message invisible and keeps it for ever; the node's hourly purge drops
+    those over an hour old and never a message still waiting for a worker."""
+    broker = tmp_path / "broker.sqlite"
+    url = f"sqla+sqlite:///{broker}"
+    app = configure_app(url, queue=QUEUE)
+    prepare_broker(app, QUEUE)
+    assert put_and_take(app, jobs=5, take=3) == [0, 1, 2]
+    assert rows(broker) == [(0, 3), (1, 2)]  # what kombu leaves behind
+    assert purge_consumed(url, older_than_s=3600) == 0  # taken just now
+    assert purge_consumed(url, older_than_s=3600, now=datetime.now() + timedelta(hours=2)) == 3
+    assert rows(broker) == [(1, 2)]
+    with app.connection_for_write() as connection:
+        queue = connection.SimpleQueue(QUEUE)
+        assert [queue.get(timeout=10).payload["job"] for _ in range(2)] == [3, 4]
+        queue.close()
+    assert purge_consumed("redis://127.0.0.1:6379/0") == 0
+    assert purge_consumed(f"sqla+sqlite:///{tmp_path / 'absent.sqlite'}") == 0
+    assert not (tmp_path / "absent.sqlite").exists()
+
+
+def test_node_scheduler_purges_the_embedded_broker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(node=NodeSettings(data_dir=tmp_path / "data", stable_seconds=0))
+    settings.node.data_dir.mkdir(parents=True)
+    node = Node(settings)
+    node.index = Index(settings.node.index_path)
+    app = configure_app(settings.node.effective_broker_url, queue=settings.node.queue)
+    prepare_broker(app, settings.node.queue)
+    assert put_and_take(app, jobs=2, take=1) == [0]
+    broker = settings.node.data_dir / "broker.sqlite"
+    with closing(sqlite3.connect(broker)) as db, db:  # taken yesterday
+        db.execute(
+            "UPDATE kombu_message SET timestamp = datetime('now', 'localtime', '-1 day') WHERE visible = 0"
+        )
+    with caplog.at_level(logging.INFO, logger="bodycomp.node"):
+        node.tick()
+    assert rows(broker) == [(1, 1)]
+    assert "event=broker_purged messages=1" in caplog.text
+    node.index.close()

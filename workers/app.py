@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
+from contextlib import closing
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,33 @@ def prepare_broker(app: Celery, queue: str) -> None:
             connection.default_channel.queue_declare(queue=queue)
     finally:
         os.close(fd)
+
+
+def purge_consumed(broker_url: str, older_than_s: float = 3600.0, now: datetime | None = None) -> int:
+    """Delete the messages workers took from the embedded broker over ``older_than_s`` ago; return
+    how many.
+
+    Why: kombu's SQLAlchemy transport never deletes a message. Taking one sets ``visible`` to false
+    (and its ``timestamp``), acknowledging it changes nothing, so ``broker.sqlite`` kept a row for
+    every job ever run. No one reads such a row again: a message is taken once, and a job whose
+    worker died is published anew by the node from its index (:mod:`node.results`). Deleting it
+    while its analysis still runs is harmless too (the acknowledgement does not touch the table).
+    SQLite reuses the freed pages, so the file stops growing. A busy or missing database is left
+    for the next call (short lock timeout: the caller is the node's scheduler).
+    """
+    path = embedded_broker_file(broker_url)
+    if path is None or not path.exists():
+        return 0
+    # kombu stores the timestamp as naive local time, written by SQLAlchemy as ISO text
+    cutoff = ((now or datetime.now()) - timedelta(seconds=older_than_s)).isoformat(
+        sep=" ", timespec="microseconds"
+    )
+    try:
+        with closing(sqlite3.connect(path, timeout=1.0)) as db, db:
+            deleted = db.execute(
+                "DELETE FROM kombu_message WHERE visible = 0 AND timestamp IS NOT NULL AND timestamp < ?",
+                (cutoff,),
+            ).rowcount
+    except sqlite3.Error:
+        return 0
+    return int(deleted)
