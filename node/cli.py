@@ -154,6 +154,18 @@ def _add_node_commands(sub: Any) -> None:
     export.add_argument("--csv", type=Path, required=True, metavar="FILE", help="CSV file to write")
     export.add_argument("-v", "--verbose", action="store_true")
 
+    resend = sub.add_parser("resend", help="send dead-lettered results again (after fixing the PACS)")
+    resend.add_argument("--config", help=config_help)
+    resend.add_argument("--data-dir", type=Path, help="the node's data directory")
+    resend.add_argument("--study", dest="resend_study", metavar="UID", help="only this study's results")
+    resend.add_argument(
+        "--destination",
+        dest="resend_destination",
+        metavar="AE@HOST:PORT",
+        help="only those to this destination",
+    )
+    resend.add_argument("-v", "--verbose", action="store_true")
+
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer: bodycomp echo AE@HOST:PORT")
     echo.add_argument("target", metavar="AE@HOST:PORT")
     echo.add_argument("--config", help=config_help)
@@ -161,7 +173,7 @@ def _add_node_commands(sub: Any) -> None:
     echo.add_argument("-v", "--verbose", action="store_true")
 
 
-NODE_COMMANDS = ("serve", "worker", "status", "export", "echo")
+NODE_COMMANDS = ("serve", "worker", "status", "export", "resend", "echo")
 NODE_FLAGS = (
     "data_dir",
     "ae_title",
@@ -255,6 +267,22 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
+    from node.status import resend_dead
+
+    count = resend_dead(settings.node, args.resend_study, args.resend_destination)
+    scope = "".join(
+        f" {label} {value}"
+        for label, value in (("of study", args.resend_study), ("to", args.resend_destination))
+        if value
+    )
+    if count:
+        print(f"{count} dead-lettered result(s){scope} queued for delivery again (the node sends them)")
+    else:
+        print(f"no dead-lettered results{scope}")
+    return EXIT_OK
+
+
 def cmd_echo(args: argparse.Namespace, settings: Settings) -> int:
     from node.status import echo
 
@@ -304,6 +332,7 @@ COMMANDS = {
     "worker": cmd_worker,
     "status": cmd_status,
     "export": cmd_export,
+    "resend": cmd_resend,
     "echo": cmd_echo,
 }
 

@@ -468,6 +468,26 @@ class Index:
                     (error, next_try, row_id),
                 )
 
+    def requeue_dead(self, study_uid: str | None = None, destination: str | None = None) -> int:
+        """Dead letters (of one study, to one destination) back to ``pending``; return how many.
+
+        They are due at once and get a whole new ``send_give_up_hours`` (``created`` and
+        ``attempts`` start over); ``last_error`` stays until the next attempt replaces it.
+        """
+        where, params = ["state='dead'"], []
+        if study_uid is not None:
+            where.append("study_uid=?")
+            params.append(study_uid)
+        if destination is not None:
+            where.append("destination=?")
+            params.append(destination)
+        now = time.time()
+        sql = "UPDATE outbox SET state='pending', attempts=0, next_try=?, created=? WHERE " + " AND ".join(
+            where
+        )
+        with self.transaction() as db:
+            return int(db.execute(sql, (now, now, *params)).rowcount)
+
     # -- reporting -------------------------------------------------------------------------------
 
     def recent_studies(self, limit: int = 50) -> list[dict[str, Any]]:

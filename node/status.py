@@ -1,4 +1,4 @@
-"""What an operator asks the node: ``status``, ``export --csv`` and ``echo``.
+"""What an operator asks the node: ``status``, ``export --csv``, ``echo`` and ``resend``.
 
 ``status`` and ``export`` open the index read-only in their own process (WAL mode lets them read
 while the node writes). ``export`` writes one row per analysed study for researchers: study and
@@ -28,6 +28,21 @@ def _open(node: NodeSettings) -> Index:
     if not node.index_path.exists():
         raise ConfigError(f"no node index at {node.index_path} (wrong --data-dir?)")
     return Index(node.index_path)
+
+
+def resend_dead(node: NodeSettings, study_uid: str | None = None, destination: str | None = None) -> int:
+    """Queue dead-lettered results (of one study, to one destination) for delivery again.
+
+    The node, running or started later, sends them within a second (its sender polls the index);
+    the one process that writes here besides it, through SQLite's own locking.
+    """
+    if destination is not None:
+        parse_destination(destination)  # a typo would match nothing: say so instead
+    index = _open(node)
+    try:
+        return index.requeue_dead(study_uid, destination)
+    finally:
+        index.close()
 
 
 def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:
@@ -100,6 +115,8 @@ def format_status(report: dict[str, Any]) -> str:
             )
     for d in report["dead_letters"]:
         lines.append(f"dead letter: {d['sop_uid']} to {d['destination']}: {d['error']}")
+    if report["dead_letters"]:
+        lines.append("(after fixing the cause: bodycomp resend [--study UID] [--destination AE@HOST:PORT])")
     for r in report.get("retrying", []):
         lines.append(
             f"retrying: {r['sop_uid']} to {r['destination']} (attempt {r['attempts']}, "

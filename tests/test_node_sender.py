@@ -3,6 +3,7 @@ the statuses a PACS may use, and no peer at all), plus the index rules that make
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from node.config import NodeSettings
 from node.index import Index, InstanceRecord
 from node.sender import backoff, deliver_due
 from node.stability import claim_stable_studies
-from tests.test_node_support import free_port
+from tests.test_node_support import BODYCOMP, free_port
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 
@@ -39,13 +40,16 @@ def result_file(path: Path, sop_class: str, study_uid: str) -> Path:
 
 
 @contextmanager
-def pacs(status: int, classes: tuple[str, ...] = (SEG, SR, SC)) -> Iterator[tuple[int, list[str]]]:
-    """A real storage SCP on loopback answering every C-STORE with ``status``."""
+def pacs(
+    status: int | list[int], classes: tuple[str, ...] = (SEG, SR, SC)
+) -> Iterator[tuple[int, list[str]]]:
+    """A real storage SCP on loopback answering every C-STORE with ``status`` (a list: its first
+    item at the time, so a test can change the answer while the SCP runs)."""
     got: list[str] = []
 
     def handle(event: Any) -> int:
         got.append(str(event.dataset.SOPInstanceUID))
-        return status
+        return status[0] if isinstance(status, list) else status
 
     ae = AE(ae_title="PACS")
     for sop_class in classes:
@@ -197,3 +201,59 @@ def test_a_dispatch_interrupted_by_a_crash_is_resumed(tmp_path: Path) -> None:
     index = Index(tmp_path / "index.sqlite")
     assert index.reopen_interrupted_dispatches() == 1
     assert [s.study_uid for s in claim_stable_studies(index, 1, now=300)] == ["1.2"]
+
+
+def test_resend_queues_dead_letters_again_and_the_sender_delivers_them(tmp_path: Path) -> None:
+    """``bodycomp resend`` (the real command, in its own process, as an operator runs it after
+    fixing the PACS): dead letters of the chosen study/destination go back to pending with a new
+    give-up window, and the next round delivers them."""
+    answer = [0xA700]
+    with pacs(answer) as (port, got):
+        index, node, sops = outbox_with_results(
+            tmp_path, port, send_retry_seconds=0.2, send_retry_max_seconds=0.4, send_give_up_hours=1.5 / 3600
+        )
+        deadline = time.monotonic() + 10
+        while "pending" in states(index) and time.monotonic() < deadline:
+            deliver_due(index, node)
+            time.sleep(0.2)
+        assert states(index) == ["dead"] * 3
+        study = index.outbox_rows()[0]["study_uid"]
+        destination = f"PACS@127.0.0.1:{port}"
+
+        def resend(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [BODYCOMP, "resend", "--data-dir", str(tmp_path), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        status = subprocess.run(
+            [BODYCOMP, "status", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+        )
+        assert "dead letter:" in status.stdout and "bodycomp resend" in status.stdout, status
+        other = resend("--study", "1.2.3.4", "--destination", destination)
+        assert other.returncode == 0 and "no dead-lettered results of study 1.2.3.4" in other.stdout, other
+        assert states(index) == ["dead"] * 3
+        typo = resend("--destination", "PACS@127.0.0.1")
+        assert typo.returncode == 2 and "configuration error" in typo.stderr, typo
+        done = resend("--study", study, "--destination", destination)
+        assert done.returncode == 0 and done.stdout.startswith("3 dead-lettered result(s) of study"), done
+        rows = index.outbox_rows()
+        assert states(index) == ["pending"] * 3 and {r["attempts"] for r in rows} == {0}
+        assert all(r["created"] > time.time() - 30 for r in rows), "a new give-up window"
+        answer[0] = 0x0000  # the PACS is fixed
+        sent_before = len(got)
+        assert deliver_due(index, node) == 3
+        assert sorted(got[sent_before:]) == sorted(sops)
+    assert states(index) == ["delivered"] * 3
+    again = resend()
+    assert again.returncode == 0 and again.stdout.strip() == "no dead-lettered results", again
+    nowhere = subprocess.run(
+        [BODYCOMP, "resend", "--data-dir", str(tmp_path / "absent")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert nowhere.returncode != 0 and "no node index" in nowhere.stderr, nowhere
+    assert not (tmp_path / "absent").exists()
