@@ -127,6 +127,9 @@ def _add_node_commands(sub: Any) -> None:
         "--tls-ca", type=Path, metavar="PEM", help="CA bundle for client and +tls destination certificates"
     )
     serve.add_argument(
+        "--tls-crl", type=Path, metavar="PEM", help="CRLs of those CAs: revoked certificates are refused"
+    )
+    serve.add_argument(
         "--tls-verify-client",
         action="store_true",
         default=None,
@@ -191,6 +194,7 @@ NODE_FLAGS = (
     "tls_cert",
     "tls_key",
     "tls_ca",
+    "tls_crl",
     "tls_verify_client",
 )
 

@@ -131,6 +131,12 @@ class NodeSettings:
     tls_ca: Path | None = None
     """PEM CA bundle trusted for client certificates (``tls_verify_client``) and for the
     certificates of ``+tls`` destinations; unset: the system's trust store for destinations."""
+    tls_crl: Path | None = None
+    """PEM file of certificate revocation lists, one per CA of ``tls_ca`` (or of the destinations'
+    CAs): a caller's certificate (``tls_verify_client``) or a destination's certificate listed
+    there is refused. Set, it is strict, as OpenSSL's leaf check is: a certificate whose CA has no
+    CRL in the file, or whose CRL is past its next update, is refused too; keep it current. Read
+    by the listener at start (restart after renewing it), for destinations on every round."""
     tls_verify_client: bool = False
     """Require every caller to present a certificate signed by ``tls_ca`` (mutual TLS); without
     it, TLS encrypts and authenticates the node but callers are identified by AE title only."""

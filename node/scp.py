@@ -321,7 +321,7 @@ def serve(
         settings.host,
         settings.port,
         settings.data_dir,
-        ("on+client-cert" if settings.tls_verify_client else "on") if ssl_context else "off",
+        _tls_mode(settings, ssl_context is not None),
     )
     return reactor.start_server(
         ae,
@@ -332,3 +332,12 @@ def serve(
         reuse_port=reuse_port,
         event_driven=settings.event_driven,
     )
+
+
+def _tls_mode(settings: NodeSettings, uses_tls: bool) -> str:
+    """``off``, ``on``, ``on+client-cert`` or ``on+client-cert+crl``: the ``listening`` line's ``tls``."""
+    if not uses_tls:
+        return "off"
+    if not settings.tls_verify_client:
+        return "on"
+    return "on+client-cert+crl" if settings.tls_crl else "on+client-cert"

@@ -2,8 +2,9 @@
 
 Why a module of its own: both directions must agree on one policy a hospital's security team can
 read in one place: TLS 1.2 or newer only, the node's certificate and key from ``tls_cert`` and
-``tls_key``, the CA bundle ``tls_ca``, optional client-certificate verification
-(``tls_verify_client``) and host-name verification of destinations (``tls_check_hostname``).
+``tls_key``, the CA bundle ``tls_ca`` and its revocation lists ``tls_crl``, optional
+client-certificate verification (``tls_verify_client``) and host-name verification of
+destinations (``tls_check_hostname``).
 
 * **Listener.** With ``tls_cert`` set, :func:`server_context` wraps every accepted connection: the
   SCP speaks TLS only, a plaintext association fails its handshake and nothing is stored.
@@ -104,6 +105,18 @@ def _load_ca(context: ssl.SSLContext, settings: NodeSettings) -> None:
         raise ConfigError(f"node.tls_ca ({ca}): {describe(exc)}") from exc
 
 
+def _load_crl(context: ssl.SSLContext, settings: NodeSettings) -> None:
+    """With ``tls_crl``: load the CRLs and check every peer (leaf) certificate against them."""
+    if settings.tls_crl is None:
+        return
+    crl = _readable(settings.tls_crl, "tls_crl")
+    try:
+        context.load_verify_locations(cafile=crl)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"node.tls_crl ({crl}): {describe(exc)}") from exc
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
 def listener_uses_tls(settings: NodeSettings) -> bool:
     return settings.tls_cert is not None
 
@@ -122,6 +135,7 @@ def server_context(settings: NodeSettings) -> ssl.SSLContext | None:
     _load_identity(context, settings)
     if settings.tls_verify_client:
         _load_ca(context, settings)
+        _load_crl(context, settings)
         context.verify_mode = ssl.CERT_REQUIRED
     else:
         context.verify_mode = ssl.CERT_NONE
@@ -139,6 +153,7 @@ def client_context(settings: NodeSettings) -> ClientContext:
         _load_ca(context, settings)
     else:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    _load_crl(context, settings)
     if settings.tls_cert is not None:
         _load_identity(context, settings)
     return context

@@ -253,7 +253,7 @@ def test_templates_named(doc: str) -> None:
         assert f"| {tid}" in doc, tid
     # 7.1 DICOM TLS as the code does it: the versions, the settings, the handshake limit.
     assert ssl.TLSVersion(tls.MINIMUM_VERSION).name == "TLSv1_2" and "TLS 1.2 and TLS 1.3" in doc
-    for name in ("tls_cert", "tls_key", "tls_ca", "tls_verify_client", "tls_check_hostname"):
+    for name in ("tls_cert", "tls_key", "tls_ca", "tls_crl", "tls_verify_client", "tls_check_hostname"):
         assert f"`{name}`" in doc and hasattr(NodeSettings(), name), name
     assert f"{tls.HANDSHAKE_TIMEOUT:.0f} s, in the association's own thread" in doc
     assert f"`AE@HOST:PORT{TLS_SUFFIX}`" in doc

@@ -106,6 +106,23 @@ def _make_cert(folder: Path, name: str, common_name: str, ca: str, san: str) -> 
     (folder / f"{name}.key").chmod(0o600)
 
 
+def _make_crl(folder: Path, ca: str, revoked: Sequence[str]) -> Path:
+    """``<ca>.crl``: the CA's revocation list (valid two days) listing the ``revoked`` certificates."""
+    (folder / f"{ca}-index.txt").write_text("")
+    (folder / f"{ca}-crlnumber").write_text("01\n")
+    config = folder / f"{ca}-ca.cnf"
+    config.write_text(
+        "[ca]\ndefault_ca = own\n[own]\n"
+        f"database = {folder / f'{ca}-index.txt'}\ncrlnumber = {folder / f'{ca}-crlnumber'}\n"
+        f"certificate = {folder / f'{ca}.crt'}\nprivate_key = {folder / f'{ca}.key'}\n"
+        "default_md = sha256\ndefault_crl_days = 2\n"
+    )
+    for name in revoked:
+        _openssl("ca", "-config", config, "-revoke", folder / f"{name}.crt")
+    _openssl("ca", "-config", config, "-gencrl", "-out", folder / f"{ca}.crl")
+    return folder / f"{ca}.crl"
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
@@ -118,6 +135,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     _make_cert(folder, "pacs", "TLSPACS", "ca", loopback)
     _make_cert(folder, "roguepacs", "ROGUEPACS", "rogue", loopback)
     _make_cert(folder, "otherhost", "OTHERHOST", "ca", "DNS:pacs.elsewhere.example")
+    _make_cert(folder, "revoked", "STORESCU", "ca", "DNS:modality.example")  # a stolen modality's
+    _make_cert(folder, "revokedpacs", "OLDPACS", "ca", loopback)
+    _make_crl(folder, "ca", revoked=["revoked", "revokedpacs"])
     return Pki(folder)
 
 
@@ -303,6 +323,35 @@ def test_client_certificate_verification(pki: Pki, tmp_path: Path) -> None:
             assert node.stop() == 0, node.text()[-3000:]
 
 
+def test_revoked_client_certificate_is_refused_with_tls_crl(pki: Pki, tmp_path: Path) -> None:
+    """``tls_crl``: a caller whose certificate the hospital CA revoked (a stolen or retired device)
+    is refused at the handshake, while one with a valid certificate from the same CA is served."""
+    node = start_node(
+        tmp_path / "data",
+        *tls_node_args(pki, verify_client=True),
+        "--tls-crl",
+        str(pki.folder / "ca.crl"),
+        stable_seconds=600,
+    )
+    with recorded("TLS listener with a CRL: a revoked and a valid client certificate") as tally:
+        try:
+            for name, accepted in (("revoked", False), ("client", True)):
+                files, study = small_study(tmp_path / name, n=3)
+                ok, output = send(node.port, files, tls_flags(pki, name))
+                tally.sent += len(files)
+                tally.acknowledged += ok
+                tally.refused += len(files) - ok
+                tally.stored += spooled(node.data_dir, study)
+                assert ok == (len(files) if accepted else 0), f"{name}: {output}"
+                assert spooled(node.data_dir, study) == ok, name
+            log = node.text()
+            assert "tls=on+client-cert+crl" in log
+            assert "certificate revoked" in log, log[-3000:]
+            tally.notes = "the revoked certificate refused at the handshake; the valid one served"
+        finally:
+            assert node.stop() == 0, node.text()[-3000:]
+
+
 def test_unusable_certificate_files_stop_serve_with_exit_2(pki: Pki, tmp_path: Path) -> None:
     """A typo in a certificate path must not give a plaintext node: configuration error, exit 2."""
     bad = subprocess.run(
@@ -317,6 +366,14 @@ def test_unusable_certificate_files_stop_serve_with_exit_2(pki: Pki, tmp_path: P
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert mismatched.returncode == 2 and "KEY_VALUES_MISMATCH" in mismatched.stderr, mismatched.stderr
+    not_a_crl = tmp_path / "empty.crl"
+    not_a_crl.write_text("")
+    no_crl = subprocess.run(
+        [BODYCOMP, "serve", "--data-dir", str(tmp_path / "d"), "--port", str(free_port()),
+         *tls_node_args(pki, verify_client=True), "--tls-crl", str(not_a_crl)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert no_crl.returncode == 2 and "tls_crl" in no_crl.stderr, no_crl.stderr
 
 
 # -- the sender over TLS -------------------------------------------------------------------------
@@ -396,6 +453,35 @@ def test_sender_delivers_over_tls_and_never_falls_back_to_plaintext(
                 tally.notes = "3 of 3 results at the TLS peer; 9 deliveries to 3 refused peers kept retrying"
             finally:
                 assert node.stop() == 0, node.text()[-3000:]
+
+
+def test_revoked_destination_certificate_is_refused_with_tls_crl(pki: Pki, tmp_path: Path) -> None:
+    """``tls_crl`` on the sending side, through ``bodycomp echo`` (the sender's TLS context and
+    settings): a PACS whose certificate was revoked is refused, a valid one reached; without the
+    CRL the revoked certificate would pass (it is signed by the trusted CA)."""
+    env = {
+        **os.environ,
+        "BODYCOMP_TLS_CA": str(pki.crt("ca")),
+        "BODYCOMP_TLS_CERT": str(pki.crt("node")),
+        "BODYCOMP_TLS_KEY": str(pki.key("node")),
+    }
+    with (
+        tls_storescp(tmp_path / "good", pki, "pacs", "TLSPACS") as good_port,
+        tls_storescp(tmp_path / "old", pki, "revokedpacs", "OLDPACS") as old_port,
+    ):
+
+        def echo_peer(target: str, **extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [BODYCOMP, "echo", target], capture_output=True, text=True, env={**env, **extra}, timeout=60
+            )
+
+        crl = {"BODYCOMP_TLS_CRL": str(pki.folder / "ca.crl")}
+        good = echo_peer(f"TLSPACS@127.0.0.1:{good_port}+tls", **crl)
+        assert good.returncode == 0 and "success" in good.stdout, good.stderr
+        revoked = echo_peer(f"OLDPACS@127.0.0.1:{old_port}+tls", **crl)
+        assert revoked.returncode == 1 and "certificate revoked" in revoked.stderr, revoked.stderr
+        unchecked = echo_peer(f"OLDPACS@127.0.0.1:{old_port}+tls")
+        assert unchecked.returncode == 0, unchecked.stderr
 
 
 # -- AE titles and hosts -------------------------------------------------------------------------
