@@ -33,8 +33,9 @@ def _open(node: NodeSettings) -> Index:
 def resend_dead(node: NodeSettings, study_uid: str | None = None, destination: str | None = None) -> int:
     """Queue dead-lettered results (of one study, to one destination) for delivery again.
 
-    The node, running or started later, sends them within a second (its sender polls the index);
-    the one process that writes here besides it, through SQLite's own locking.
+    The node, running or started later, sends them within a second (its sender polls the index).
+    This process writes to the index beside the running node; SQLite's locking (WAL mode, busy
+    timeout) serialises the two, as it does the node's receiving processes.
     """
     if destination is not None:
         parse_destination(destination)  # a typo would match nothing: say so instead

@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 
-import click
 from celery import Celery
 
 from node.config import Settings
@@ -93,9 +92,8 @@ def celery_worker(app: Celery, argv: list[str]) -> int:
 
     celery_command.params[0].default = app  # the ``--app`` option, as ``app.start`` sets it
     try:
+        # outside standalone mode click returns the code the command exits with (``ctx.exit``)
         code = celery_command.main(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
     finally:
         celery_command.params[0].default = None
     return code if isinstance(code, int) else 0
