@@ -371,11 +371,9 @@ class Node:
         self._purge_broker()
 
     def _purge_broker(self) -> None:
-        """Hourly (and at the first tick): drop the messages workers took from the embedded broker."""
-        if (
-            not self.node.broker_is_embedded
-            or time.monotonic() - self.last_broker_purge < BROKER_PURGE_SECONDS
-        ):
+        """Hourly (and at the first tick): drop the messages workers took from the embedded broker
+        (:func:`workers.app.purge_consumed` does nothing for Redis or RabbitMQ)."""
+        if time.monotonic() - self.last_broker_purge < BROKER_PURGE_SECONDS:
             return
         self.last_broker_purge = time.monotonic()
         purged = purge_consumed(self.node.effective_broker_url, BROKER_PURGE_SECONDS)

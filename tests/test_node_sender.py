@@ -91,6 +91,19 @@ def states(index: Index) -> list[str]:
     return [r["state"] for r in index.outbox_rows()]
 
 
+def retry_while_pending(index: Index, node: NodeSettings, timeout: float = 10) -> None:
+    """Run delivery rounds until no row is pending (a short give-up time dead-letters them)."""
+    deadline = time.monotonic() + timeout
+    while "pending" in states(index) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        deliver_due(index, node)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``bodycomp ARGS`` in its own process, as an operator runs it."""
+    return subprocess.run([BODYCOMP, *args], capture_output=True, text=True, timeout=60)
+
+
 @pytest.mark.parametrize("status", [0x0000, 0xB000, 0xB007, 0x0111])
 def test_success_warning_and_duplicate_statuses_count_as_delivered(tmp_path: Path, status: int) -> None:
     with pacs(status) as (port, got):
@@ -110,10 +123,7 @@ def test_failure_status_is_retried_with_backoff_then_dead_lettered(tmp_path: Pat
         rows = index.outbox_rows()
         assert {r["attempts"] for r in rows} == {1} and {r["last_error"] for r in rows} == {"status 0xA700"}
         assert deliver_due(index, node) == 0 and len(got) == 3, "not due yet: nothing sent"
-        deadline = time.monotonic() + 10
-        while "pending" in states(index) and time.monotonic() < deadline:
-            time.sleep(0.2)
-            deliver_due(index, node)
+        retry_while_pending(index, node)
     assert states(index) == ["dead"] * 3
     assert [backoff(n, 10, 600) for n in (1, 2, 3, 8)] == [10, 20, 40, 600]
 
@@ -212,25 +222,15 @@ def test_resend_queues_dead_letters_again_and_the_sender_delivers_them(tmp_path:
         index, node, sops = outbox_with_results(
             tmp_path, port, send_retry_seconds=0.2, send_retry_max_seconds=0.4, send_give_up_hours=1.5 / 3600
         )
-        deadline = time.monotonic() + 10
-        while "pending" in states(index) and time.monotonic() < deadline:
-            deliver_due(index, node)
-            time.sleep(0.2)
+        retry_while_pending(index, node)
         assert states(index) == ["dead"] * 3
         study = index.outbox_rows()[0]["study_uid"]
         destination = f"PACS@127.0.0.1:{port}"
 
         def resend(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [BODYCOMP, "resend", "--data-dir", str(tmp_path), *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            return cli("resend", "--data-dir", str(tmp_path), *args)
 
-        status = subprocess.run(
-            [BODYCOMP, "status", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
-        )
+        status = cli("status", "--data-dir", str(tmp_path))
         assert "dead letter:" in status.stdout and "bodycomp resend" in status.stdout, status
         other = resend("--study", "1.2.3.4", "--destination", destination)
         assert other.returncode == 0 and "no dead-lettered results of study 1.2.3.4" in other.stdout, other
@@ -249,11 +249,6 @@ def test_resend_queues_dead_letters_again_and_the_sender_delivers_them(tmp_path:
     assert states(index) == ["delivered"] * 3
     again = resend()
     assert again.returncode == 0 and again.stdout.strip() == "no dead-lettered results", again
-    nowhere = subprocess.run(
-        [BODYCOMP, "resend", "--data-dir", str(tmp_path / "absent")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    nowhere = cli("resend", "--data-dir", str(tmp_path / "absent"))
     assert nowhere.returncode != 0 and "no node index" in nowhere.stderr, nowhere
     assert not (tmp_path / "absent").exists()

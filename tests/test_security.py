@@ -40,10 +40,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
-from tests.reliability import recorded
+from tests.reliability import Tally, recorded
 from tests.test_node_support import (
     BODYCOMP,
     DCMTK,
+    NodeProc,
     free_port,
     port_open,
     received,
@@ -294,6 +295,20 @@ def test_tls_listener_stores_over_tls_and_refuses_plaintext(pki: Pki, tmp_path: 
             assert node.stop() == 0, node.text()[-3000:]
 
 
+def send_as_caller(
+    node: NodeProc, tally: Tally, folder: Path, flags: Sequence[str], accepted: bool, caller: str
+) -> None:
+    """A small study from one TLS caller: all of it stored if ``accepted``, else none (counted)."""
+    files, study = small_study(folder, n=3)
+    ok, output = send(node.port, files, flags)
+    tally.sent += len(files)
+    tally.acknowledged += ok
+    tally.refused += len(files) - ok
+    tally.stored += spooled(node.data_dir, study)
+    assert ok == (len(files) if accepted else 0), f"{caller}: {output}"
+    assert spooled(node.data_dir, study) == ok, caller
+
+
 def test_client_certificate_verification(pki: Pki, tmp_path: Path) -> None:
     node = start_node(tmp_path / "data", *tls_node_args(pki, verify_client=True), stable_seconds=600)
     callers = {
@@ -305,14 +320,7 @@ def test_client_certificate_verification(pki: Pki, tmp_path: Path) -> None:
     with recorded("TLS listener with client-certificate verification: 4 callers") as tally:
         try:
             for i, (caller, (flags, accepted)) in enumerate(callers.items()):
-                files, study = small_study(tmp_path / f"caller{i}", n=3)
-                ok, output = send(node.port, files, flags)
-                tally.sent += len(files)
-                tally.acknowledged += ok
-                tally.refused += len(files) - ok
-                tally.stored += spooled(node.data_dir, study)
-                assert ok == (len(files) if accepted else 0), f"{caller}: {output}"
-                assert spooled(node.data_dir, study) == ok, caller
+                send_as_caller(node, tally, tmp_path / f"caller{i}", flags, accepted, caller)
             log = node.text()
             for reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED"):
                 assert reason in log, log[-3000:]
@@ -336,14 +344,7 @@ def test_revoked_client_certificate_is_refused_with_tls_crl(pki: Pki, tmp_path: 
     with recorded("TLS listener with a CRL: a revoked and a valid client certificate") as tally:
         try:
             for name, accepted in (("revoked", False), ("client", True)):
-                files, study = small_study(tmp_path / name, n=3)
-                ok, output = send(node.port, files, tls_flags(pki, name))
-                tally.sent += len(files)
-                tally.acknowledged += ok
-                tally.refused += len(files) - ok
-                tally.stored += spooled(node.data_dir, study)
-                assert ok == (len(files) if accepted else 0), f"{name}: {output}"
-                assert spooled(node.data_dir, study) == ok, name
+                send_as_caller(node, tally, tmp_path / name, tls_flags(pki, name), accepted, name)
             log = node.text()
             assert "tls=on+client-cert+crl" in log
             assert "certificate revoked" in log, log[-3000:]
