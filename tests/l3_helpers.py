@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXAMPLE_CT = DATA / "example_ct" / "example_ct.nii.gz"
 DICOM_DIR = DATA / "example_ct_dicom" / "example_ct_dicom"
 
@@ -219,3 +219,267 @@ def add_arms(hu: np.ndarray, spacing: tuple[float, float], touching: bool = True
         out[:, (r <= 12.0) & (r > 8.0)] = 800
         out[:, r <= 8.0] = 80
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Anchor cues: the TotalSegmentator `total` labels of example_ct, rudimentary 12th ribs, and crops
+# that leave the localiser one anchor (ribs only, iliac crests only). The labels are only used to
+# make the test images; the localiser never sees them.
+# ---------------------------------------------------------------------------------------------
+
+EXAMPLE_LABELS = DATA / "example_ct" / "labels" / "example_seg_fast_force_split.nii.gz"
+CUE_BONE_HU = 180.0  # bone threshold of the localiser's anchors (workers.l3.anchors.ANCHOR_BONE_HU)
+# Crest-only crop, canonical slices inclusive (measured on example_ct, see cue_cases()):
+# hip_left / hip_right labels top out at slice 60 (iliac crests); the sacrum label ends at slice 51;
+# the localiser's sacroiliac_bridge_top is slice 47 on the full CT; the lowest rib label voxels
+# (rib_left_11 / rib_right_11 tips) are at slice 85 (the bone at x 88-94, slices 78-84 is a
+# calcification inside kidney_left). So 52-84 holds L3, L4 and the crests but no SI joint and no rib.
+CREST_ONLY_SLICES = (52, 84)
+_LABEL_CACHE: dict[str, np.ndarray] = {}
+_TABLE_CACHE: dict[str, dict[str, int]] = {}
+
+
+def label_table() -> dict[str, int]:
+    """Name -> value of the `total` class map, read from the XML label table that the label file
+    carries in its NIfTI header extension, so that no label value is typed in from memory (the
+    value of a name differs between TotalSegmentator versions and tasks)."""
+    if "total" not in _TABLE_CACHE:
+        import xml.etree.ElementTree as ET
+
+        import nibabel
+
+        img = nibabel.load(str(EXAMPLE_LABELS))
+        if not isinstance(img, nibabel.Nifti1Image):
+            raise RuntimeError(f"{EXAMPLE_LABELS} is not a NIfTI-1 image")
+        table: dict[str, int] = {}
+        for ext in img.header.extensions:
+            content = ext.get_content()
+            text = content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
+            if "<LabelTable>" not in text:
+                continue
+            root = ET.fromstring(text.strip().rstrip("\x00").strip())
+            for el in root.iter("Label"):
+                table[(el.text or "").strip()] = int(el.attrib["Key"])
+        if not table:
+            raise RuntimeError(f"{EXAMPLE_LABELS} has no XML label table")
+        _TABLE_CACHE["total"] = table
+    return dict(_TABLE_CACHE["total"])
+
+
+def load_example_labels() -> np.ndarray:
+    """The `total` label map of example_ct in canonical space, with exactly the transpose and flips of
+    load_example() (both files share one RAS grid), so labels[k, y, x] describes hu[k, y, x].
+
+    The orientation is checked on load because a wrong flip would silently move the ribs and the
+    iliac crests: L3 (whole vertebra) must span slices 65-79, spine labels must lie on bone
+    (HU > 150) far more often than the average voxel, and the left hip must lie at larger x
+    (x runs patient right -> left)."""
+    if "total" not in _LABEL_CACHE:
+        import nibabel
+
+        img = nibabel.load(str(EXAMPLE_LABELS))
+        if not isinstance(img, nibabel.Nifti1Image):
+            raise RuntimeError(f"{EXAMPLE_LABELS} is not a NIfTI-1 image")
+        a = np.asarray(img.dataobj)
+        lab = np.ascontiguousarray(a.transpose(2, 1, 0)[:, ::-1, ::-1]).astype(np.uint8)
+        hu, _, _ = load_example()
+        if lab.shape != hu.shape:
+            raise RuntimeError(f"label grid {lab.shape} differs from the CT grid {hu.shape}")
+        t = label_table()
+        ks = np.nonzero((lab == t["vertebrae_L3"]).any(axis=(1, 2)))[0]
+        if (int(ks.min()), int(ks.max())) != (65, 79):
+            raise RuntimeError(f"L3 label at slices {ks.min()}-{ks.max()}, expected 65-79: orientation?")
+        spine = np.isin(lab, [v for n, v in t.items() if n.startswith("vertebrae_") or n == "sacrum"])
+        on_bone = float((hu[spine] > 150).mean())
+        if on_bone < 0.4 or on_bone < 10.0 * float((hu > 150).mean()):
+            raise RuntimeError(f"only {on_bone:.0%} of spine label voxels are bone: labels misaligned")
+        x_left = np.nonzero(lab == t["hip_left"])[2].mean()
+        x_right = np.nonzero(lab == t["hip_right"])[2].mean()
+        if not x_left > x_right:
+            raise RuntimeError("hip_left is not at larger x than hip_right: x flipped")
+        _LABEL_CACHE["total"] = lab
+    return _LABEL_CACHE["total"].copy()
+
+
+@dataclass
+class RibShortening:
+    """What shorten_ribs() did, for checks and reports."""
+
+    hu: np.ndarray
+    rib_number: int  # 12 unless the 12th pair is absent
+    sides: tuple[str, ...]  # "left" / "right" ribs of that number that were found and cut
+    length_mm: dict[str, float]  # geodesic length of each rib before the cut (medial end -> tip)
+    kept: np.ndarray  # bool: rib voxels kept (the stub)
+    removed: np.ndarray  # bool: rib label voxels removed
+    filled: np.ndarray  # bool: voxels replaced (removed + their partial-volume rim, other bones excluded)
+    bone_before: int  # voxels > CUE_BONE_HU in `filled` before
+    bone_after: int  # ... and after (0 when nothing bright is left)
+    bone_near_before: int  # voxels > CUE_BONE_HU within 2 voxels of the removed part, other bones excluded
+    bone_near_after: int
+
+
+def _geodesic_mm(
+    mask: np.ndarray, seed: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> np.ndarray:
+    """Shortest-path length (mm) inside `mask` (26-connected voxel steps) from `seed` to every mask
+    voxel, as a flat array in np.argwhere(mask) order. Voxels not connected to the seed (a fragment of
+    the label) get their straight-line distance, a lower bound of the length along the rib."""
+    import itertools
+
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    pts = np.argwhere(mask)
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[tuple(pts.T)] = np.arange(len(pts))
+    sp = np.asarray(spacing, dtype=np.float64)
+    rows, cols, wts = [], [], []
+    for off in itertools.product((-1, 0, 1), repeat=3):
+        if off == (0, 0, 0):
+            continue
+        q = pts + np.asarray(off)
+        ok = np.all((q >= 0) & (q < np.asarray(mask.shape)), axis=1)
+        j = np.full(len(pts), -1, dtype=np.int64)
+        j[ok] = index[tuple(q[ok].T)]
+        good = j >= 0
+        rows.append(np.nonzero(good)[0])
+        cols.append(j[good])
+        wts.append(np.full(int(good.sum()), float(np.linalg.norm(np.asarray(off) * sp))))
+    n = len(pts)
+    graph = coo_matrix((np.concatenate(wts), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    s = int(index[seed])
+    d = np.asarray(dijkstra(graph.tocsr(), directed=False, indices=s))
+    far = ~np.isfinite(d)
+    d[far] = np.linalg.norm((pts[far] - np.asarray(seed)) * sp, axis=1)
+    return d
+
+
+def _soft_tissue_fill(hu: np.ndarray, fill: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """HU to put into `fill`: per voxel, the median of the soft tissue around it (neighbourhood
+    growing from 5x5x5 voxels until >= 10 usable voxels), skipping bone, air/lung (< -200 HU) and
+    the voxels being replaced, so the rib disappears into the muscle and fat it lay in."""
+    nz, ny, nx = hu.shape
+    usable = ~exclude & ~fill & (hu > -200) & (hu <= 150)
+    out = np.empty(int(fill.sum()), dtype=np.int16)
+    for i, (k, y, x) in enumerate(np.argwhere(fill)):
+        val = -50.0  # fat/muscle mixture if nothing usable is found
+        for r in (2, 3, 4, 6):
+            sl = (
+                slice(max(0, k - r), min(nz, k + r + 1)),
+                slice(max(0, y - r), min(ny, y + r + 1)),
+                slice(max(0, x - r), min(nx, x + r + 1)),
+            )
+            v = hu[sl][usable[sl]]
+            if v.size >= 10:
+                val = float(np.median(v))
+                break
+        out[i] = np.int16(round(val))
+    return out
+
+
+def shorten_ribs(
+    hu: np.ndarray,
+    labels: np.ndarray,
+    keep_mm: float = 25.0,
+    spacing_zyx_mm: tuple[float, float, float] = (ORIG_DZ, 3.0, 3.0),
+) -> RibShortening:
+    """Turn the lowest rib pair into rudimentary ribs (a common variant: short 12th ribs that a
+    rib-based count can mistake for L1 transverse processes, or miss).
+
+    The lowest pair is rib_*_12 if the label map has it, otherwise the highest-numbered rib present.
+    For each side, the medial end is the rib voxel nearest to the vertebrae (the costovertebral
+    joint); the rib is kept within `keep_mm` measured along the rib (geodesic inside its label) and
+    the rest is replaced by the local soft-tissue median, and a one-voxel rim around it (partial
+    volume the label misses) is capped at that median. Other bones and the stub are never touched."""
+    t = label_table()
+    number = next(
+        (n for n in range(12, 0, -1) if any((labels == t[f"rib_{s}_{n}"]).any() for s in ("left", "right"))),
+        None,
+    )
+    if number is None:
+        raise ValueError("no rib labels in the label map")
+    bone_names = ("vertebrae_", "rib_", "sacrum", "hip_", "femur_", "sternum", "costal_", "scapula_",
+                  "clavicula_", "humerus_", "skull")  # fmt: skip
+    bone_labels = np.isin(labels, [v for nm, v in t.items() if nm.startswith(bone_names)])
+    vert = np.isin(labels, [v for nm, v in t.items() if nm.startswith("vertebrae_") or nm == "sacrum"])
+    if not vert.any():
+        vert = labels == t["spinal_cord"]
+    if not vert.any():
+        raise ValueError("no vertebra or spinal cord label to find the medial end of the ribs from")
+    to_vert = ndi.distance_transform_edt(~vert, sampling=spacing_zyx_mm)
+
+    kept = np.zeros(hu.shape, dtype=bool)
+    removed = np.zeros(hu.shape, dtype=bool)
+    sides: list[str] = []
+    length: dict[str, float] = {}
+    for side in ("left", "right"):
+        rib = labels == t[f"rib_{side}_{number}"]
+        if not rib.any():
+            continue
+        pts = np.argwhere(rib)
+        seed = tuple(int(v) for v in pts[int(np.argmin(to_vert[rib]))])
+        d = _geodesic_mm(rib, (seed[0], seed[1], seed[2]), spacing_zyx_mm)
+        sides.append(side)
+        length[side] = float(d.max())
+        keep = d <= keep_mm
+        kept[tuple(pts[keep].T)] = True
+        removed[tuple(pts[~keep].T)] = True
+
+    # The rim: voxels next to a removed voxel whose nearest rib voxel is a removed one (not the stub).
+    rib_all = kept | removed
+    _, (iz, iy, ix) = ndi.distance_transform_edt(~rib_all, sampling=spacing_zyx_mm, return_indices=True)
+    nearest_removed = removed[iz, iy, ix]
+    rim = ndi.binary_dilation(removed, np.ones((3, 3, 3), dtype=bool)) & ~rib_all & nearest_removed
+    protect = (bone_labels & ~removed) | kept
+    filled = (removed | rim) & ~protect
+
+    out = hu.copy()
+    soft = _soft_tissue_fill(hu, filled, bone_labels | (hu > 150))
+    # Rib voxels take the soft-tissue value; rim voxels only lose their brightening (min), so lung
+    # or fat next to the rib stays lung or fat instead of turning into muscle.
+    out[filled] = np.where(removed[filled], soft, np.minimum(hu[filled], soft))
+    near = ndi.binary_dilation(removed, np.ones((3, 3, 3), dtype=bool), iterations=2) & ~protect
+    return RibShortening(
+        hu=out,
+        rib_number=number,
+        sides=tuple(sides),
+        length_mm=length,
+        kept=kept,
+        removed=removed,
+        filled=filled,
+        bone_before=int((hu[filled] > CUE_BONE_HU).sum()),
+        bone_after=int((out[filled] > CUE_BONE_HU).sum()),
+        bone_near_before=int((hu[near] > CUE_BONE_HU).sum()),
+        bone_near_after=int((out[near] > CUE_BONE_HU).sum()),
+    )
+
+
+def shorten_lowest_ribs(hu: np.ndarray, labels: np.ndarray, keep_mm: float = 25.0) -> np.ndarray:
+    """A copy of `hu` whose lowest rib pair is cut to `keep_mm` stubs (see shorten_ribs()); warns
+    when the lowest pair present is not the 12th, because then the case tests something else."""
+    res = shorten_ribs(hu, labels, keep_mm)
+    if res.rib_number != 12 or len(res.sides) != 2:
+        import warnings
+
+        warnings.warn(f"shortened rib pair {res.rib_number} ({', '.join(res.sides)})", stacklevel=2)
+    return res.hu
+
+
+def cue_cases() -> list[Case]:
+    """Cases where only one counting cue is left, to see how the localiser copes without the other:
+    short 12th ribs (rib anchor weakened), ribs without pelvis, crests without ribs or SI joints."""
+    hu, z, sp = load_example()
+    rz = ref_z()
+    h12 = shorten_lowest_ribs(hu, load_example_labels(), keep_mm=25.0)
+    cases = [Case("12th ribs shortened to 25 mm", h12, z.copy(), sp, rz)]
+    hb, zb = crop(h12, z, 60, 111)
+    cases.append(Case("12th ribs shortened, pelvis cropped (rib-only)", hb, zb, sp, rz))
+    hp, zp = crop(hu, z, 60, 111)
+    h5, z5 = resample_z(hp, zp, 5.0)
+    cases.append(Case("rib-only at 5 mm", h5, z5, sp, rz))
+    k0, k1 = CREST_ONLY_SLICES
+    hd, zd = crop(hu, z, k0, k1)
+    cases.append(Case(f"crest-only (slices {k0}-{k1})", hd, zd, sp, rz))
+    hd5, zd5 = resample_z(hd, zd, 5.0)
+    cases.append(Case("crest-only at 5 mm", hd5, zd5, sp, rz))
+    return cases

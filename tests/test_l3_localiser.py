@@ -131,14 +131,30 @@ def test_crop_below_l3_not_found(results: dict[str, L3Result]) -> None:
     assert "L4" in r.reason and "S" in r.reason
 
 
-def test_lumbar_only_without_anchor_refuses(loc: L3Localiser) -> None:
-    """L3 is in the image but neither sacrum nor ribs are: counting is impossible, so no guess."""
+def test_lumbar_only_without_anchor_is_only_for_review(loc: L3Localiser) -> None:
+    """L3 is in the image but neither sacrum nor ribs are: the iliac crests (top at slice 60) and
+    the transverse processes may name L3, never with confidence >= 0.5 and always flagged."""
     hu, z, sp = l3h.load_example()
     h, zz = l3h.crop(hu, z, 56, 100)
     r = loc.locate(h, zz, sp)
-    assert not r.found
-    assert "no_anchor" in r.flags
-    assert r.reason is not None and "cannot be determined" in r.reason
+    assert r.found and r.z_mm is not None
+    assert abs(r.z_mm - l3h.ref_z()) <= l3h.ORIG_DZ
+    assert r.method == "weak_cues" and r.confidence < 0.5
+    assert {"level_from_weak_cues_only", "vertebral_level_ambiguous"} <= set(r.flags)
+    assert any("neither the sacrum nor a rib" in n for n in r.notes)
+
+
+def test_lumbar_only_without_any_cue_refuses(loc: L3Localiser) -> None:
+    """Above the crests and below the ribs (slices 66-100): nothing to count from, so no guess."""
+    hu, z, sp = l3h.load_example()
+    h, zz = l3h.crop(hu, z, 66, 100)
+    r = loc.locate(h, zz, sp)
+    if r.found:  # the transverse processes alone may name L3, then only for review and right
+        assert r.confidence < 0.5 and "level_from_weak_cues_only" in r.flags
+        assert r.z_mm is not None and abs(r.z_mm - l3h.ref_z()) <= l3h.ORIG_DZ
+    else:
+        assert "no_anchor" in r.flags
+        assert r.reason is not None and "cannot be determined" in r.reason
 
 
 def test_gap_over_l3_is_flagged(loc: L3Localiser) -> None:
@@ -186,7 +202,7 @@ def test_random_crops_never_silently_wrong(loc: L3Localiser, k0: int, k1: int, s
     assert r.z_mm is not None
     err = abs(r.z_mm - l3h.ref_z())
     if err > l3h.ORIG_DZ + 1.0:
-        assert r.flags and r.confidence < 0.6, (err, r.flags, r.confidence)
+        assert r.flags and r.confidence < 0.5, (err, r.flags, r.confidence)
 
 
 # --------------------------------------------------------------------------- robustness extras
@@ -296,8 +312,9 @@ def test_to_json_round_trip(results: dict[str, L3Result]) -> None:
 @pytest.mark.parametrize("which", ["lumbar rib (13 ribs)", "sacralised L5"])
 def test_transitional_anatomy_is_flagged(monkeypatch: pytest.MonkeyPatch, which: str) -> None:
     """Simulate the two classic miscount causes by moving one anchor by one vertebra (~35 mm):
-    a rib on L1 (13 rib pairs) or an L5 fused to the sacrum. The counts must disagree, the result
-    must say so with flags and a low confidence, and the sacrum count (the convention) is kept."""
+    a rib on L1 (13 rib pairs) or an L5 fused to the sacrum. The counts must disagree and the
+    result must say so with flags and a low confidence; the iliac crests and transverse processes
+    decide which count is kept (the unmoved one here, as anatomy says)."""
     import dataclasses
 
     import workers.l3.classical as classical
@@ -323,3 +340,4 @@ def test_transitional_anatomy_is_flagged(monkeypatch: pytest.MonkeyPatch, which:
         assert f in r.flags, r.flags
     assert r.confidence < 0.4
     assert any("differ" in n for n in r.notes)
+    assert r.z_mm is not None and abs(r.z_mm - l3h.ref_z()) <= l3h.ORIG_DZ

@@ -248,3 +248,98 @@ def rib_cage_count(
         areas = np.bincount(lab.ravel())[1:] * px
         out[k] = int(((areas >= 15.0) & (areas <= 500.0)).sum())
     return out
+
+
+@dataclass(frozen=True)
+class IliacCrests:
+    """Tops (z, mm) of the iliac crests: the highest bone of each iliac wing.
+
+    The supracristal plane (Tuffier's line) usually passes through the L4 body or the L4/L5 disc,
+    less often L3/L4 or L5, so the crests vote for a level with a low weight and are never an
+    anchor on their own."""
+
+    z_top: float  # the higher of the two crests (the one seen, when only one is)
+    z_right: float | None
+    z_left: float | None
+
+
+ILIUM_MIN_ML = 4.0  # bone of one iliac wing within the field of view (a rib is < 2 ml per 45 mm)
+ILIUM_MAX_THICKNESS_MM = 9.0  # a wing is a thin curved plate; a contrast-filled kidney is a blob
+
+
+def find_iliac_crests(
+    g: WorkGrid,
+    body: np.ndarray,
+    t: SpineTrack,
+    ribs: RibAnchor | None,
+    bone_hu: float = ANCHOR_BONE_HU,
+) -> IliacCrests | None:
+    """The iliac wings: large plate-shaped bone pieces lateral to the spine (> 45 mm from the
+    canal) below the lowest rib, each side on its own; the crest is the top of each wing.
+
+    Pieces that touch the top of the image are not wings (their top is unknown), nor are pieces
+    above the lowest rib's neck (the rib cage)."""
+    nz, ny, nx = g.hu.shape
+    if nz < 3:
+        return None
+    yy = (np.arange(ny) * g.dy)[None, :, None]
+    xx = (np.arange(nx) * g.dx)[None, None, :]
+    dx = xx - (t.x * g.dx)[:, None, None]
+    dy = yy - (t.y_canal * g.dy)[:, None, None]
+    lateral = (g.hu > bone_hu) & body & (np.hypot(dx, dy) > 45.0)
+    dz = float(np.median(np.diff(g.z_mm)))
+    vox_ml = g.dx * g.dy * dz / 1000.0
+    tops: dict[str, float] = {}
+    # Each side on its own: through the sacroiliac joints both wings join the sacrum.
+    for side, on_side in (("left", dx > 45.0), ("right", dx < -45.0)):
+        lab, _ = ndi.label(lateral & on_side, structure=np.ones((3, 3, 3), dtype=bool))
+        for i, sl in enumerate(ndi.find_objects(lab), start=1):
+            if sl is None or sl[0].stop >= nz:
+                continue
+            z_top = _wing_top(g, lab, i, sl, dx, dy, vox_ml)
+            if z_top is None or (ribs is not None and z_top > ribs.z_lowest - 20.0):
+                continue
+            tops[side] = max(tops.get(side, -np.inf), z_top)
+    if not tops:
+        return None
+    return IliacCrests(z_top=max(tops.values()), z_right=tops.get("right"), z_left=tops.get("left"))
+
+
+def _wing_top(
+    g: WorkGrid,
+    lab: np.ndarray,
+    i: int,
+    sl: tuple[slice, ...],
+    dx: np.ndarray,
+    dy: np.ndarray,
+    vox_ml: float,
+) -> float | None:
+    """Top z of piece ``i`` if it is shaped like an iliac wing, else None.
+
+    A wing is large, lies lateral to the spine (> 50 mm), runs down from its crest for at least
+    50 mm or to the lower edge of the image (the wing is 10-15 cm tall), has its crest no farther
+    forward than 40 mm in front of the canal (the crest rises posterolaterally), and is a thin
+    plate in its upper 30 mm (a contrast-filled kidney or bowel loop is a blob or a short piece)."""
+    m = lab[sl] == i
+    if m.sum() * vox_ml < ILIUM_MIN_ML:
+        return None
+    kk, jj, ii = np.nonzero(m)
+    kk = kk + sl[0].start
+    sdx = np.broadcast_to(dx, lab.shape)[sl][m]
+    sdy = np.broadcast_to(dy, lab.shape)[sl][m]
+    if np.median(np.abs(sdx)) < 50.0:
+        return None
+    z = g.z_mm[kk]
+    z_top, z_bot = float(z.max()), float(z.min())
+    if z_top - z_bot < 50.0 and sl[0].start > 0:
+        return None
+    top = z >= z_top - 30.0
+    if float(np.median(sdy[z >= z_top - 15.0])) < -40.0:
+        return None
+    p = np.stack([z[top], (jj[top] + sl[1].start) * g.dy, (ii[top] + sl[2].start) * g.dx], axis=1)
+    if p.shape[0] < 6:
+        return None
+    ev = np.sort(np.linalg.eigvalsh(np.cov((p - p.mean(axis=0)).T)))
+    if np.sqrt(max(float(ev[0]), 0.0)) > ILIUM_MAX_THICKNESS_MM:
+        return None
+    return z_top

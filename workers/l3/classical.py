@@ -17,14 +17,29 @@ import numpy as np
 
 from workers.l3.anchors import (
     RIB_CAGE_MIN,
+    IliacCrests,
     RibAnchor,
     SacrumAnchor,
+    find_iliac_crests,
     find_ribs,
     find_sacrum,
     rib_cage_count,
 )
+from workers.l3.cues import (
+    CUE_CREST,
+    CUE_RIB,
+    CUE_SACRUM,
+    CUE_TP,
+    DEFAULT_WEIGHTS,
+    Cue,
+    CueWeights,
+    ProcessSpan,
+    combine,
+    describe_disagreement,
+)
 from workers.l3.discs import Disc, DiscResult, find_discs, weak_disc_near
 from workers.l3.grid import BoneThresholds, WorkGrid, body_mask, bone_thresholds, make_work_grid
+from workers.l3.posterior import PosteriorProfile, measure_posterior, ring_at, segment_span
 from workers.l3.result import (
     FLAG_ANCHORS_DISAGREE,
     FLAG_FOV_EDGE,
@@ -32,11 +47,13 @@ from workers.l3.result import (
     FLAG_LOW_CONTRAST,
     FLAG_NO_ANCHOR,
     FLAG_NO_SPINE,
+    FLAG_ON_DISC,
     FLAG_ONLY_RIBS,
     FLAG_ONLY_SACRUM,
     FLAG_THICK_SLICES,
     FLAG_TRANSITIONAL,
     FLAG_UNUSUAL_HEIGHT,
+    FLAG_WEAK_CUES_ONLY,
     FLAG_Z_GAP,
     LEVEL_ORDER,
     L3Result,
@@ -46,7 +63,7 @@ from workers.l3.spine import SpineTrack, body_profile, track_spine
 _V = TypeVar("_V")
 
 ENGINE_NAME = "classical"
-ENGINE_VERSION = "0.1.0"
+ENGINE_VERSION = "0.2.0"
 
 # Vertebra + disc height limits used for plausibility (mm). Outside the soft range: lower
 # confidence; outside the hard range: the count over it is considered ambiguous.
@@ -62,6 +79,14 @@ RIB_TO_L3_MIN_MM = 80.0
 SACRUM_TO_L3_MIN_MM = 70.0  # measured rib 'medial end' (neck, 30-40 mm from the canal) may sit this low
 LOW_CONTRAST_HU = 35.0  # typical disc depth below the endplates (top-hat); ~78 HU on example_ct
 THICK_SLICE_MM = 5.5  # beyond this, thin discs blur into their neighbours
+# Transverse processes are thin cortical bone: at 3-5 mm slices their tips fall to 110-150 HU, so
+# the anchor threshold (180 HU) shortens them by a third (L3 on example_ct: 68 mm at 180 HU,
+# 99 mm at 110 HU; the model label spans 102 mm). Muscle and unenhanced organs stay below 90 HU.
+TP_BONE_HU = 110.0
+# Ring closure at a disc is 0.4-0.6, in a vertebral body 0.7-1.0 (hcc_tace_seg_048; example_ct at
+# 3 mm is noisier): only a chosen slice clearly more open than both of L3's discs is suspect.
+RING_SHIFT_MARGIN = 0.1
+TP_MERGED_MM = 140.0  # a span this wide has run into the iliac bone or a rib: not measurable
 
 
 @dataclass
@@ -73,6 +98,8 @@ class _Ctx:
     discs: DiscResult
     sacrum: SacrumAnchor | None
     ribs: RibAnchor | None
+    crests: IliacCrests | None
+    posterior: PosteriorProfile
     z_lo: float  # extent of the tracked spine (mm)
     z_hi: float
 
@@ -82,6 +109,9 @@ class ClassicalL3Localiser:
 
     name = ENGINE_NAME
     version = ENGINE_VERSION
+
+    def __init__(self, weights: CueWeights = DEFAULT_WEIGHTS) -> None:
+        self.weights = weights
 
     def locate(self, hu: np.ndarray, z_mm: np.ndarray, spacing_yx_mm: tuple[float, float]) -> L3Result:
         z_mm = np.asarray(z_mm, dtype=np.float64)
@@ -94,17 +124,23 @@ class ClassicalL3Localiser:
         if track.valid.sum() < 3:
             return self._not_found("no spine found in the field of view", (FLAG_NO_SPINE,), (), spine_yx)
         prof = body_profile(g, track)
+        posterior = measure_posterior(g, body, track, thr.anchor, min(TP_BONE_HU, thr.anchor))
         discs = find_discs(g.z_mm, prof, track.valid)
         sacrum = find_sacrum(g, body, track, thr.si_bridge)
         ribs = find_ribs(g, body, track, sacrum, thr.anchor)
+        crests = find_iliac_crests(g, body, track, ribs, thr.anchor)
         zv = g.z_mm[track.valid]
-        ctx = _Ctx(g, body, thr, track, discs, sacrum, ribs, float(zv.min()), float(zv.max()))
+        ctx = _Ctx(
+            g, body, thr, track, discs, sacrum, ribs, crests, posterior, float(zv.min()), float(zv.max())
+        )
         res = self._decide(ctx, spine_yx)
         anchors: dict[str, float] = {}
         if sacrum is not None:
             anchors["sacroiliac_bridge_top"] = sacrum.z_top
         if ribs is not None:
             anchors["lowest_rib_neck"] = ribs.z_lowest
+        if crests is not None:
+            anchors["iliac_crest_top"] = crests.z_top
         return dataclasses.replace(res, anchors_z_mm=anchors)
 
     # ------------------------------------------------------------------ decision
@@ -144,42 +180,41 @@ class ClassicalL3Localiser:
         if c.ribs is not None and i_r is None and not _ribs_reach_bottom(c):
             notes.append("ribs seen but no disc below the lowest rib in the tracked spine")
 
-        # Index of the L3/L4 disc in the chain according to each anchor.
-        a_s = i_s + 2 if i_s is not None else None
-        a_r = i_r - 3 if i_r is not None else None
-
-        if a_s is not None and a_r is not None:
-            if a_s == a_r:
-                method, a = "sacrum+ribs", a_s
-                conf = 0.92
-            else:
-                # Trust the sacrum count (TotalSegmentator convention; ribs are the more fragile
-                # anchor), but make the disagreement impossible to miss.
-                method, a = "sacrum", a_s
-                conf = 0.3
-                flags += [FLAG_ANCHORS_DISAGREE, FLAG_LEVEL_AMBIGUOUS, FLAG_TRANSITIONAL]
-                n_lumbar = (i_r - i_s) if i_r is not None and i_s is not None else 0
-                notes.append(
-                    f"sacrum count and rib count differ by {abs(a_s - a_r)} vertebra(e): "
-                    f"{n_lumbar} segments between the last rib and the sacrum (expected 5)"
-                )
-        elif a_s is not None:
-            method, a = "sacrum", a_s
-            conf = 0.72
+        cues = self._cues(c, d, i_s, i_r)
+        decision = combine(cues, self.weights)
+        if decision.vote is None:
+            return self._no_anchor(c, d, spine_yx, notes, cues)
+        a = decision.vote
+        conf = decision.confidence
+        agreeing = [q.name for q in decision.cues if q.agrees]
+        anchors_ok = [n for n in (CUE_SACRUM, CUE_RIB) if n in agreeing]
+        method = "+".join("ribs" if n == CUE_RIB else n for n in anchors_ok) or "weak_cues"
+        cue_names = {q.name for q in decision.cues if q.vote is not None}
+        if {CUE_SACRUM, CUE_RIB} <= cue_names and len(anchors_ok) == 1:
+            flags += [FLAG_ANCHORS_DISAGREE, FLAG_LEVEL_AMBIGUOUS, FLAG_TRANSITIONAL]
+            n_lumbar = (i_r - i_s) if i_r is not None and i_s is not None else 0
+            notes.append(
+                f"sacrum count and rib count differ by {abs(n_lumbar - 5) or 1} vertebra(e): "
+                f"{n_lumbar} segments between the last rib and the sacrum (expected 5)"
+            )
+        elif anchors_ok == [CUE_SACRUM] and CUE_RIB not in cue_names:
             flags.append(FLAG_ONLY_SACRUM)
-        elif a_r is not None:
-            method, a = "ribs", a_r
-            conf = 0.55
+        elif anchors_ok == [CUE_RIB] and CUE_SACRUM not in cue_names:
             flags.append(FLAG_ONLY_RIBS)
-        else:
-            return self._no_anchor(c, d, spine_yx, notes)
-
-        if c.ribs is not None and "ribs" in method:
+        if decision.disagreeing:
+            flags.append(FLAG_LEVEL_AMBIGUOUS)
+            notes.append(describe_disagreement(decision))
+        if not decision.anchored:
+            flags += [FLAG_WEAK_CUES_ONLY, FLAG_LEVEL_AMBIGUOUS]
+            notes.append(
+                "neither the sacrum nor a rib is in the field of view: L3 named from "
+                + " and ".join(n.replace("_", " ") for n in agreeing)
+                + " only"
+            )
+        if c.ribs is not None and CUE_RIB in cue_names:
             if c.ribs.lowest_short:
-                conf *= 0.92
                 notes.append("lowest rib is short (could be confused with a transverse process)")
             if not c.ribs.sides_agree:
-                conf *= 0.85
                 notes.append("lowest rib seen on one side only or at different levels left and right")
 
         # Label every vertebra of the chain relative to the L3/L4 disc at index a.
@@ -215,7 +250,9 @@ class ClassicalL3Localiser:
             conf *= 0.85
 
         # Plausibility of every vertebra counted over (from the anchor to L3).
-        span = _counted_span(a, i_s if "sacrum" in method else None, i_r if method == "ribs" else None)
+        span = _counted_span(
+            a, i_s if CUE_SACRUM in anchors_ok else None, i_r if CUE_RIB in anchors_ok else None
+        )
         heights = [d[j + 1].z - d[j].z for j in range(span[0], span[1]) if j >= 0 and j + 1 < len(d)]
         bad_soft = [h for h in heights if not HEIGHT_SOFT[0] <= h <= HEIGHT_SOFT[1]]
         bad_hard = [h for h in heights if not HEIGHT_HARD[0] <= h <= HEIGHT_HARD[1]]
@@ -245,6 +282,10 @@ class ClassicalL3Localiser:
             conf *= 0.7
         inside = np.nonzero((z >= lo_ep - 0.5) & (z <= hi_ep + 0.5))[0]
         body_range = (int(inside[0]), int(inside[-1])) if inside.size else (k, k)
+        if _looks_like_disc(c, float(z[k]), d, a):
+            flags += [FLAG_ON_DISC, FLAG_LEVEL_AMBIGUOUS]
+            conf = min(conf, self.weights.disagree_cap)
+            notes.append(f"the chosen slice (z={z[k]:.1f} mm) has no closed bony ring: it may lie on a disc")
 
         levels["L3"] = z_c
         ranges["L3"] = (lo_ep, hi_ep)
@@ -265,7 +306,47 @@ class ClassicalL3Localiser:
             notes=tuple(notes),
             disc_z_mm=tuple(x.z for x in d),
             spine_yx_mm=spine_yx,
+            cues=decision.cues,
+            cue_weights=self.weights.name,
         )
+
+    # ------------------------------------------------------------------ cues
+    def _cues(self, c: _Ctx, d: list[Disc], i_s: int | None, i_r: int | None) -> list[Cue]:
+        """Every landmark found, as a vote for the index of the L3/L4 disc in the chain ``d``."""
+        w = self.weights
+        cues: list[Cue] = []
+
+        def l3_z(a: int) -> float | None:
+            return _l3_centre(d, a)
+
+        if c.sacrum is not None and i_s is not None:
+            a = i_s + 2
+            cues.append(
+                Cue(
+                    CUE_SACRUM,
+                    c.sacrum.z_top,
+                    "top of the sacroiliac bone bridge",
+                    "S1",
+                    w.sacrum,
+                    a,
+                    l3_z(a),
+                )
+            )
+        if c.ribs is not None and i_r is not None:
+            a = i_r - 3
+            weight = (
+                w.lowest_rib * (0.92 if c.ribs.lowest_short else 1.0) * (1.0 if c.ribs.sides_agree else 0.85)
+            )
+            cues.append(Cue(CUE_RIB, c.ribs.z_lowest, "neck of the lowest rib", "T12", weight, a, l3_z(a)))
+        if c.crests is not None and d:
+            a = _crest_vote(d, c.crests.z_top)
+            cues.append(
+                Cue(CUE_CREST, c.crests.z_top, "top of the iliac crests", "L4", w.iliac_crest, a, l3_z(a))
+            )
+        tp = _tp_cue(c, d, i_s, i_r, w)
+        if tp is not None:
+            cues.append(tp)
+        return cues
 
     # ------------------------------------------------------------------ not found
     def _not_found(
@@ -332,7 +413,12 @@ class ClassicalL3Localiser:
         )
 
     def _no_anchor(
-        self, c: _Ctx, d: list[Disc], spine_yx: tuple[tuple[float, float], ...], notes: list[str]
+        self,
+        c: _Ctx,
+        d: list[Disc],
+        spine_yx: tuple[tuple[float, float], ...],
+        notes: list[str],
+        cues: list[Cue],
     ) -> L3Result:
         # Ribs down to the lower edge of the image: everything seen is thoracic, L3 is far below.
         if c.ribs is not None and _ribs_reach_bottom(c):
@@ -454,6 +540,69 @@ def _rib_disc_index(d: list[Disc], r: RibAnchor | None) -> int | None:
     if r.z_lowest - d[j].z > HEIGHT_HARD[1]:
         return None
     return j
+
+
+def _l3_centre(d: list[Disc], a: int) -> float | None:
+    """Centre of the vertebra above chain disc ``a`` (the L3 of that labelling), if both of its
+    discs are in the chain."""
+    if a >= 0 and a + 1 < len(d):
+        return 0.5 * (d[a].z_hi + d[a + 1].z_lo)
+    return None
+
+
+def _crest_vote(d: list[Disc], z_crest: float) -> int:
+    """The L3/L4 disc index if the crest top lies in L4 or on the L4/L5 disc: in a disc's extent
+    (+-2 mm) that disc is L4/L5; between discs j-1 and j that vertebra is L4."""
+    for i, x in enumerate(d):
+        if x.z_lo - 2.0 <= z_crest <= x.z_hi + 2.0:
+            return i + 1
+    return int(np.searchsorted([x.z for x in d], z_crest))
+
+
+def _tp_cue(c: _Ctx, d: list[Disc], i_s: int | None, i_r: int | None, w: CueWeights) -> Cue | None:
+    """The lumbar vertebra with the widest transverse processes votes for being L3, if it is a clear
+    winner. Only whole vertebrae between two chain discs count, none at or below the sacrum's
+    disc nor at or above the last rib's (rib-bearing), and none whose span ran into a rib or the
+    iliac bone."""
+    spans: dict[int, ProcessSpan] = {}
+    for j in range(1, len(d)):
+        if (i_s is not None and j <= i_s) or (i_r is not None and j > i_r):
+            continue
+        sp = segment_span(c.posterior, c.g.z_mm, d[j - 1].z, d[j].z)
+        if sp is not None and 0.0 < sp.span_mm < TP_MERGED_MM:
+            spans[j] = sp
+    if len(spans) < 2:
+        return None
+    ranked = sorted(spans, key=lambda j: spans[j].span_mm, reverse=True)
+    j0, j1 = ranked[0], ranked[1]
+    listing = ", ".join(f"{spans[j].span_mm:.0f} mm at z={spans[j].z_mm:.0f}" for j in sorted(spans))
+    clear = spans[j0].span_mm >= w.tp_clear_ratio * spans[j1].span_mm
+    a = j0 - 1 if clear else None
+    return Cue(
+        CUE_TP,
+        spans[j0].z_mm,
+        "widest transverse processes",
+        "L3",
+        w.transverse_processes,
+        a,
+        None if a is None else _l3_centre(d, a),
+        note=listing if clear else f"no clear widest vertebra ({listing})",
+        spans=tuple(spans[j] for j in sorted(spans)),
+    )
+
+
+def _looks_like_disc(c: _Ctx, z: float, d: list[Disc], a: int) -> bool:
+    """The chosen slice lies inside a chain disc, or its bony ring is clearly more open than at the
+    two discs that bound L3: then the "discs" are really low-density parts of vertebral bodies (a
+    chain shifted by half a vertebra) and the chosen slice is on a real disc. A vertebral body is
+    walled by bone; a disc level is open to the front and the foramina (:mod:`.posterior`)."""
+    if any(x.z_lo <= z <= x.z_hi for x in d):
+        return True
+    bounds = [ring_at(c.posterior, c.g.z_mm, d[i].z) for i in (a, a + 1) if 0 <= i < len(d)]
+    ring = ring_at(c.posterior, c.g.z_mm, z)
+    if not np.isfinite(ring) or len(bounds) < 2 or not all(np.isfinite(bounds)):
+        return False
+    return bool(ring < min(bounds) - RING_SHIFT_MARGIN)
 
 
 def _ribs_reach_bottom(c: _Ctx) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from workers.l3.cues import Cue
 from workers.l3.result import L3Result
 
 SERIOUS_FLAGS = {
@@ -168,23 +169,11 @@ def render_l3_qc(
             zc = max(a, b - 25.0)
             pos = (x0 + max(4.0, centre_px - 60 * scale), y_off + row(zc) - 9)
             _outlined(draw, pos, "S", font, (255, 255, 255))
-        if panel_title.startswith("Coronal"):
-            # Where the two anchors were seen, so the count can be checked against them.
-            for key, text in (("lowest_rib_neck", "last rib"), ("sacroiliac_bridge_top", "SI joints")):
-                if key in result.anchors_z_mm:
-                    yy = y_off + row(result.anchors_z_mm[key])
-                    xa = x0 + im.width - 4
-                    draw.line([xa - 40, yy, xa, yy], fill=(255, 80, 255), width=2)
-                    _outlined(
-                        draw,
-                        (xa - 40 - draw.textlength(text, font=small) - 4, yy - 8),
-                        text,
-                        small,
-                        (255, 120, 255),
-                    )
         if result.found and result.z_mm is not None:
             yy = y_off + row(result.z_mm)
             draw.line([x0, yy, x0 + im.width - 1, yy], fill=(255, 60, 60), width=2)
+        if panel_title.startswith("Coronal"):
+            _draw_cues(draw, result, x0, y_off, im.width, centre_px, scale, row, small)
         x0 += im.width + pad
 
     cy = title_h + nzp + 6
@@ -194,6 +183,47 @@ def render_l3_qc(
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
+
+
+_ANCHOR_MARKS = (
+    ("lowest_rib_neck", "last rib"),
+    ("sacroiliac_bridge_top", "SI joints"),
+    ("iliac_crest_top", "iliac crest"),
+)
+
+
+def _draw_cues(
+    draw: ImageDraw.ImageDraw,
+    result: L3Result,
+    x0: int,
+    y_off: int,
+    width: int,
+    centre_px: float,
+    scale: float,
+    row: Callable[[float], float],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    """On the coronal view: where each landmark was found (magenta ticks at the right edge), and
+    the measured transverse-process span of each lumbar vertebra as a bar across the spine (the
+    widest one, which votes for L3, in yellow), so the count can be checked against them."""
+    for key, text in _ANCHOR_MARKS:
+        if key in result.anchors_z_mm:
+            yy = y_off + row(result.anchors_z_mm[key])
+            xa = x0 + width - 4
+            draw.line([xa - 40, yy, xa, yy], fill=(255, 80, 255), width=2)
+            tx = xa - 40 - draw.textlength(text, font=font) - 4
+            _outlined(draw, (tx, yy - 8), text, font, (255, 120, 255))
+    tp = next((c for c in result.cues if c.name == "transverse_processes"), None)
+    if tp is None:
+        return
+    widest = max(tp.spans, key=lambda s: s.span_mm, default=None)
+    for sp in tp.spans:
+        yy = y_off + row(sp.z_mm)
+        colour = (255, 230, 0) if sp is widest and tp.vote is not None else (120, 220, 120)
+        xl = x0 + centre_px - sp.right_mm / PX_MM * scale  # patient right is on the left
+        xr = x0 + centre_px + sp.left_mm / PX_MM * scale
+        draw.line([xl, yy, xr, yy], fill=colour, width=2)
+        _outlined(draw, (xr + 4, yy - 8), f"{sp.span_mm:.0f} mm", font, colour)
 
 
 def _outlined(
@@ -239,9 +269,11 @@ def _caption(
     seen = ", ".join(reversed(result.levels_seen)) if result.levels_seen else "-"
     line4 = (
         f"levels seen: {seen}   (red line = chosen slice, orange band = L3 body, blue ticks = discs, "
-        "magenta = anchors)"
+        "magenta = landmarks, bars = transverse processes, yellow = widest)"
     )
     raw = [(line1, col1), (line2, conf_col), (line3, conf_col), (line4, (200, 200, 200))]
+    if result.cues:
+        raw.append(("cues: " + "; ".join(_cue_text(c) for c in result.cues), (200, 200, 200)))
     if result.notes:
         raw.append(("notes: " + "; ".join(result.notes), (170, 170, 170)))
     if title:
@@ -252,6 +284,12 @@ def _caption(
     for text, col in raw:
         out.extend((w, col) for w in _wrap(d, text, font, width))
     return out
+
+
+def _cue_text(c: Cue) -> str:
+    """'lowest rib (T12) agrees' — what a reader needs to check each vote on the picture."""
+    verdict = "abstains" if c.vote is None else ("agrees" if c.agrees else "DISAGREES")
+    return f"{c.name.replace('_', ' ')} at z={c.z_mm:.0f} ({c.level}) {verdict}"
 
 
 def _wrap(

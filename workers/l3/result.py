@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.l3.cues import Cue
+
 #: Vertebral level names, inferior to superior. "S" is the sacrum (S1 and below, fused).
 LEVEL_ORDER: tuple[str, ...] = ("S", "L5", "L4", "L3", "L2", "L1", "T12", "T11", "T10", "T9", "T8")
 
@@ -29,6 +31,8 @@ FLAG_UNUSUAL_HEIGHT = "unusual_vertebral_height"
 FLAG_Z_GAP = "z_gap_near_l3"
 FLAG_NO_SPINE = "no_spine_found"
 FLAG_THICK_SLICES = "thick_slices"
+FLAG_WEAK_CUES_ONLY = "level_from_weak_cues_only"
+FLAG_ON_DISC = "l3_slice_may_be_on_disc"
 
 
 def level_index(name: str) -> int:
@@ -62,6 +66,8 @@ class L3Result:
     disc_z_mm: tuple[float, ...] = ()
     anchors_z_mm: dict[str, float] = field(default_factory=dict)
     spine_yx_mm: tuple[tuple[float, float], ...] | None = None
+    cues: tuple[Cue, ...] = ()
+    cue_weights: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict for result.json (spine path omitted: it is QC detail, not a result)."""
@@ -83,6 +89,8 @@ class L3Result:
             "notes": list(self.notes),
             "disc_z_mm": [_r(z) for z in self.disc_z_mm],
             "anchors_z_mm": {k: _r(v) for k, v in self.anchors_z_mm.items()},
+            "cues": [c.to_json() for c in self.cues],
+            "cue_weights": self.cue_weights,
         }
 
 
