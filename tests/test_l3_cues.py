@@ -80,7 +80,9 @@ def test_hcc_mid_l3_from_ribs_and_other_cues(hcc_result: L3Result) -> None:
     assert abs(by_name[CUE_RIB].implied_l3_z_mm - HCC_MID_L3_Z) <= 7.5
 
 
-def test_hcc_chain_matches_reader_discs(hcc_result: L3Result, hcc: tuple[np.ndarray, np.ndarray, object]) -> None:
+def test_hcc_chain_matches_reader_discs(
+    hcc_result: L3Result, hcc: tuple[np.ndarray, np.ndarray, object]
+) -> None:
     _, z, _ = hcc
     reader = [float(z[a : b + 1].mean()) for a, b in HCC_DISC_INDICES]
     for zr in reader:
@@ -104,7 +106,9 @@ def r_not_on_disc(r: L3Result, disc_centres: list[float]) -> bool:
         "crest-only at 5 mm",
     ],
 )
-def test_cue_case_right_level_or_flagged(name: str, cue_results: dict[str, tuple[l3h.Case, L3Result]]) -> None:
+def test_cue_case_right_level_or_flagged(
+    name: str, cue_results: dict[str, tuple[l3h.Case, L3Result]]
+) -> None:
     case, r = cue_results[name]
     assert r.found, r.reason
     assert r.z_mm is not None and case.ref_z is not None
