@@ -561,12 +561,16 @@ def _crest_vote(d: list[Disc], z_crest: float) -> int:
 
 def _tp_cue(c: _Ctx, d: list[Disc], i_s: int | None, i_r: int | None, w: CueWeights) -> Cue | None:
     """The lumbar vertebra with the widest transverse processes votes for being L3, if it is a clear
-    winner. Only whole vertebrae between two chain discs count, none at or below the sacrum's
-    disc nor at or above the last rib's (rib-bearing), and none whose span ran into a rib or the
-    iliac bone."""
+    winner. Only whole vertebrae between two chain discs count: not L5 (its processes are as
+    wide as L3's, 96 vs 102 mm on example_ct, and join the sacral ala), so none at or just above
+    the sacrum's disc nor wholly below the iliac crests; none rib-bearing (above the last rib's
+    disc); none whose span ran into a rib or the iliac bone."""
     spans: dict[int, ProcessSpan] = {}
+    crest = c.crests.z_top if c.crests is not None else None
     for j in range(1, len(d)):
-        if (i_s is not None and j <= i_s) or (i_r is not None and j > i_r):
+        if (i_s is not None and j <= i_s + 1) or (i_r is not None and j > i_r):
+            continue
+        if crest is not None and d[j].z < crest:
             continue
         sp = segment_span(c.posterior, c.g.z_mm, d[j - 1].z, d[j].z)
         if sp is not None and 0.0 < sp.span_mm < TP_MERGED_MM:
