@@ -183,7 +183,7 @@ class ClassicalL3Localiser:
         cues = self._cues(c, d, i_s, i_r)
         decision = combine(cues, self.weights)
         if decision.vote is None:
-            return self._no_anchor(c, d, spine_yx, notes, cues)
+            return self._no_anchor(c, d, spine_yx, notes)
         a = decision.vote
         conf = decision.confidence
         agreeing = [q.name for q in decision.cues if q.agrees]
@@ -316,9 +316,6 @@ class ClassicalL3Localiser:
         w = self.weights
         cues: list[Cue] = []
 
-        def l3_z(a: int) -> float | None:
-            return _l3_centre(d, a)
-
         if c.sacrum is not None and i_s is not None:
             a = i_s + 2
             cues.append(
@@ -329,19 +326,31 @@ class ClassicalL3Localiser:
                     "S1",
                     w.sacrum,
                     a,
-                    l3_z(a),
+                    _l3_centre(d, a),
                 )
             )
         if c.ribs is not None and i_r is not None:
             a = i_r - 3
-            weight = (
-                w.lowest_rib * (0.92 if c.ribs.lowest_short else 1.0) * (1.0 if c.ribs.sides_agree else 0.85)
+            weight = w.lowest_rib
+            if c.ribs.lowest_short:
+                weight *= w.short_rib_factor
+            if not c.ribs.sides_agree:
+                weight *= w.one_sided_rib_factor
+            cues.append(
+                Cue(CUE_RIB, c.ribs.z_lowest, "neck of the lowest rib", "T12", weight, a, _l3_centre(d, a))
             )
-            cues.append(Cue(CUE_RIB, c.ribs.z_lowest, "neck of the lowest rib", "T12", weight, a, l3_z(a)))
         if c.crests is not None and d:
             a = _crest_vote(d, c.crests.z_top)
             cues.append(
-                Cue(CUE_CREST, c.crests.z_top, "top of the iliac crests", "L4", w.iliac_crest, a, l3_z(a))
+                Cue(
+                    CUE_CREST,
+                    c.crests.z_top,
+                    "top of the iliac crests",
+                    "L4",
+                    w.iliac_crest,
+                    a,
+                    _l3_centre(d, a),
+                )
             )
         tp = _tp_cue(c, d, i_s, i_r, w)
         if tp is not None:
@@ -418,7 +427,6 @@ class ClassicalL3Localiser:
         d: list[Disc],
         spine_yx: tuple[tuple[float, float], ...],
         notes: list[str],
-        cues: list[Cue],
     ) -> L3Result:
         # Ribs down to the lower edge of the image: everything seen is thoracic, L3 is far below.
         if c.ribs is not None and _ribs_reach_bottom(c):

@@ -36,6 +36,9 @@ class CueWeights:
       source), and a short 12th rib is easily missed or taken for a transverse process.
     - iliac crest 0.30: the supracristal plane passes through L4 or the L4/L5 disc in most adults
       but at L3/L4 or L5 in a large minority; it checks a count, it does not make one.
+    - short_rib_factor 0.92, one_sided_rib_factor 0.85: the rib weight is lowered when the
+      lowest rib is short (< 70 mm, close to a transverse process) or seen on one side only or at
+      different levels (the values the localiser used as confidence factors since 0.1.0).
     - transverse processes 0.30: L3's are the longest in most spines, but L4's can match them;
       only a clear winner (>= 8 % wider than the next) votes.
     - disagree_cap 0.45: the highest confidence a result can keep when any cue votes for another
@@ -49,15 +52,14 @@ class CueWeights:
     name: str = "classical-cues@1"
     sacrum: float = 0.72
     lowest_rib: float = 0.55
+    short_rib_factor: float = 0.92
+    one_sided_rib_factor: float = 0.85
     iliac_crest: float = 0.30
     transverse_processes: float = 0.30
     disagree_cap: float = 0.45
     anchors_disagree_cap: float = 0.30
     weak_only_cap: float = 0.40
     tp_clear_ratio: float = 1.08
-
-    def of(self, cue: str) -> float:
-        return float(getattr(self, cue))
 
 
 DEFAULT_WEIGHTS = CueWeights()

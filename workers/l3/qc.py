@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from workers.l3.cues import Cue
+from workers.l3.cues import CUE_TP, Cue
 from workers.l3.result import L3Result
 
 SERIOUS_FLAGS = {
@@ -213,7 +213,7 @@ def _draw_cues(
             draw.line([xa - 40, yy, xa, yy], fill=(255, 80, 255), width=2)
             tx = xa - 40 - draw.textlength(text, font=font) - 4
             _outlined(draw, (tx, yy - 8), text, font, (255, 120, 255))
-    tp = next((c for c in result.cues if c.name == "transverse_processes"), None)
+    tp = next((c for c in result.cues if c.name == CUE_TP), None)
     if tp is None:
         return
     widest = max(tp.spans, key=lambda s: s.span_mm, default=None)
