@@ -61,13 +61,20 @@ HCC = l3h.DATA / "hcc_tace_seg_048" / "dicom"
 HCC_MID_L3_Z = -371.0  # one reader's count from the ribs (../shared/data/README.md)
 
 
-def hcc_case() -> l3h.Case:
-    """The real liver-protocol CT that stops above the sacrum, loaded by the product's loader."""
+def hcc_cases() -> list[l3h.Case]:
+    """The real liver-protocol CT that stops above the sacrum, loaded by the product's loader, and
+    at 5 mm: with its top slices (the T12 rib heads) kept, and with the grid started at the bottom,
+    which cuts the rib heads as a series stopping there would."""
     from workers.load import load_series
 
     view = load_series(HCC).canonical()
+    hu, z, sp = np.asarray(view.hu), np.asarray(view.z_mm), view.spacing_yx_mm
     name = "hcc_tace_seg_048 (real, 0.7 mm x 2.5 mm, no sacrum, no crest)"
-    return l3h.Case(name, np.asarray(view.hu), np.asarray(view.z_mm), view.spacing_yx_mm, HCC_MID_L3_Z)
+    out = [l3h.Case(name, hu, z, sp, HCC_MID_L3_Z)]
+    for keep_top, what in ((True, "rib heads kept"), (False, "rib heads cut by the top")):
+        h5, z5 = l3h.resample_z(hu, z, 5.0, keep_top)
+        out.append(l3h.Case(f"hcc_tace_seg_048 at 5 mm ({what})", h5, z5, sp, HCC_MID_L3_Z))
+    return out
 
 
 def cue_row(name: str, r: L3Result) -> list[str]:
@@ -103,7 +110,7 @@ def main() -> int:
     args = ap.parse_args()
 
     loc = get_localiser()
-    cases = l3h.build_cases() + extra_cases() + l3h.cue_cases() + [hcc_case()]
+    cases = l3h.build_cases() + extra_cases() + l3h.cue_cases() + hcc_cases()
     try:
         dh, dz, dsp = l3h.load_dicom_canonical()
         cases.append(l3h.Case("DICOM example_ct_dicom (T11-T12, 2 mm, contrast)", dh, dz, dsp, None))
@@ -221,7 +228,7 @@ def main() -> int:
         "## Each cue's vote",
         "",
         "Where each landmark was found (patient z, mm), the L3 centre its count implies, its weight "
-        "(`classical-cues@1`, workers/l3/cues.py) and whether it agrees with the decision. Any "
+        "(`classical-cues@2`, workers/l3/cues.py) and whether it agrees with the decision. Any "
         "disagreeing cue caps the confidence at 0.45 (0.30 when the two anchors disagree).",
         "",
         "| " + " | ".join([*cue_head, "confidence"]) + " |",
@@ -236,12 +243,22 @@ def main() -> int:
         "- `crop 56-100` and the crest-only rows contain L3 but neither the sacrum nor a rib: the "
         "iliac crests and the transverse processes name L3 there, always below 0.5 with "
         "`level_from_weak_cues_only` (review), never as a trusted count.",
-        "- `12th ribs shortened to 25 mm`: the rudimentary 12th ribs are not found as ribs (their "
-        "reach is under the 75 mm a rib must have to be told from a transverse process at 3 mm "
-        "voxels); with the 11th rib heads above the image, no rib anchor remains. The sacrum, crest "
-        "and processes still give L3; the rib-only crop of it is named from the processes alone, "
-        "for review. Finding such ribs at native resolution (a separate bone piece at the costal "
-        "facet) is open work.",
+        "- `12th ribs shortened`: the 25 mm stubs reach 51-55 mm from the canal, like transverse "
+        "processes, and are found as rudimentary ribs by their shape (`anchors.StubRule`, `stub@1`): "
+        "they run down 3-6 mm as they go out (axis 14-28 degrees below the horizontal; processes "
+        "0-11 degrees and never descending by more than 2 mm), span >= 10 mm of z, and reach >= 8 mm "
+        "farther than the processes of the vertebra below. A stub's weight (0.41) stays below 0.5 "
+        "alone; with the widest transverse processes agreeing the rib-only crops reach 0.59. Stubs "
+        "of 15 mm (reach < 45 mm) are not found: that case is named from the processes alone, for "
+        "review. No variant with full ribs and no real transverse process of hcc_tace_seg_048 is "
+        "taken for a stub (tests/test_l3_cues.py).",
+        "- `hcc_tace_seg_048 at 5 mm`: with its rib heads kept, the ribs still anchor the count (low "
+        "confidence: short, one-sided, thick slices). With them cut by the top of the image no rib "
+        "is used (its head may lie above) and the transverse processes alone name L3, for review. "
+        "The enhancing right kidney joined to contrast-filled bowel is a thin curved plate like an "
+        "iliac wing; it is not taken for one because its densest tenth stays at 215 HU while a "
+        "wing's cortex reaches 360-510 HU (ILIUM_CORTEX_HU 300, scaled with the scan's bone "
+        "brightness). Before that check it was, and L3 was said to lie above the image.",
         "- The DICOM series (T11-T12 only) is recognised as thoracic (rib cage on every slice); "
         "the last rib cannot be followed to its head within 40 mm, so exact levels are not named.",
         "- 7 mm slices are beyond what the method is built for (discs of 5-10 mm blur away). Whatever "
@@ -269,10 +286,12 @@ def main() -> int:
         "4. **Anchors.** Sacrum: the top of the run of slices where bone is continuous from the canal to "
         ">= 60 mm on both sides with >= 4 cm2 of bone beyond 40 mm on each side, outside the rib cage; "
         "the L5/S1 disc is the chain disc nearest 5 mm below it. Ribs: thin bars (PCA shape) outside a "
-        "30 mm cylinder around the canal whose medial end touches it, reaching >= 75 mm; the lowest "
-        "one's neck lies in T12, so the next disc below is T12/L1.",
-        "5. **Other cues.** Iliac crests: the top of each iliac wing (a large, thin, lateral bone plate "
-        "running down from its crest, below the ribs); the crest top lies in L4 or on the L4/L5 disc. "
+        "30 mm cylinder around the canal whose medial end touches it, reaching >= 75 mm, or shorter "
+        "stubs that run down as they go out and reach farther than the processes below them "
+        "(rudimentary ribs); the lowest one's neck lies in T12, so the next disc below is T12/L1.",
+        "5. **Other cues.** Iliac crests: the top of each iliac wing (a large, thin, lateral bone "
+        "plate with cortex running down from its crest, below the ribs); the crest top lies in L4 "
+        "or on the L4/L5 disc. "
         "Transverse processes: per vertebra between two chain discs (none rib-bearing, none at the "
         "sacrum), the left-right reach of bone connected to the canal wall (110 HU: thin process tips "
         "are partial-volumed); the widest votes for L3 if it is >= 8 % wider than the next. A bony-ring "
@@ -281,7 +300,8 @@ def main() -> int:
         "6. **Decision.** Each cue votes for the index of the L3/L4 disc (sacrum: L5/S1 + 2; rib: "
         "T12/L1 - 3; crest: its vertebra is L4; processes: their vertebra is L3). The labelling with "
         "the largest summed weight among those an anchor votes for wins; confidence = 1 - prod(1 - w) "
-        "over the agreeing cues (sacrum 0.72, rib 0.55, crest 0.30, processes 0.30), capped at 0.45 if "
+        "over the agreeing cues (sacrum 0.72, rib 0.55 (x0.75 for a rudimentary stub), crest 0.30, "
+        "processes 0.30), capped at 0.45 if "
         "any cue disagrees (`vertebral_level_ambiguous`, the cue named in the notes), 0.30 if the two "
         "anchors disagree (`anchors_disagree`, `possible_transitional_vertebra`), 0.40 without an "
         "anchor. Then multiplied down for implausible heights, faint discs, low contrast, thick "

@@ -80,9 +80,16 @@ def ref_z() -> float:
     return z_of_slice(REF_L3_CENTROID)
 
 
-def resample_z(hu: np.ndarray, z: np.ndarray, dz: float) -> tuple[np.ndarray, np.ndarray]:
+def resample_z(
+    hu: np.ndarray, z: np.ndarray, dz: float, keep_top: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Linear interpolation to a new slice spacing (thin slices are smooth, thick ones average:
-    for thick slices we average over the slice thickness like a scanner would)."""
+    for thick slices we average over the slice thickness like a scanner would). The new grid
+    starts at the lowest slice, or with ``keep_top`` at the highest (a series whose last rib's
+    head lies in its top slices keeps it)."""
+    if keep_top:
+        h, zz = resample_z(hu[::-1], -z[::-1], dz)
+        return np.ascontiguousarray(h[::-1]), -zz[::-1]
     new_z = np.arange(z[0], z[-1] + 1e-6, dz)
     pos = (new_z - z[0]) / (z[1] - z[0])
     src = hu.astype(np.float32)
@@ -474,6 +481,8 @@ def cue_cases() -> list[Case]:
     cases = [Case("12th ribs shortened to 25 mm", h12, z.copy(), sp, rz)]
     hb, zb = crop(h12, z, 60, 111)
     cases.append(Case("12th ribs shortened, pelvis cropped (rib-only)", hb, zb, sp, rz))
+    hb5, zb5 = resample_z(hb, zb, 5.0)
+    cases.append(Case("12th ribs shortened, rib-only at 5 mm", hb5, zb5, sp, rz))
     hp, zp = crop(hu, z, 60, 111)
     h5, z5 = resample_z(hp, zp, 5.0)
     cases.append(Case("rib-only at 5 mm", h5, z5, sp, rz))

@@ -20,7 +20,7 @@ from tests import l3_helpers as l3h
 from tests.conftest import SHARED_DATA
 from workers.l3 import classical
 from workers.l3.anchors import IliacCrests
-from workers.l3.cues import CUE_CREST, CUE_RIB, CUE_SACRUM, CUE_TP, Cue, combine
+from workers.l3.cues import CUE_CREST, CUE_RIB, CUE_SACRUM, CUE_TP, RUDIMENTARY_RIB, Cue, combine
 from workers.l3.engine import get_localiser
 from workers.l3.result import FLAG_LEVEL_AMBIGUOUS, FLAG_WEAK_CUES_ONLY, L3Result
 from workers.load import load_series
@@ -101,6 +101,7 @@ def r_not_on_disc(r: L3Result, disc_centres: list[float]) -> bool:
     [
         "12th ribs shortened to 25 mm",
         "12th ribs shortened, pelvis cropped (rib-only)",
+        "12th ribs shortened, rib-only at 5 mm",
         "rib-only at 5 mm",
         "crest-only (slices 52-84)",
         "crest-only at 5 mm",
@@ -117,6 +118,51 @@ def test_cue_case_right_level_or_flagged(
         # No anchor in view: the crest and the processes may name L3, but only for review.
         assert r.confidence < 0.5
         assert FLAG_WEAK_CUES_ONLY in r.flags and FLAG_LEVEL_AMBIGUOUS in r.flags
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "12th ribs shortened to 25 mm",
+        "12th ribs shortened, pelvis cropped (rib-only)",
+        "12th ribs shortened, rib-only at 5 mm",
+    ],
+)
+def test_rudimentary_12th_ribs_are_the_lowest_rib(
+    name: str, cue_results: dict[str, tuple[l3h.Case, L3Result]]
+) -> None:
+    """Stubs of 25 mm are the lowest ribs (they are T12's), not transverse processes: the count
+    rests on them, with a weight that needs a second cue to reach 0.5, and the notes say so."""
+    _, r = cue_results[name]
+    rib = next(c for c in r.cues if c.name == CUE_RIB)
+    assert rib.structure == RUDIMENTARY_RIB, rib
+    assert rib.agrees is True and rib.weight < 0.5
+    assert abs(rib.z_mm - l3h.z_of_slice(105)) <= 10.0  # T12 spans slices 97-111, stubs 102-108
+    assert any("rudimentary" in n for n in r.notes)
+    if "rib-only" in name:
+        assert r.method == "ribs" and r.confidence >= 0.5  # rib stub + transverse processes agree
+
+
+def test_no_rudimentary_rib_where_there_is_none(
+    hcc: tuple[np.ndarray, np.ndarray, tuple[float, float]],
+) -> None:
+    """Transverse processes are never taken for rib stubs: not on any example_ct variant with its
+    full ribs, and not on hcc cut below its last rib (its L1-L3 processes are then the highest
+    lateral bone), at 2.5 and 5 mm."""
+    loc = get_localiser()
+    hu, z, sp = hcc
+    cases = [(c.name, c.hu, c.z_mm, c.spacing) for c in l3h.build_cases()]
+    cases.append(("hcc below the ribs", hu[:41], z[:41], sp))
+    h5, z5 = l3h.resample_z(hu[:41], z[:41], 5.0)
+    cases.append(("hcc below the ribs, 5 mm", h5, z5, sp))
+    for name, h, zz, s in cases:
+        r = loc.locate(h, zz, s)
+        for c in r.cues:
+            assert c.structure != RUDIMENTARY_RIB, (name, c)
+        if name.startswith("hcc"):
+            assert CUE_RIB not in {c.name for c in r.cues}, name
+            assert r.found and r.z_mm is not None and abs(r.z_mm - HCC_MID_L3_Z) <= 7.5
+            assert r.confidence < 0.5
 
 
 def test_crest_only_uses_the_crest(cue_results: dict[str, tuple[l3h.Case, L3Result]]) -> None:
@@ -194,6 +240,40 @@ def test_result_json_lists_every_cue(tmp_path: Path) -> None:
     assert {c["name"] for c in cues} == {CUE_RIB, CUE_TP}
     for c in cues:
         assert set(c) >= {"name", "found_at_z_mm", "implies_level", "weight", "agrees", "implied_l3_z_mm"}
-    assert saved["l3"]["cue_weights"] == "classical-cues@1"
+    assert saved["l3"]["cue_weights"] == "classical-cues@2"
     assert result["l3"]["cues"] == cues
     assert (tmp_path / "l3_qc.png").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- hcc at thicker slices
+@pytest.mark.parametrize("dz", [3.0, 5.0])
+@pytest.mark.parametrize("keep_top", [True, False], ids=["rib heads in view", "rib heads cut"])
+def test_hcc_thick_slices_right_level_or_flagged(
+    hcc: tuple[np.ndarray, np.ndarray, tuple[float, float]], dz: float, keep_top: bool
+) -> None:
+    """At 3 and 5 mm the rib anchor is weak or gone. The count may then rest on the transverse
+    processes alone, but it must not claim L3 lies outside a series that holds it, and the enhancing
+    right kidney joined to contrast-filled bowel (a thin curved plate, 215 HU) must not be taken for
+    an iliac wing: that 'crest' once put L3 above the image. The copy stops at the T12 rib heads
+    (indices 47-49): where the new grid starts decides whether they stay in the image."""
+    hu, z0, sp = hcc
+    hu, z = l3h.resample_z(hu, z0, dz, keep_top)
+    r = get_localiser().locate(hu, z, sp)
+    assert CUE_CREST not in {c.name for c in r.cues}
+    assert "iliac_crest_top" not in r.anchors_z_mm
+    assert r.found, r.reason
+    assert r.z_mm is not None and abs(r.z_mm - HCC_MID_L3_Z) <= 7.5, (r.z_mm, r.notes)
+    if keep_top:
+        assert {c.name for c in r.cues if c.agrees} >= {CUE_RIB}
+    if r.method == "weak_cues":
+        assert r.confidence < 0.5 and FLAG_WEAK_CUES_ONLY in r.flags
+
+
+def test_not_found_keeps_the_cues_it_counted_from() -> None:
+    """'L3 lies above the image' is a claim from a count: the result shows what the count used."""
+    hu, z, sp = l3h.load_example()
+    h, zz = l3h.crop(hu, z, 0, 62)
+    r = get_localiser().locate(h, zz, sp)
+    assert not r.found and r.reason is not None and "above" in r.reason
+    assert CUE_SACRUM in {c.name for c in r.cues}
+    assert r.cue_weights is not None

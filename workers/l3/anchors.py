@@ -12,11 +12,49 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from workers.l3.grid import WorkGrid
+from workers.l3.posterior import PosteriorProfile
 from workers.l3.spine import SpineTrack
 
 ANCHOR_BONE_HU = 180.0
 SI_MIN_AREA_MM2 = 400.0  # filled bone beyond 40 mm on EACH side (real SI level: 500-2500)
 RIB_CAGE_MIN = 10  # rib cross-sections per slice that mean "inside the thoracic cage"
+
+
+@dataclass(frozen=True)
+class StubRule:
+    """What separates a rudimentary (short) 12th rib from a lumbar transverse process, both 15-30 mm
+    of thin bone beyond the 30 mm cylinder around the canal. Version ``stub@1``.
+
+    Measured on the work grid of example_ct with its 12th ribs cut to 25 mm stubs (1, 3 and 5 mm
+    slices) against every transverse process of example_ct (also with noise, 0.7 mm pixels) and
+    of hcc_tace_seg_048 (2.5, 3, 5 mm):
+
+    - min_reach_mm 45: the stub reaches 51-55 mm from the canal, transverse processes 42-55 mm
+      (so reach alone never decides; it only keeps rib heads and pedicle stumps out).
+    - min_descent_mm 3, min_elevation_deg 13: a rib runs down from its head as it goes out (stubs:
+      its lateral end 4-6 mm lower, principal axis 15-25 deg below the horizontal plane); a
+      transverse process is horizontal (descent -4..2 mm, axis 0-11 deg, and the ascending ones
+      are L4/L5's).
+    - min_z_extent_mm 10: the stub spans 10-16 mm of z, a process 5-10 mm (a process is a plate
+      about 10 mm tall; a stub descends across it).
+    - longer_than_below_mm 8: a rudimentary rib is longer than the processes of the vertebra
+      below it (L1's are the shortest lumbar processes; stubs 51-55 mm against 21-37 mm below).
+    - below_lowest_rib_mm (18, 45): with a full rib in view the stub lies one vertebra below it.
+    - max_bar_ratio 0.6: a stub's width over its length (principal axes; stubs 0.31-0.49, a full
+      rib <= 0.35). Processes pass this too; the bar test only keeps plates and blobs out.
+    """
+
+    name: str = "stub@1"
+    min_reach_mm: float = 45.0
+    min_descent_mm: float = 3.0
+    min_elevation_deg: float = 13.0
+    min_z_extent_mm: float = 10.0
+    longer_than_below_mm: float = 8.0
+    below_lowest_rib_mm: tuple[float, float] = (18.0, 45.0)
+    max_bar_ratio: float = 0.6
+
+
+STUB_RULE = StubRule()
 
 
 @dataclass(frozen=True)
@@ -35,6 +73,7 @@ class Rib:
     length_mm: float  # radial reach beyond the medial end
     volume_ml: float
     touches_fov_edge: bool
+    rudimentary: bool = False  # a short stub told from a transverse process by its shape (see find_ribs)
 
 
 @dataclass(frozen=True)
@@ -45,6 +84,7 @@ class RibAnchor:
     ribs: tuple[Rib, ...]
     sides_agree: bool
     lowest_short: bool  # the lowest rib is short enough to be confused with a transverse process
+    lowest_rudimentary: bool = False  # the lowest rib is a stub (rudimentary 12th rib)
 
 
 def find_sacrum(g: WorkGrid, body: np.ndarray, t: SpineTrack, si_hu: float = 150.0) -> SacrumAnchor | None:
@@ -127,17 +167,18 @@ def _slice_thickness(z: np.ndarray, k: int) -> float:
     return float(z[k] - z[k - 1])
 
 
-def _rib_shaped(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> bool:
+def _rib_shaped(z: np.ndarray, y: np.ndarray, x: np.ndarray, max_ratio: float = 0.35) -> bool:
     """A rib is a thin bar: its point cloud has one long principal axis, a much shorter second one
     (curvature only) and almost no thickness. Iliac-bone fragments and cortical shells of the pelvis
-    are plates (second axis > 0.35 of the first, or thick), contrast-filled kidneys are blobs."""
+    are plates (second axis > 0.35 of the first, or thick), contrast-filled kidneys are blobs.
+    A 25 mm stub is a bar too, but a short one, whose width weighs more (up to 0.5 of its length)."""
     if z.size < 4 or float(z.max() - z.min()) <= 0.0:
         return False
     p = np.stack([z, y, x], axis=1).astype(np.float64)
     p -= p.mean(axis=0)
     ev = np.sort(np.linalg.eigvalsh(np.cov(p.T)))[::-1]
     sd = np.sqrt(np.clip(ev, 0.0, None))
-    return bool(sd[0] > 0 and sd[1] <= 0.35 * sd[0] and sd[2] <= 5.0)
+    return bool(sd[0] > 0 and sd[1] <= max_ratio * sd[0] and sd[2] <= 5.0)
 
 
 def find_ribs(
@@ -146,12 +187,18 @@ def find_ribs(
     t: SpineTrack,
     sacrum: SacrumAnchor | None = None,
     bone_hu: float = ANCHOR_BONE_HU,
+    posterior: PosteriorProfile | None = None,
+    stub: StubRule = STUB_RULE,
 ) -> RibAnchor | None:
     """Ribs: bone pieces outside a 30 mm cylinder around the canal whose medial end touches that
     cylinder (they start at the vertebra), behind the front of the vertebral body, that run at least
     45 mm further out, and that are thin (cross-section below ~2.5 cm^2; contrast-filled kidneys,
     the iliac bones and calcified aorta fail this). Lumbar transverse processes reach at most about
     55-60 mm from the canal, so a 75 mm reach separates them from all but hypoplastic 12th ribs.
+
+    Shorter pieces are rudimentary ribs when they are shaped like one (:class:`StubRule`: running
+    down as they go out, longer than the processes of the vertebra below); that needs the
+    processes' reach (``posterior``), without it stubs are not looked for.
     """
     nz, ny, nx = g.hu.shape
     R = 30.0
@@ -168,6 +215,7 @@ def find_ribs(
         return None
     vox_ml = g.dx * g.dy * float(np.median(np.diff(g.z_mm)) if nz > 1 else 3.0) / 1000.0
     ribs: list[Rib] = []
+    stubs: list[Rib] = []
     front = (t.y_body * g.dy) - 0.5 * t.depth_mm  # anterior surface of the body per slice, mm
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
         if sl is None:
@@ -178,7 +226,8 @@ def find_ribs(
             continue
         rr = np.broadcast_to(r[:, :, :], lab.shape)[sl][m]
         r_min, r_max = float(rr.min()), float(rr.max())
-        if r_min > R + 6.0 or r_max < R + 45.0:
+        full = r_max >= R + 45.0
+        if r_min > R + 6.0 or (r_max < stub.min_reach_mm and not full) or (not full and posterior is None):
             continue
         vol = nvox * vox_ml
         length = r_max - r_min
@@ -188,7 +237,7 @@ def find_ribs(
         kk = kk + sl[0].start
         jj = jj + sl[1].start
         ii = ii + sl[2].start
-        if not _rib_shaped(g.z_mm[kk], jj * g.dy, ii * g.dx):
+        if not _rib_shaped(g.z_mm[kk], jj * g.dy, ii * g.dx, 0.35 if full else stub.max_bar_ratio):
             continue
         med = rr <= r_min + 10.0
         k_med = kk[med]
@@ -201,7 +250,15 @@ def find_ribs(
             continue  # T12 lies at least five vertebrae above the sacroiliac joints
         side = "left" if float(np.median(ii[med] * g.dx - t.x[k_med] * g.dx)) > 0 else "right"
         touches = bool(kk.min() == 0 or kk.max() == nz - 1)
-        ribs.append(Rib(side, z_med, length, vol, touches))
+        if full:
+            ribs.append(Rib(side, z_med, length, vol, touches))
+        elif posterior is not None and _stub_shaped(g, kk, jj, ii, rr, z_med, side, posterior, stub):
+            stubs.append(Rib(side, z_med, length, vol, touches, rudimentary=True))
+    if ribs:
+        lo, hi = stub.below_lowest_rib_mm
+        z_full = min(rb.z_medial for rb in ribs)
+        stubs = [s_ for s_ in stubs if lo <= z_full - s_.z_medial <= hi]
+    ribs += stubs
     if not ribs:
         return None
     lowest = min(ribs, key=lambda rb: rb.z_medial)
@@ -216,7 +273,41 @@ def find_ribs(
         ribs=tuple(sorted(ribs, key=lambda rb: rb.z_medial)),
         sides_agree=agree,
         lowest_short=lowest.length_mm < 70.0,
+        lowest_rudimentary=lowest.rudimentary,
     )
+
+
+def _stub_shaped(
+    g: WorkGrid,
+    kk: np.ndarray,
+    jj: np.ndarray,
+    ii: np.ndarray,
+    rr: np.ndarray,
+    z_med: float,
+    side: str,
+    posterior: PosteriorProfile,
+    rule: StubRule,
+) -> bool:
+    """A short bar of bone is a rudimentary rib, not a transverse process, when it runs down as it
+    goes out, spans enough z for that, and reaches farther than the processes of the vertebra below
+    (:class:`StubRule` gives the numbers and where they come from)."""
+    z = g.z_mm[kk]
+    lateral = rr >= rr.max() - 8.0
+    if z_med - float(np.median(z[lateral])) < rule.min_descent_mm:
+        return False
+    if float(z.max() - z.min()) < max(rule.min_z_extent_mm, 2.0 * float(np.median(np.diff(g.z_mm)))):
+        return False
+    p = np.stack([z, jj * g.dy, ii * g.dx], axis=1).astype(np.float64)
+    _, vecs = np.linalg.eigh(np.cov((p - p.mean(axis=0)).T))
+    axis = vecs[:, -1]
+    if np.degrees(np.arctan2(abs(axis[0]), float(np.hypot(axis[1], axis[2])))) < rule.min_elevation_deg:
+        return False
+    reach = posterior.reach_left if side == "left" else posterior.reach_right
+    below = (g.z_mm >= z_med - 45.0) & (g.z_mm <= z_med - 15.0) & np.isfinite(reach)
+    if below.sum() < 2:
+        return False  # nothing below to compare with: a stub cannot be told from a process
+    reach_below = float(np.sort(reach[below])[-2])
+    return float(rr.max()) >= reach_below + rule.longer_than_below_mm
 
 
 def rib_cage_count(
@@ -265,6 +356,11 @@ class IliacCrests:
 
 ILIUM_MIN_ML = 4.0  # bone of one iliac wing within the field of view (a rib is < 2 ml per 45 mm)
 ILIUM_MAX_THICKNESS_MM = 9.0  # a wing is a thin curved plate; a contrast-filled kidney is a blob
+# The crest's cortex: the 90th HU percentile of a wing's upper 30 mm is 360-510 HU at scale 1 on
+# example_ct (any slice spacing, noise or crop); an enhancing renal cortex joined to oral-contrast
+# bowel (hcc_tace_seg_048, portal-venous) is a thin plate too, but stays at 215 HU. Scaled with the
+# scan's bone brightness (BoneThresholds.scale) like every other bone threshold.
+ILIUM_CORTEX_HU = 300.0
 
 
 def find_iliac_crests(
@@ -273,6 +369,7 @@ def find_iliac_crests(
     t: SpineTrack,
     ribs: RibAnchor | None,
     bone_hu: float = ANCHOR_BONE_HU,
+    cortex_hu: float = ILIUM_CORTEX_HU,
 ) -> IliacCrests | None:
     """The iliac wings: large plate-shaped bone pieces lateral to the spine (> 45 mm from the
     canal) below the lowest rib, each side on its own; the crest is the top of each wing.
@@ -296,7 +393,7 @@ def find_iliac_crests(
         for i, sl in enumerate(ndi.find_objects(lab), start=1):
             if sl is None or sl[0].stop >= nz:
                 continue
-            z_top = _wing_top(g, lab, i, sl, dx, dy, vox_ml)
+            z_top = _wing_top(g, lab, i, sl, dx, dy, vox_ml, cortex_hu)
             if z_top is None or (ribs is not None and z_top > ribs.z_lowest - 20.0):
                 continue
             tops[side] = max(tops.get(side, -np.inf), z_top)
@@ -313,6 +410,7 @@ def _wing_top(
     dx: np.ndarray,
     dy: np.ndarray,
     vox_ml: float,
+    cortex_hu: float,
 ) -> float | None:
     """Top z of piece ``i`` if it is shaped like an iliac wing, else None.
 
@@ -341,5 +439,8 @@ def _wing_top(
         return None
     ev = np.sort(np.linalg.eigvalsh(np.cov((p - p.mean(axis=0)).T)))
     if np.sqrt(max(float(ev[0]), 0.0)) > ILIUM_MAX_THICKNESS_MM:
+        return None
+    hu_top = g.hu[kk[top], jj[top] + sl[1].start, ii[top] + sl[2].start]
+    if float(np.percentile(hu_top, 90)) < cortex_hu:
         return None
     return z_top

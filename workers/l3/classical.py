@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from workers.l3.anchors import (
+    ILIUM_CORTEX_HU,
     RIB_CAGE_MIN,
     IliacCrests,
     RibAnchor,
@@ -31,6 +32,7 @@ from workers.l3.cues import (
     CUE_SACRUM,
     CUE_TP,
     DEFAULT_WEIGHTS,
+    RUDIMENTARY_RIB,
     Cue,
     CueWeights,
     ProcessSpan,
@@ -63,7 +65,7 @@ from workers.l3.spine import SpineTrack, body_profile, track_spine
 _V = TypeVar("_V")
 
 ENGINE_NAME = "classical"
-ENGINE_VERSION = "0.2.0"
+ENGINE_VERSION = "0.3.0"
 
 # Vertebra + disc height limits used for plausibility (mm). Outside the soft range: lower
 # confidence; outside the hard range: the count over it is considered ambiguous.
@@ -127,8 +129,8 @@ class ClassicalL3Localiser:
         posterior = measure_posterior(g, body, track, thr.anchor, min(TP_BONE_HU, thr.anchor))
         discs = find_discs(g.z_mm, prof, track.valid)
         sacrum = find_sacrum(g, body, track, thr.si_bridge)
-        ribs = find_ribs(g, body, track, sacrum, thr.anchor)
-        crests = find_iliac_crests(g, body, track, ribs, thr.anchor)
+        ribs = find_ribs(g, body, track, sacrum, thr.anchor, posterior)
+        crests = find_iliac_crests(g, body, track, ribs, thr.anchor, ILIUM_CORTEX_HU * thr.scale)
         zv = g.z_mm[track.valid]
         ctx = _Ctx(
             g, body, thr, track, discs, sacrum, ribs, crests, posterior, float(zv.min()), float(zv.max())
@@ -212,7 +214,12 @@ class ClassicalL3Localiser:
                 + " only"
             )
         if c.ribs is not None and CUE_RIB in cue_names:
-            if c.ribs.lowest_short:
+            if c.ribs.lowest_rudimentary:
+                notes.append(
+                    "lowest rib is a rudimentary stub (running down from the vertebra, longer than the "
+                    "processes below): check the count on the picture"
+                )
+            elif c.ribs.lowest_short:
                 notes.append("lowest rib is short (could be confused with a transverse process)")
             if not c.ribs.sides_agree:
                 notes.append("lowest rib seen on one side only or at different levels left and right")
@@ -234,13 +241,13 @@ class ClassicalL3Localiser:
                 seen.add("L3")
                 flags = [*flags, FLAG_LEVEL_AMBIGUOUS]
                 notes.append(f"L3 expected near z={z_est:.0f} mm by extrapolation; its discs were not found")
-            return self._out_of_fov(c, seen, levels, ranges, method, flags, notes, spine_yx)
+            return self._out_of_fov(c, seen, levels, ranges, method, flags, notes, spine_yx, decision.cues)
         lo_ep = z_low_disc[1]
         hi_ep = z_high_disc[0]
         z_c = 0.5 * (lo_ep + hi_ep)
         z = c.g.z_native
         if z_c < z[0] - 1.0 or z_c > z[-1] + 1.0:
-            return self._out_of_fov(c, seen, levels, ranges, method, flags, notes, spine_yx)
+            return self._out_of_fov(c, seen, levels, ranges, method, flags, notes, spine_yx, decision.cues)
         if est_low or est_high:
             flags.append(FLAG_FOV_EDGE)
             conf *= 0.7
@@ -332,13 +339,14 @@ class ClassicalL3Localiser:
         if c.ribs is not None and i_r is not None:
             a = i_r - 3
             weight = w.lowest_rib
-            if c.ribs.lowest_short:
+            if c.ribs.lowest_rudimentary:
+                weight *= w.rudimentary_rib_factor
+            elif c.ribs.lowest_short:
                 weight *= w.short_rib_factor
             if not c.ribs.sides_agree:
                 weight *= w.one_sided_rib_factor
-            cues.append(
-                Cue(CUE_RIB, c.ribs.z_lowest, "neck of the lowest rib", "T12", weight, a, _l3_centre(d, a))
-            )
+            where = RUDIMENTARY_RIB if c.ribs.lowest_rudimentary else "neck of the lowest rib"
+            cues.append(Cue(CUE_RIB, c.ribs.z_lowest, where, "T12", weight, a, _l3_centre(d, a)))
         if c.crests is not None and d:
             a = _crest_vote(d, c.crests.z_top)
             cues.append(
@@ -369,7 +377,9 @@ class ClassicalL3Localiser:
         method: str = "none",
         notes: tuple[str, ...] = (),
         discs: tuple[float, ...] = (),
+        cues: tuple[Cue, ...] = (),
     ) -> L3Result:
+        """A result without a slice; the cues, when there are any, say what the count rested on."""
         return L3Result(
             found=False,
             engine=ENGINE_NAME,
@@ -384,6 +394,8 @@ class ClassicalL3Localiser:
             notes=notes,
             disc_z_mm=discs,
             spine_yx_mm=spine_yx,
+            cues=cues,
+            cue_weights=self.weights.name if cues else None,
         )
 
     def _out_of_fov(
@@ -396,6 +408,7 @@ class ClassicalL3Localiser:
         flags: list[str],
         notes: list[str],
         spine_yx: tuple[tuple[float, float], ...],
+        cues: tuple[Cue, ...],
     ) -> L3Result:
         s = _seen_tuple(seen)
         where = _describe_seen(s)
@@ -419,6 +432,7 @@ class ClassicalL3Localiser:
             method,
             tuple(notes),
             tuple(x.z for x in c.discs.discs),
+            cues,
         )
 
     def _no_anchor(

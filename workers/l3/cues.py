@@ -23,6 +23,8 @@ CUE_RIB = "lowest_rib"
 CUE_CREST = "iliac_crest"
 CUE_TP = "transverse_processes"
 ANCHOR_CUES = (CUE_SACRUM, CUE_RIB)
+#: The rib cue's structure when the lowest rib is a rudimentary stub (workers.l3.anchors.StubRule).
+RUDIMENTARY_RIB = "medial end of a rudimentary lowest rib"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class CueWeights:
     - short_rib_factor 0.92, one_sided_rib_factor 0.85: the rib weight is lowered when the
       lowest rib is short (< 70 mm, close to a transverse process) or seen on one side only or at
       different levels (the values the localiser used as confidence factors since 0.1.0).
+    - rudimentary_rib_factor 0.75 (replaces the short factor): the lowest rib is a stub told from a
+      transverse process by its shape alone (anchors.StubRule), at the limit of what a 2.5 mm work
+      grid shows and calibrated on derived stubs only: alone it stays below 0.5 (0.41), with the
+      transverse processes agreeing it reaches 0.59.
     - transverse processes 0.30: L3's are the longest in most spines, but L4's can match them;
       only a clear winner (>= 8 % wider than the next) votes.
     - disagree_cap 0.45: the highest confidence a result can keep when any cue votes for another
@@ -49,11 +55,12 @@ class CueWeights:
       processes may still name L3, but only for review.
     """
 
-    name: str = "classical-cues@1"
+    name: str = "classical-cues@2"
     sacrum: float = 0.72
     lowest_rib: float = 0.55
     short_rib_factor: float = 0.92
     one_sided_rib_factor: float = 0.85
+    rudimentary_rib_factor: float = 0.75
     iliac_crest: float = 0.30
     transverse_processes: float = 0.30
     disagree_cap: float = 0.45

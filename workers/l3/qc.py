@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from workers.l3.cues import CUE_TP, Cue
+from workers.l3.cues import CUE_RIB, CUE_TP, RUDIMENTARY_RIB, Cue
 from workers.l3.result import L3Result
 
 SERIOUS_FLAGS = {
@@ -206,7 +206,11 @@ def _draw_cues(
     """On the coronal view: where each landmark was found (magenta ticks at the right edge), and
     the measured transverse-process span of each lumbar vertebra as a bar across the spine (the
     widest one, which votes for L3, in yellow), so the count can be checked against them."""
+    rib = next((c for c in result.cues if c.name == CUE_RIB), None)
+    stub = rib is not None and rib.structure == RUDIMENTARY_RIB
     for key, text in _ANCHOR_MARKS:
+        if key == "lowest_rib_neck" and stub:
+            text = "last rib (stub)"
         if key in result.anchors_z_mm:
             yy = y_off + row(result.anchors_z_mm[key])
             xa = x0 + width - 4
