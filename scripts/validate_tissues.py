@@ -496,7 +496,7 @@ DOC_INTRO = """\
 **What is compared.** example_ct (3 mm, unenhanced) crop slices 0-18 (= example_ct slices 82-100, L2 to
 T12; crop slices 19-29 contain lung and are excluded as "above the diaphragm"). The reference masks are
 TotalSegmentator model output, not manual truth, and they have their own conventions (listed below).
-Our engine is `classical@0.1`; nothing was trained on these slices, but its constants were chosen while
+Our engine is `classical@0.2`; nothing was trained on these slices, but its constants were chosen while
 looking at them (see *Risk of overfitting* below).
 """
 

@@ -6,7 +6,7 @@ a learned model must be able to replace it later without touching metrics, overl
 Input convention: ``hu[y, x]`` with axis 0 anterior→posterior and axis 1 patient right→left
 (radiological display), ``spacing_yx_mm = (dy, dx)``. ``context`` optionally holds neighbouring
 slices ``(n, y, x)`` with the analysed slice in the middle; engines must work without it
-(``classical@0.1`` accepts and ignores it).
+(``classical@0.2`` accepts and ignores it).
 """
 
 from __future__ import annotations
