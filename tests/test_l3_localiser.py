@@ -18,8 +18,6 @@ from tests import l3_helpers as l3h
 from workers.l3.engine import L3Localiser, available_localisers, get_localiser
 from workers.l3.result import L3Result
 
-pytestmark = pytest.mark.skipif(not l3h.EXAMPLE_CT.exists(), reason="shared example CT not available")
-
 
 @pytest.fixture(scope="module")
 def loc() -> L3Localiser:
@@ -168,9 +166,7 @@ def test_gap_over_l3_is_flagged(loc: L3Localiser) -> None:
 
 
 def test_dicom_t11_t12_not_found(loc: L3Localiser) -> None:
-    pytest.importorskip("pydicom")
-    if not l3h.DICOM_DIR.exists():
-        pytest.skip("DICOM example not available")
+    assert l3h.DICOM_DIR.exists(), f"shared test data missing: {l3h.DICOM_DIR}"
     hu, z, sp = l3h.load_dicom_canonical()
     assert hu.shape == (20, 512, 512)
     r = loc.locate(hu, z, sp)

@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests import l3_helpers as l3h
 from workers.l3.engine import get_localiser
 from workers.l3.qc import render_l3_qc
-
-pytestmark = pytest.mark.skipif(not l3h.EXAMPLE_CT.exists(), reason="shared example CT not available")
 
 
 def _red_rows(img: np.ndarray) -> np.ndarray:

@@ -13,11 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import pytest
 
-from tests.conftest import EXAMPLE_CT_DICOM, validation_script
-
-pytestmark = pytest.mark.skipif(not EXAMPLE_CT_DICOM.exists(), reason="shared test CT not available")
+from tests.conftest import validation_script
 
 
 @lru_cache(maxsize=1)

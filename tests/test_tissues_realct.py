@@ -15,15 +15,13 @@ import numpy.typing as npt
 import pytest
 from scipy import ndimage as ndi
 
-from tests.conftest import EXAMPLE_CT, validation_script
+from tests.conftest import validation_script
 from workers.metrics import PatientInputs, compute_result, tissue_stats, waist_circumference_cm
 from workers.presets import get_preset
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
 
 OFFSET = 82
 SPACING = (3.0, 3.0)
-
-pytestmark = pytest.mark.skipif(not EXAMPLE_CT.exists(), reason="shared test CT not available")
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from workers.presets import WindowPreset
-from workers.tissues.body import find_body
+from workers.tissues.body import BodyResult, find_body
 from workers.tissues.bone import SpineResult, find_spine
 from workers.tissues.bowel import find_bowel_lumen
 from workers.tissues.engine import (
@@ -31,6 +31,7 @@ from workers.tissues.engine import (
     LABEL_VAT,
     TissueSegmentation,
 )
+from workers.tissues.frame import Turn, find_frame
 from workers.tissues.geometry import (
     as_float,
     close_mm,
@@ -45,6 +46,7 @@ from workers.tissues.wall import WallResult, cast_wall
 
 METAL_HU = 2500.0
 PADDING_HU = -1500.0  # out-of-field fill (-2000, -3024 ...) marks the edge of the reconstruction circle
+OUTSIDE_IMAGE_HU = -3024.0  # what a turned slice's new corners hold: outside the field of view
 # Skin is soft tissue (dermis +20..+60 HU) and falls outside the SAT window by itself; the band only
 # removes the surface's air/skin partial volume, which can land in the fat window. On
 # hcc_tace_seg_048 (0.7 mm) the 1st ring has a median of -215 HU (air/skin), the 2nd -32 (dermis/fat),
@@ -96,9 +98,47 @@ class ClassicalSegmenter:
             raise ValueError(f"expected one 2-D slice, got shape {hu.shape}")
         sp = (float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
         h = as_float(hu)
+        outside = np.asarray(hu) <= PADDING_HU
+        body = find_body(h, sp, outside_fov=outside)
+        if "no_body" in body.flags or abs(sp[0] - sp[1]) > 0.01 * max(sp):
+            # (a turn in pixel space is a turn in the patient only with square pixels)
+            return self._segment_slice(h, sp, preset, body)
+        frame = find_frame(h, find_spine(h, body.mask, sp).vertebra, sp)
+        if frame is None or not frame.is_turned():
+            return self._segment_slice(h, sp, preset, body)
+        # The patient lies turned on the table: segment in the patient's frame and map back.
+        turn = Turn(frame.angle_deg, (int(h.shape[0]), int(h.shape[1])))
+        up = turn.upright(h, cval=OUTSIDE_IMAGE_HU, order=1)
+        up_outside = (turn.upright(outside.astype(np.uint8), cval=1, order=0) > 0) | (up <= PADDING_HU)
+        seg = self._segment_slice(up, sp, preset, find_body(up, sp, outside_fov=up_outside))
+        masks = {k: turn.back(m.astype(np.uint8)).astype(bool) & body.mask for k, m in seg.masks.items()}
+        # The compartments come back, not the labels: each original pixel is labelled by its own HU
+        # (the upright slice is interpolated, which blurs tissue borders into no window at all).
+        labels = _labels_in_zones(h, masks, _skin(h, body.mask, sp), preset)
+        notes = [
+            *seg.qc_notes,
+            f"patient turned by {frame.angle_deg:.0f} degrees on the table: compartments found in "
+            "the patient's own frame",
+        ]
+        return TissueSegmentation(
+            labels=labels,
+            peritoneal_contour_px=turn.back_points(seg.peritoneal_contour_px),
+            body_mask=body.mask,
+            flags=[*seg.flags, "patient_turned"],
+            qc_notes=notes,
+            wall_outer_contour_px=turn.back_points(seg.wall_outer_contour_px),
+            wall_inner_contour_px=turn.back_points(seg.wall_inner_contour_px),
+            masks=masks,
+            segmenter=self.id,
+            preset_id=preset.id,
+        )
+
+    def _segment_slice(
+        self, h: npt.NDArray[np.float32], sp: tuple[float, float], preset: WindowPreset, body: BodyResult
+    ) -> TissueSegmentation:
+        """Segment a slice whose rows run antero-posterior (the patient's frame)."""
         shape = h.shape
         labels = np.zeros(shape, dtype=np.uint8)
-        body = find_body(h, sp, outside_fov=np.asarray(hu) <= PADDING_HU)
         flags = list(body.flags)
         notes = list(body.notes)
         empty = np.zeros((0, 2))
@@ -241,15 +281,7 @@ class ClassicalSegmenter:
         # (fat pixels touching bone are bone/fat partial volume at the cortex, not intermuscular fat)
         near_bone = ndi.binary_dilation(excluded, structure=np.ones((3, 3), bool))
         outline &= ~near_bone | muscle_px
-        labels[outline & ~muscle_px & preset.imat.contains(h)] = LABEL_IMAT
-        labels[muscle_px] = LABEL_SM
         lumen = find_bowel_lumen(h, cavity, sp)
-        # skin (and air/skin partial volume at the surface) is not SAT
-        depth = ndi.distance_transform_edt(bmask, sampling=sp) - 0.5 * min(sp)
-        skin = bmask & ((depth < SKIN_MM) | ~ndi.binary_erosion(bmask))
-        # the next pixel ring is skin/fat partial volume when it is brighter than fat
-        rim = ndi.binary_dilation(skin, structure=np.ones((3, 3), bool)) & ~skin
-        skin |= rim & (h > DERMIS_PV_HU)
         outside = bmask & ~inside_outer
         loose = ring & ~outline & ~excluded & ~muscle_px
         if loose.any():
@@ -259,9 +291,15 @@ class ClassicalSegmenter:
             to_cav = loose & ~to_sat
         else:
             to_sat = to_cav = loose
-        labels[((cavity & ~lumen) | to_cav) & ~excluded & preset.vat.contains(h)] = LABEL_VAT
-        labels[((outside & ~skin) | to_sat) & preset.sat.contains(h)] = LABEL_SAT
+        zones = {
+            ZONE_IMAT: outline,
+            ZONE_SM: ring & ~excluded,
+            ZONE_VAT: ((cavity & ~lumen) | to_cav) & ~excluded,
+            ZONE_SAT: outside | to_sat,
+        }
+        labels = _labels_in_zones(h, zones, _skin(h, bmask, sp), preset)
         masks = {
+            **zones,
             "inside_outer": inside_outer,
             "cavity": cavity,
             "muscle_compartment": ring & ~excluded,
@@ -286,6 +324,39 @@ class ClassicalSegmenter:
     @property
     def id(self) -> str:
         return f"{self.name}@{self.version}"
+
+
+ZONE_IMAT, ZONE_SM, ZONE_VAT, ZONE_SAT = "zone_imat", "zone_sm", "zone_vat", "zone_sat"
+
+
+def _skin(
+    h: npt.NDArray[np.float32], bmask: npt.NDArray[np.bool_], sp: tuple[float, float]
+) -> npt.NDArray[np.bool_]:
+    """Skin and the air/skin partial volume at the surface: never SAT (see SKIN_MM)."""
+    depth = ndi.distance_transform_edt(bmask, sampling=sp) - 0.5 * min(sp)
+    skin = bmask & ((depth < SKIN_MM) | ~ndi.binary_erosion(bmask))
+    # the next pixel ring is skin/fat partial volume when it is brighter than fat
+    rim = ndi.binary_dilation(skin, structure=np.ones((3, 3), bool)) & ~skin
+    out: npt.NDArray[np.bool_] = skin | (rim & (h > DERMIS_PV_HU))
+    return out
+
+
+def _labels_in_zones(
+    h: npt.NDArray[np.float32],
+    zones: dict[str, npt.NDArray[np.bool_]],
+    skin: npt.NDArray[np.bool_],
+    preset: WindowPreset,
+) -> npt.NDArray[np.uint8]:
+    """Each tissue is its HU window inside its compartment: IMAT inside the muscles' outline, SM in
+    the muscle compartment, VAT in the cavity, SAT outside the muscle wall under the skin. (The
+    windows of IMAT and SM do not overlap, and the compartments of VAT and SAT do not meet those of
+    SM and IMAT.)"""
+    labels = np.zeros(h.shape, dtype=np.uint8)
+    labels[zones[ZONE_IMAT] & preset.imat.contains(h)] = LABEL_IMAT
+    labels[zones[ZONE_SM] & preset.sm.contains(h)] = LABEL_SM
+    labels[zones[ZONE_VAT] & preset.vat.contains(h)] = LABEL_VAT
+    labels[zones[ZONE_SAT] & ~skin & preset.sat.contains(h)] = LABEL_SAT
+    return labels
 
 
 def _costal_cartilage(
