@@ -37,3 +37,14 @@ def test_contrast_only_informs_and_no_spine_fails() -> None:
 def test_low_confidence_asks_for_review_unless_the_slice_was_chosen_by_hand() -> None:
     assert verdict(l3_confidence=0.3)["status"] == "review"
     assert verdict(l3_confidence=None, manual_slice=True)["status"] == "ok"
+
+
+def test_a_patient_turned_on_the_table_only_informs_and_says_by_how_much() -> None:
+    report = verdict(
+        segmentation_flags=["patient_turned"],
+        segmentation_notes=[
+            "patient turned by 17 degrees on the table: compartments found in the patient's own frame"
+        ],
+    )
+    assert report["status"] == "ok" and report["flags"] == ["patient_turned"]
+    assert any("17 degrees" in str(r) for r in report["reasons"])  # type: ignore[union-attr]

@@ -19,6 +19,7 @@ INFORMATIONAL = {
     "duplicate_positions",
     "height_missing",
     "sex_missing",
+    "patient_turned",  # segmented in the patient's own frame (workers/tissues/frame.py)
 }
 #: Flags that make the result unusable.
 FATAL = {"no_body", "no_spine_found"}
