@@ -29,7 +29,10 @@ from workers.metrics import compute_result, tissue_stats, waist_circumference_cm
 from workers.presets import get_preset  # noqa: E402
 from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter  # noqa: E402
 
-DATA = Path("/work/shared/data/example_ct")
+sys.path.insert(0, str(ROOT / "scripts"))
+import validate_tissues_realct as realct  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "example_ct"
 CT = DATA / "example_ct.nii.gz"
 SM_DIR = DATA / "labels/example_ct_sm"
 CROP_OFFSET = 82
@@ -55,7 +58,7 @@ def load_reference() -> dict[str, npt.NDArray[np.bool_]]:
     }
 
 
-DICOM_DIR = Path("/work/shared/data/example_ct_dicom")
+DICOM_DIR = ROOT.parent / "shared" / "data" / "example_ct_dicom"
 # TotalSegmentator `total` labels in example_seg_dicom.nii.gz (data README): organs that share the
 # muscle window once enhanced, the paraspinal muscles, ribs and the vertebrae (for the level)
 NATIVE_ORGANS = {
@@ -331,7 +334,9 @@ def write_doc(
     )
     add("")
     add(DOC_INTRO)
-    add("## Per-slice Dice and areas (preset tomovision-l3@1)")
+    img = realct.quadrant_picture(path.parent / "img" / "hcc-mid-l3-quadrants.png")
+    lines.extend(realct.doc_lines(str(img.relative_to(path.parent)), load_ct()[L3_SLICE]))
+    add("## example_ct against TotalSegmentator: per-slice Dice and areas (preset tomovision-l3@1)")
     add("")
     add(
         "Reference = TotalSegmentator `tissue_types` masks ∩ the same HU windows. Areas in cm²; "

@@ -1,0 +1,297 @@
+"""The real-CT sections of docs/validation-tissues.md (used by scripts/validate_tissues.py).
+
+``hcc_tace_seg_048`` (0.7 mm, portal-venous) against one reader's blind reference at lower, mid and
+upper L3; the patient's own frame (the same slices turned, mirrored and moved); and what the pixel
+size does to HU-window areas. The reference labels are read here only, never by the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from workers.load import load_series
+from workers.presets import get_preset
+from workers.tissues.classical import ZONE_SAT, ZONE_SM, ZONE_VAT, _skin
+from workers.tissues.engine import (
+    LABEL_IMAT,
+    LABEL_SAT,
+    LABEL_SM,
+    LABEL_VAT,
+    TissueSegmentation,
+    get_segmenter,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HCC = SHARED / "hcc_tace_seg_048"
+HCC_INDICES = (7, 10, 13)
+#: tissue -> (reader's label value, our label value)
+TISSUES = {"SM": (1, LABEL_SM), "IMAT": (2, LABEL_IMAT), "VAT": (3, LABEL_VAT), "SAT": (4, LABEL_SAT)}
+COLOURS = {
+    LABEL_SM: (1.0, 0.1, 0.1),
+    LABEL_IMAT: (0.1, 0.4, 1.0),
+    LABEL_VAT: (0.1, 0.9, 0.1),
+    LABEL_SAT: (1.0, 0.9, 0.0),
+}
+
+
+def hcc_slice(k: int) -> tuple[npt.NDArray[np.float32], float]:
+    view = load_series(HCC / "dicom").canonical()
+    return np.asarray(view.hu[k], dtype=np.float32), float(view.spacing_yx_mm[0])
+
+
+def _segment(hu: npt.NDArray[np.float32], sp: float) -> TissueSegmentation:
+    return get_segmenter().segment(hu, (sp, sp), get_preset())
+
+
+def reference_rows() -> list[dict[str, Any]]:
+    """Per slice and tissue: our area, the reader's, the difference and Dice."""
+    rows = []
+    for k in HCC_INDICES:
+        hu, sp = hcc_slice(k)
+        ours = _segment(hu, sp).labels
+        ref = np.load(HCC / "reference" / f"labels_k{k:02d}.npy")
+        px = sp * sp / 100.0
+        for t, (vr, vo) in TISSUES.items():
+            a, b = ref == vr, ours == vo
+            rows.append(
+                {
+                    "k": k,
+                    "tissue": t,
+                    "ours": float(b.sum()) * px,
+                    "reader": float(a.sum()) * px,
+                    "dice": 2.0 * float((a & b).sum()) / float(a.sum() + b.sum()),
+                }
+            )
+    return rows
+
+
+def _areas(seg: TissueSegmentation, sp: float) -> dict[str, float]:
+    return {
+        t: float((seg.labels == v).sum()) * sp * sp / 100.0 for t, (_, v) in TISSUES.items() if t != "IMAT"
+    }
+
+
+def frame_rows(example_l3: npt.NDArray[Any]) -> list[dict[str, Any]]:
+    """Mid-L3 of hcc (native) and of example_ct (``example_l3``, ct 74, upsampled to 1 mm) turned,
+    mirrored and moved."""
+    hcc, sp_h = hcc_slice(10)
+    hcc[hcc < -1024] = -1024
+    ex = np.asarray(example_l3, dtype=np.float32)
+    cases = {
+        "hcc_tace_seg_048 index 10 (0.7 mm)": (np.pad(hcc, 40, constant_values=-1024), sp_h),
+        "example_ct ct 74 (3 mm upsampled to 1 mm)": (
+            np.pad(ndi.zoom(ex, 3, order=1, grid_mode=True, mode="nearest"), 40, constant_values=-1024),
+            1.0,
+        ),
+    }
+    rows = []
+    for name, (hu, sp) in cases.items():
+        base = _areas(_segment(hu, sp), sp)
+        variants: dict[str, npt.NDArray[np.float32]] = {
+            f"turned {d:+d} deg": ndi.rotate(hu, d, reshape=False, order=1, cval=-1024)
+            for d in (-15, -10, -5, 5, 10, 15)
+        }
+        variants["mirrored"] = np.ascontiguousarray(hu[:, ::-1])
+        canvas = np.full((hu.shape[0] + 60, hu.shape[1] + 60), -1024.0, np.float32)
+        canvas[50 : 50 + hu.shape[0], 10 : 10 + hu.shape[1]] = hu
+        variants["moved in the field of view"] = canvas
+        for what, img in variants.items():
+            seg = _segment(img, sp)
+            a = _areas(seg, sp)
+            rows.append(
+                {
+                    "case": name,
+                    "variant": what,
+                    "turned": "patient_turned" in seg.flags,
+                    **{t: a[t] / base[t] - 1.0 for t in a},
+                }
+            )
+    return rows
+
+
+def pixel_rows() -> list[dict[str, Any]]:
+    """hcc mid-L3 reconstructed at coarser pixels (anti-aliased): our areas against the slice as
+    scanned, and against the same compartments' HU-window areas at that pixel size (what the
+    pixel size alone does, with the compartments held fixed)."""
+    hu, sp = hcc_slice(10)
+    hu[hu < -1024] = -1024
+    hu = np.pad(hu, 40, constant_values=-1024)
+    seg0 = _segment(hu, sp)
+    base = _areas(seg0, sp)
+    preset = get_preset()
+    windows = {"SM": (ZONE_SM, preset.sm), "VAT": (ZONE_VAT, preset.vat), "SAT": (ZONE_SAT, preset.sat)}
+    rows = []
+    for psp in (1.0, 1.5, 2.0, 3.0):
+        f = sp / psp
+        h2 = ndi.zoom(ndi.gaussian_filter(hu, 0.42 / f), f, order=1, grid_mode=True, mode="nearest")
+        p2 = sp * hu.shape[0] / h2.shape[0]
+        seg = _segment(h2, p2)
+        ours = _areas(seg, p2)
+        row: dict[str, Any] = {"pixel_mm": psp}
+        for t, (zone, window) in windows.items():
+            z = (
+                ndi.zoom(
+                    seg0.masks[zone].astype(np.float32), f, order=1, grid_mode=True, mode="grid-constant"
+                )
+                > 0.5
+            )
+            if t == "SAT":
+                z &= ~_skin(h2, seg.body_mask, (p2, p2))
+            fixed = float((z & window.contains(h2)).sum()) * p2 * p2 / 100.0
+            row[t] = ours[t] / base[t] - 1.0
+            row[f"{t}_fixed"] = fixed / base[t] - 1.0
+        rows.append(row)
+    return rows
+
+
+def quadrant_picture(path: Path) -> Path:
+    """hcc mid-L3, each quadrant at 2x: our labels filled, the reader's outlines in white."""
+    from PIL import Image, ImageDraw
+
+    hu, _ = hcc_slice(10)
+    ours = _segment(hu, hcc_slice(10)[1]).labels
+    ref = np.load(HCC / "reference" / "labels_k10.npy")
+    grey = np.clip((hu + 160.0) / 400.0, 0, 1)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for v, c in COLOURS.items():
+        m = ours == v
+        rgb[m] = 0.6 * rgb[m] + 0.4 * np.asarray(c)
+    edge = np.zeros(ref.shape, dtype=bool)
+    for v in (1, 3, 4):
+        m = ref == v
+        edge |= m & ~ndi.binary_erosion(m)
+    rgb[edge] = (1.0, 1.0, 1.0)
+    img = Image.fromarray((rgb * 255).astype(np.uint8), "RGB")
+    # quadrants around the body's centre (its bounding box), each shown at 2x below a caption strip
+    rows = np.flatnonzero((hu > -500).any(axis=1))
+    cols = np.flatnonzero((hu > -500).any(axis=0))
+    cy, cx = (int(rows[0]) + int(rows[-1])) // 2, (int(cols[0]) + int(cols[-1])) // 2
+    size = max(int(rows[-1]) - cy, int(cols[-1]) - cx, cy - int(rows[0]), cx - int(cols[0])) + 4
+    top = 22
+    tiles = Image.new("RGB", (4 * size + 10, 4 * size + 10 + top), (0, 0, 0))
+    for i, (r0, c0) in enumerate(((cy - size, cx - size), (cy - size, cx), (cy, cx - size), (cy, cx))):
+        tile = img.crop((c0, r0, c0 + size, r0 + size)).resize((2 * size, 2 * size), Image.Resampling.NEAREST)
+        tiles.paste(tile, ((i % 2) * (2 * size + 10), top + (i // 2) * (2 * size + 10)))
+    d = ImageDraw.Draw(tiles)
+    d.text(
+        (6, 5),
+        "hcc_tace_seg_048 mid-L3, each quadrant at 2x: ours filled (SM red, IMAT blue, VAT green, "
+        "SAT yellow); "
+        "the reader's SM, VAT and SAT outlines in white",
+        fill=(255, 255, 255),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tiles.quantize(colors=256).save(path, optimize=True)
+    return path
+
+
+def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
+    """Markdown for the real-CT sections."""
+    out: list[str] = []
+    add = out.append
+    add("## Real CT at clinical resolution: hcc_tace_seg_048 against one reader")
+    add("")
+    add(
+        "A real portal-venous liver CT (0.7 mm pixels); one reader drew SM, IMAT, VAT and SAT at lower, mid "
+        "and upper L3 without seeing bodycomp's output "
+        "(`../shared/data/hcc_tace_seg_048/reference/README.md`: "
+        "conventions, and an uncertainty of SM ±1 %, VAT ±2 %, SAT ±4 %, IMAT ±20 %). Targets (#20): SM, VAT "
+        "and SAT within 5 % and Dice ≥ 0.93 / 0.90 / 0.95 on every slice "
+        "(tests/test_tissues_hcc_reference.py)."
+    )
+    add("")
+    add("| index | tissue | ours (cm²) | reader (cm²) | diff | Dice |")
+    add("|---:|---|---:|---:|---:|---:|")
+    for r in reference_rows():
+        add(
+            f"| {r['k']} | {r['tissue']} | {r['ours']:.1f} | {r['reader']:.1f} | "
+            f"{r['ours'] / r['reader'] - 1:+.1%} | {r['dice']:.3f} |"
+        )
+    add("")
+    add(
+        "SM, VAT and SAT meet the targets. **IMAT is 2-3 times the reader's** (not yet addressed): bodycomp "
+        "counts fat between the layers of the lateral wall and fat next to the spine that the reader left "
+        "out or counted narrower. The skin band was changed in this round: skin is soft tissue and falls out "
+        "of the SAT window by itself, so the band only has to remove the surface's air/skin partial volume; "
+        "at 0.7 mm the third pixel ring from the surface has a median of −65 HU (81 % in the fat window) and "
+        "is fat. The old 2.0 mm band took it and lost 6 % of SAT; the band is now 1.5 mm and always the "
+        "outermost pixel (SAT −2.2…−2.7 %, Dice 0.985)."
+    )
+    add("")
+    add(f"![hcc mid-L3 quadrants]({img_rel})")
+    add("")
+    add(
+        "What I saw at 2x (mid-L3): SAT reaches the skin line all round with one or two grey pixels of skin; "
+        "the wall muscles, psoas, quadratus and erector spinae follow the reader's outlines to within "
+        "a pixel; "
+        "kidneys, bowel and vessels are unlabelled. Blue IMAT specks lie in the paraspinal muscles and along "
+        "the wall's layers, where the reader drew fewer."
+    )
+    add("")
+    add("## The patient's own frame: turned, mirrored, moved")
+    add("")
+    add(
+        "The compartment rules read the patient's antero-posterior direction (the back of the "
+        "vertebral body, "
+        "the psoas zone, the posterior block). The segmenter finds the midline as the axis of mirror "
+        "symmetry of the spine and the muscles around it (workers/tissues/frame.py, `frame@1`); a slice "
+        "turned by 8° or more is segmented upright and its compartments are mapped back, each original "
+        "pixel labelled by its own HU (flag `patient_turned`, informational). Differences against the slice "
+        "as scanned; target 3 % (tests/test_tissues_frame.py). Before the frame, hcc turned by −15° lost "
+        "22 % of its muscle."
+    )
+    add("")
+    add("| slice | variant | set upright | SM | VAT | SAT |")
+    add("|---|---|---|---:|---:|---:|")
+    for r in frame_rows(example_l3):
+        add(
+            f"| {r['case']} | {r['variant']} | {'yes' if r['turned'] else 'no'} | "
+            f"{r['SM']:+.1%} | {r['VAT']:+.1%} | {r['SAT']:+.1%} |"
+        )
+    add("")
+    add(
+        "Below 8° the slice is segmented as scanned: the rules were tuned on example_ct, which lies at "
+        "−4 ± 1.5° itself. Known cost: example_ct's T12/L1 slices (ct 95-99) set upright let the posterior "
+        "right liver join the posterior block (+5 % muscle; marked xfail in "
+        "tests/test_tissues_invariance.py)."
+    )
+    add("")
+    add("## Pixel size")
+    add("")
+    add(
+        "hcc mid-L3 reconstructed at coarser pixels (Gaussian anti-aliasing, then linear resampling). "
+        "*ours* = bodycomp at that pixel size against the slice as scanned; *fixed compartments* = the "
+        "0.7 mm compartments resampled and the same HU windows applied, i.e. what the pixel size alone does "
+        "to window areas (partial volume: thin fat strands between bowel loops and vessels average above "
+        "−50 HU)."
+    )
+    add("")
+    add("| pixel (mm) | SM ours | SM fixed compartments | VAT ours | VAT fixed | SAT ours | SAT fixed |")
+    add("|---:|---:|---:|---:|---:|---:|---:|")
+    pixels = pixel_rows()
+    for r in pixels:
+        add(
+            f"| {r['pixel_mm']:.1f} | {r['SM']:+.1%} | {r['SM_fixed']:+.1%} | {r['VAT']:+.1%} | "
+            f"{r['VAT_fixed']:+.1%} | {r['SAT']:+.1%} | {r['SAT_fixed']:+.1%} |"
+        )
+    add("")
+    beyond = [
+        f"{t} {r[t]:+.1%} at {r['pixel_mm']:.1f} mm (fixed compartments {r[t + '_fixed']:+.1%})"
+        for r in pixels
+        for t in ("SM", "VAT", "SAT")
+        if abs(r[t]) > 0.03
+    ]
+    add(
+        "Beyond 3 %: " + ("; ".join(beyond) or "none") + ". Where the fixed compartments lose as much, "
+        "that is the HU-window convention at that pixel size (partial volume), not a rule of the engine, "
+        "and no thresholding method keeps it within 3 %. Not yet met (#20): on example_ct, whose native "
+        "pixels are 3 mm, the engine's VAT compartment grows by 5-9 % at finer pixels (the posterolateral "
+        "pocket described below)."
+    )
+    add("")
+    return out
