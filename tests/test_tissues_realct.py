@@ -221,3 +221,25 @@ def test_l3_values_are_plausible() -> None:
     waist = waist_circumference_cm(sl, out.body_mask, SPACING)
     res = compute_result(st, PatientInputs(), waist_cm=waist, fov_truncated=True).to_json()
     assert res["metrics"]["waist_circumference_cm"] is None and res["metrics"]["smi_cm2_m2"] is None
+
+
+def test_no_kidney_pixel_is_muscle_from_l1_to_l3() -> None:
+    """example_ct is unenhanced: its kidneys (~30 HU) lie in the muscle window and touch the psoas
+    and the quadratus. No pixel of TotalSegmentator's kidney labels may be skeletal muscle on any
+    slice of L1-L3 (the slices where a vertebra label L1, L2 or L3 appears)."""
+    from tests import l3_helpers as l3h
+
+    labels = l3h.load_example_labels()
+    names = l3h.label_table()
+    kidney = np.isin(labels, [names["kidney_left"], names["kidney_right"]])
+    lumbar = np.isin(labels, [names[f"vertebrae_L{i}"] for i in (1, 2, 3)]).any(axis=(1, 2))
+    ct, _ = _data()
+    seg = get_segmenter()
+    checked = 0
+    for k in np.flatnonzero(lumbar):
+        if not kidney[k].any():
+            continue
+        out = seg.segment(ct[k], SPACING, get_preset()).labels
+        assert int(((out == LABEL_SM) & kidney[k]).sum()) == 0, f"ct {k}: kidney pixels labelled muscle"
+        checked += 1
+    assert checked >= 20  # the kidneys span most of L1-L3 here

@@ -78,6 +78,18 @@ KIDNEY_DELTA_HU = 30.0
 KIDNEY_SMOOTH_MM = 2.0
 KIDNEY_KEEP_MIN_MM2 = 150.0  # a separated piece this large and of psoas density is psoas
 KIDNEY_KEEP_DELTA_HU = 15.0
+# A muscle-edge pixel touching an organ (kidney, bowel, vessel) and darker than the psoas by this much
+# is the fat plane or partial volume between them, not muscle: on example_ct (unenhanced) the psoas's
+# pixels against the kidney's medial edge are -17..16 HU against a psoas of ~45 HU.
+ORGAN_CONTACT_DELTA_HU = 20.0
+# ...and never above this: on an enhanced scan the psoas is 60-70 HU while the quadratus touching the
+# kidney is ~40 HU and muscle (hcc_tace_seg_048: the reader's SM); below 20 HU a pixel is at least
+# a fifth fat by linear mixing of muscle (~45 HU) and fat (~-100 HU).
+ORGAN_CONTACT_MAX_HU = 20.0
+ORGAN_MIN_HU = 0.0  # cavity tissue this dense next to the muscle is an organ's edge, not fat
+# ...in a piece at least this large: a kidney's section is 15-40 cm^2; vessels (aorta 3-5 cm^2),
+# crura and the front of a disc are smaller, and the psoas's darker edge against them stays muscle
+ORGAN_MIN_AREA_MM2 = 1000.0
 CENTER_TOWARD_SPINE = 0.0  # ray centre: body centroid (kept in front of the vertebral body)
 
 
@@ -274,6 +286,9 @@ class ClassicalSegmenter:
         excluded = spine.bone_interior | spine.canal | bone_pv
         if muscle_ref is not None:
             excluded |= _costal_cartilage(h, ring & ~block, muscle_ref, sp)
+        excluded |= _organ_contact(
+            h, block & ~spine.vertebra, cavity, block & psoas_zone & ~spine.vertebra, preset, sp
+        )
         muscle_px = ring & ~excluded & preset.sm.contains(h)
         # IMAT: fat enclosed by muscle (holes, narrow clefts); other fat in the ring (partial volume at
         # the wall's edges, fat planes between muscles) goes to whichever side (SAT/cavity) is nearer
@@ -389,6 +404,37 @@ def _costal_cartilage(
         & (h > muscle_ref + BONE_PV_RAISE_HU)
     )
     out: npt.NDArray[np.bool_] = core | rim
+    return out
+
+
+def _organ_contact(
+    h: npt.NDArray[np.float32],
+    ring: npt.NDArray[np.bool_],
+    cavity: npt.NDArray[np.bool_],
+    psoas: npt.NDArray[np.bool_],
+    preset: WindowPreset,
+    sp: tuple[float, float],
+) -> npt.NDArray[np.bool_]:
+    """Pixels of the muscle ring that touch an organ in the cavity and are clearly darker than the
+    psoas: the thin fat plane (or its partial volume) between a muscle and the kidney, bowel or a
+    vessel lying on it. By the HU-window convention they are muscle when they fall in the window,
+    but they belong to neither: the reader's reference leaves them out, and so does TotalSegmentator's
+    kidney label, which takes them into the kidney. The organ is cavity tissue in the muscle window
+    at ORGAN_MIN_HU or denser: the kidney's own edge pixels are partial-volumed too (5-16 HU on
+    example_ct), fat and its partial volume are below it."""
+    vals = h[psoas & preset.sm.contains(h)]
+    if vals.size < 10:
+        return np.zeros_like(ring)
+    floor = min(float(np.percentile(vals, 75)) - ORGAN_CONTACT_DELTA_HU, ORGAN_CONTACT_MAX_HU)
+    organ = cavity & preset.sm.contains(h) & (h >= ORGAN_MIN_HU)
+    lab, n = ndi.label(organ)
+    if n == 0:
+        return np.zeros_like(ring)
+    big = np.bincount(lab.ravel()) * sp[0] * sp[1] >= ORGAN_MIN_AREA_MM2
+    big[0] = False
+    organ = big[lab]
+    near = ndi.binary_dilation(organ, structure=np.ones((3, 3), bool))
+    out: npt.NDArray[np.bool_] = ring & near & (h < floor)
     return out
 
 
