@@ -31,6 +31,12 @@ VB_SEARCH_FRONT_MM = 40.0
 DISC_SEARCH_FRONT_MM = 65.0
 DISC_MAX_BONE_MM2 = 300.0  # a vertebral body's section is > 1,000 mm²; less dense bone = disc level
 CANAL_HALF_WIDTH_MM = 10.0
+# A lumbar body is less deep (antero-posterior) than it is wide (L3: ~35 x 45-50 mm). A midline run
+# deeper than its width has taken in what lies on the body's front: the aorta (enhanced, ~165 HU,
+# with a calcified back wall) on hcc_tace_seg_048, 53 mm of "body" 49 mm wide. The run is then cut
+# at the darkest row (the fat plane between aorta and body, 47 HU there) of its front part.
+VB_MAX_DEPTH_TO_WIDTH = 1.0
+VB_MIN_DEPTH_TO_WIDTH = 0.6
 
 
 @dataclass
@@ -212,6 +218,33 @@ def _body_run(
     return None
 
 
+def _front_of_aorta_cut(
+    hu: npt.NDArray[Any],
+    vert: BoolArray,
+    top: int,
+    back: int,
+    lo_c: int,
+    hi_c: int,
+    spacing_yx_mm: Sequence[float],
+) -> int:
+    """The body's front row: ``top``, unless the run is deeper than the body is wide; then the row
+    after the darkest row (strip median, below BODY_RUN_HU) in the run's front part."""
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    back_rows = slice(max(back - int(15.0 / dy), top), back + 1)
+    cols = np.flatnonzero((vert[back_rows] & (hu[back_rows] > BONE_HU)).any(axis=0))
+    if cols.size == 0:
+        return top
+    width = float(cols[-1] - cols[0] + 1) * dx
+    if (back - top + 1) * dy <= VB_MAX_DEPTH_TO_WIDTH * width:
+        return top
+    last = back - int(VB_MIN_DEPTH_TO_WIDTH * width / dy)
+    if last <= top:
+        return top
+    med = np.median(hu[top:last, lo_c:hi_c], axis=1)
+    i = int(np.argmin(med))
+    return top + i + 1 if med[i] < BODY_RUN_HU else top
+
+
 def _vertebral_body(
     hu: npt.NDArray[Any], vert: BoolArray, body: BoolArray, spacing_yx_mm: Sequence[float]
 ) -> BoolArray:
@@ -248,6 +281,7 @@ def _vertebral_body(
         run = _body_run(col, raw_col, body[:, mid], v_top, v_bot, dy, DISC_SEARCH_FRONT_MM)
     if run is not None:
         top, back = run
+        top = _front_of_aorta_cut(hu, vert, top, back, lo_c, hi_c, spacing_yx_mm)
     else:
         top = v_top
         cortex = np.flatnonzero(raw_col[top : top + int(30.0 / dy) + 1] > 200)
