@@ -407,6 +407,13 @@ def _costal_cartilage(
     return out
 
 
+def _psoas_hu(h: npt.NDArray[np.float32], psoas: npt.NDArray[np.bool_], preset: WindowPreset) -> float | None:
+    """The psoas's density: the 75th percentile of its muscle-window pixels (psoas is the bulk and
+    the denser tissue of the block beside the vertebral body); None if too few pixels."""
+    vals = h[psoas & preset.sm.contains(h)]
+    return float(np.percentile(vals, 75)) if vals.size >= 10 else None
+
+
 def _organ_contact(
     h: npt.NDArray[np.float32],
     ring: npt.NDArray[np.bool_],
@@ -422,10 +429,10 @@ def _organ_contact(
     kidney label, which takes them into the kidney. The organ is cavity tissue in the muscle window
     at ORGAN_MIN_HU or denser: the kidney's own edge pixels are partial-volumed too (5-16 HU on
     example_ct), fat and its partial volume are below it."""
-    vals = h[psoas & preset.sm.contains(h)]
-    if vals.size < 10:
+    lean = _psoas_hu(h, psoas, preset)
+    if lean is None:
         return np.zeros_like(ring)
-    floor = min(float(np.percentile(vals, 75)) - ORGAN_CONTACT_DELTA_HU, ORGAN_CONTACT_MAX_HU)
+    floor = min(lean - ORGAN_CONTACT_DELTA_HU, ORGAN_CONTACT_MAX_HU)
     organ = cavity & preset.sm.contains(h) & (h >= ORGAN_MIN_HU)
     lab, n = ndi.label(organ)
     if n == 0:
@@ -463,10 +470,9 @@ def _drop_kidney_pole(
     vb_back = int(np.flatnonzero(vb.any(axis=1))[-1])
     rows = np.arange(h.shape[0])[:, None]
     cand = block & psoas_zone & ~spine.vertebra & (rows <= vb_back)
-    vals = h[cand & preset.sm.contains(h)]
-    if vals.size < 10:
+    psoas_hu = _psoas_hu(h, cand, preset)
+    if psoas_hu is None:
         return block
-    psoas_hu = float(np.percentile(vals, 75))
     smooth = ndi.gaussian_filter(h, (KIDNEY_SMOOTH_MM / sp[0], KIDNEY_SMOOTH_MM / sp[1]))
     low = cand & (smooth < psoas_hu - KIDNEY_DELTA_HU)
     if not low.any():
