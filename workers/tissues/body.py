@@ -18,12 +18,9 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from workers.tissues.geometry import BoolArray, dilate_mm, largest_component, open_mm
+from workers.tissues.params import TISSUE_PARAMS
 
-BODY_HU = -500.0
-TABLE_OPEN_MM = 2.5
-ARM_OPEN_MM = 18.0
-ARM_MIN_AREA_MM2 = 1500.0
-ARM_BONE_HU = 300.0
+P = TISSUE_PARAMS.body
 
 
 @dataclass
@@ -44,10 +41,10 @@ def find_body(
     """
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
     px_mm2 = dy * dx
-    raw = hu > BODY_HU
+    raw = hu > P.body_hu
     flags: list[str] = []
     notes: list[str] = []
-    opened = open_mm(raw, TABLE_OPEN_MM, spacing_yx_mm)
+    opened = open_mm(raw, P.table_open_mm, spacing_yx_mm)
     core = largest_component(opened)
     if not core.any():
         empty = np.zeros_like(raw)
@@ -56,11 +53,11 @@ def find_body(
     lab, _ = ndi.label(raw, structure=np.ones((3, 3), bool))
     ids = np.unique(lab[core])
     ids = ids[ids > 0]
-    body = np.isin(lab, ids) & dilate_mm(core, TABLE_OPEN_MM + 1.5, spacing_yx_mm)
+    body = np.isin(lab, ids) & dilate_mm(core, P.table_open_mm + 1.5, spacing_yx_mm)
     body = ndi.binary_fill_holes(body)
     separate_parts = raw & ~body
     # arms touching the trunk: split with a large opening, assign pixels to the nearest opened part
-    big = open_mm(body, ARM_OPEN_MM, spacing_yx_mm)
+    big = open_mm(body, P.arm_open_mm, spacing_yx_mm)
     blab, nb = ndi.label(big)
     removed = np.zeros_like(body)
     if nb > 1:
@@ -73,7 +70,7 @@ def find_body(
             if i == trunk_id:
                 continue
             part = body & (nearest == i)
-            if part.sum() * px_mm2 >= ARM_MIN_AREA_MM2 and (hu[part] > ARM_BONE_HU).sum() * px_mm2 > 50:
+            if part.sum() * px_mm2 >= P.arm_min_area_mm2 and (hu[part] > P.arm_bone_hu).sum() * px_mm2 > 50:
                 removed |= part
         if removed.any():
             body = largest_component(body & ~removed)
@@ -85,7 +82,7 @@ def find_body(
     limb = _limb_bones(hu, body, spacing_yx_mm)
     if limb.any():
         part = _split_limbs(body, limb, spacing_yx_mm)
-        if part.sum() * px_mm2 >= ARM_MIN_AREA_MM2 and _bulges_out(body, part):
+        if part.sum() * px_mm2 >= P.arm_min_area_mm2 and _bulges_out(body, part):
             removed |= part
             body = ndi.binary_fill_holes(largest_component(body & ~part))
             if "arms_in_fov" not in flags:
@@ -95,7 +92,7 @@ def find_body(
     slab, ns = ndi.label(separate_parts & open_mm(separate_parts, 5.0, spacing_yx_mm))
     for i in range(1, ns + 1):
         part = slab == i
-        if part.sum() * px_mm2 >= ARM_MIN_AREA_MM2 and (hu[part] > ARM_BONE_HU).sum() * px_mm2 > 50:
+        if part.sum() * px_mm2 >= P.arm_min_area_mm2 and (hu[part] > P.arm_bone_hu).sum() * px_mm2 > 50:
             if "arms_in_fov" not in flags:
                 flags.append("arms_in_fov")
                 notes.append("arms (or other limbs) lie in the field of view outside the trunk; excluded")
@@ -113,12 +110,6 @@ def find_body(
     return BodyResult(body, removed, flags, notes)
 
 
-LIMB_BONE_HU = 300.0
-LIMB_BONE_MIN_MM2 = 80.0
-LIMB_BONE_MIN_WIDTH_MM = 9.0
-LIMB_LATERAL_FRACTION = 0.30  # limb bones lie in the outer 30 % of the body width on each side
-
-
 def _limb_bones(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[float]) -> BoolArray:
     """Compact bone sections (humerus, radius/ulna) near the lateral ends of the body mask.
 
@@ -133,24 +124,21 @@ def _limb_bones(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[f
         return np.zeros_like(body)
     c0, c1 = cols[0], cols[-1]
     width = (c1 - c0 + 1) * dx
-    bone = ndi.binary_fill_holes((hu > LIMB_BONE_HU) & body)
+    bone = ndi.binary_fill_holes((hu > P.limb_bone_hu) & body)
     lab, _ = ndi.label(bone)
     out = np.zeros_like(body)
     for rp in regionprops(lab):
         area = rp.area * dy * dx
-        if area < LIMB_BONE_MIN_MM2:
+        if area < P.limb_bone_min_mm2:
             continue
         minor = rp.axis_minor_length * min(dy, dx)
-        if minor < LIMB_BONE_MIN_WIDTH_MM:
+        if minor < P.limb_bone_min_width_mm:
             continue
         cx = rp.centroid[1]
-        if min(cx - c0, c1 - cx) * dx > LIMB_LATERAL_FRACTION * width:
+        if min(cx - c0, c1 - cx) * dx > P.limb_lateral_fraction * width:
             continue
         out[lab == rp.label] = True
     return out
-
-
-LIMB_MAX_INSIDE_HULL = 0.5
 
 
 def _bulges_out(body: BoolArray, part: BoolArray) -> bool:
@@ -166,7 +154,7 @@ def _bulges_out(body: BoolArray, part: BoolArray) -> bool:
     if not rest.any():
         return True
     inside = float((part & convex_hull_image(rest)).sum()) / max(float(part.sum()), 1.0)
-    return inside <= LIMB_MAX_INSIDE_HULL
+    return inside <= P.limb_max_inside_hull
 
 
 def _split_limbs(body: BoolArray, limb: BoolArray, spacing_yx_mm: Sequence[float]) -> BoolArray:

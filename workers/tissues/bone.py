@@ -17,26 +17,9 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from workers.tissues.geometry import BoolArray, close_mm
+from workers.tissues.params import TISSUE_PARAMS
 
-BONE_HU = 200.0
-TRABECULAR_HU = 105.0
-VBODY_CORTEX_MM = 3.0
-VERT_CLOSE_MM = 7.5
-BODY_RUN_HU = 55.0  # midline profile: vertebral body (incl. osteopenic marrow) vs canal/CSF
-BODY_REGION_HU = 90.0
-# a low-density gap shorter than this inside the body (basivertebral veins) is not yet the canal
-BODY_GAP_MM = 6.0
-VB_MIN_DEPTH_MM = 15.0  # a lumbar/lower thoracic body is 25-35 mm deep; a lamina on the midline is thinner
-VB_SEARCH_FRONT_MM = 40.0
-DISC_SEARCH_FRONT_MM = 65.0
-DISC_MAX_BONE_MM2 = 300.0  # a vertebral body's section is > 1,000 mm²; less dense bone = disc level
-CANAL_HALF_WIDTH_MM = 10.0
-# A lumbar body is less deep (antero-posterior) than it is wide (L3: ~35 x 45-50 mm). A midline run
-# deeper than its width has taken in what lies on the body's front: the aorta (enhanced, ~165 HU,
-# with a calcified back wall) on hcc_tace_seg_048, 53 mm of "body" 49 mm wide. The run is then cut
-# at the darkest row (the fat plane between aorta and body, 47 HU there) of its front part.
-VB_MAX_DEPTH_TO_WIDTH = 1.0
-VB_MIN_DEPTH_TO_WIDTH = 0.6
+P = TISSUE_PARAMS.bone
 
 
 @dataclass
@@ -52,11 +35,11 @@ class SpineResult:
 def find_spine(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[float]) -> SpineResult:
     """Locate the vertebra as the large bone component nearest the posterior midline of the body."""
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
-    bone = (hu > BONE_HU) & body
+    bone = (hu > P.bone_hu) & body
     # trabecular bone of older patients is only ~60-130 HU: find bone *regions* on a smoothed image
     sig = (2.5 / dy, 2.5 / dx)
     smooth = ndi.gaussian_filter(np.clip(hu, -200, 1000).astype(np.float32), sig)
-    dense = ((smooth > TRABECULAR_HU) | bone) & body
+    dense = ((smooth > P.trabecular_hu) | bone) & body
     closed = close_mm(dense, 3.0, spacing_yx_mm) | dense
     interior = ndi.binary_fill_holes(closed)
     empty = np.zeros_like(body)
@@ -86,7 +69,7 @@ def find_spine(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[fl
         return SpineResult(bone, interior, empty, empty, empty, None)
     vert = lab == best
     # close the cortical ring around low-density marrow (osteopenia, basivertebral veins)
-    vert = ndi.binary_fill_holes(close_mm(vert, VERT_CLOSE_MM, spacing_yx_mm)) | vert
+    vert = ndi.binary_fill_holes(close_mm(vert, P.vert_close_mm, spacing_yx_mm)) | vert
     vert &= body
     vbody = _vertebral_body(hu, vert, body, spacing_yx_mm)
     dist = ndi.distance_transform_edt(vbody, sampling=(dy, dx))
@@ -145,7 +128,7 @@ def _find_canal(
         # at coarse pixels the canal is only 2-3 rows deep and the disk above is smaller than the
         # canal's width (the interpedicular distance, ~20-25 mm): add the band between the back of
         # the body and the lamina, inside the vertebra, across the canal's half-width
-        band = (yy >= start) & (yy < lamina) & (np.abs(xx - vc[1]) * dx <= CANAL_HALF_WIDTH_MM)
+        band = (yy >= start) & (yy < lamina) & (np.abs(xx - vc[1]) * dx <= P.canal_half_width_mm)
         disk = disk | (band & vert)
     return disk & ~vbody & (hu < 150)
 
@@ -169,7 +152,7 @@ def _body_run(
     v_top: int,
     v_bot: int,
     dy: float,
-    search_front_mm: float = VB_SEARCH_FRONT_MM,
+    search_front_mm: float = P.vb_search_front_mm,
 ) -> tuple[int, int] | None:
     """First/last row of the vertebral body on the midline profile, or None.
 
@@ -186,7 +169,7 @@ def _body_run(
     n = len(col)
     r0 = max(v_top - int(search_front_mm / dy), 0)
     r1 = min(v_bot + 1, n)
-    above = (col > BODY_RUN_HU) & in_body
+    above = (col > P.body_run_hu) & in_body
     runs: list[tuple[int, int]] = []
     r = r0
     while r < r1:
@@ -202,13 +185,13 @@ def _body_run(
                 gap = 0
             else:
                 gap += 1
-                if gap * dy >= BODY_GAP_MM:
+                if gap * dy >= P.body_gap_mm:
                     break
             r += 1
-        if (last - start + 1) * dy >= VB_MIN_DEPTH_MM:
+        if (last - start + 1) * dy >= P.vb_min_depth_mm:
             runs.append((start, last))
         r = last + 1
-    lamina_lo, lamina_hi = int(np.ceil(BODY_GAP_MM / dy)), int(35.0 / dy)
+    lamina_lo, lamina_hi = int(np.ceil(P.body_gap_mm / dy)), int(35.0 / dy)
     with_lamina = [
         (a, b) for a, b in runs if (raw_col[b + lamina_lo : min(b + lamina_hi + 1, n)] > 150).any()
     ]
@@ -228,21 +211,21 @@ def _front_of_aorta_cut(
     spacing_yx_mm: Sequence[float],
 ) -> int:
     """The body's front row: ``top``, unless the run is deeper than the body is wide; then the row
-    after the darkest row (strip median, below BODY_RUN_HU) in the run's front part."""
+    after the darkest row (strip median, below P.body_run_hu) in the run's front part."""
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
     back_rows = slice(max(back - int(15.0 / dy), top), back + 1)
-    cols = np.flatnonzero((vert[back_rows] & (hu[back_rows] > BONE_HU)).any(axis=0))
+    cols = np.flatnonzero((vert[back_rows] & (hu[back_rows] > P.bone_hu)).any(axis=0))
     if cols.size == 0:
         return top
     width = float(cols[-1] - cols[0] + 1) * dx
-    if (back - top + 1) * dy <= VB_MAX_DEPTH_TO_WIDTH * width:
+    if (back - top + 1) * dy <= P.vb_max_depth_to_width * width:
         return top
-    last = back - int(VB_MIN_DEPTH_TO_WIDTH * width / dy)
+    last = back - int(P.vb_min_depth_to_width * width / dy)
     if last <= top:
         return top
     med = np.median(hu[top:last, lo_c:hi_c], axis=1)
     i = int(np.argmin(med))
-    return top + i + 1 if med[i] < BODY_RUN_HU else top
+    return top + i + 1 if med[i] < P.body_run_hu else top
 
 
 def _vertebral_body(
@@ -278,7 +261,7 @@ def _vertebral_body(
     if run is None:
         # disc level: the smoothed bone component is only the posterior arch, so its front lies a
         # canal's depth behind the disc's back and the disc can reach ~60 mm in front of it
-        run = _body_run(col, raw_col, body[:, mid], v_top, v_bot, dy, DISC_SEARCH_FRONT_MM)
+        run = _body_run(col, raw_col, body[:, mid], v_top, v_bot, dy, P.disc_search_front_mm)
     if run is not None:
         top, back = run
         top = _front_of_aorta_cut(hu, vert, top, back, lo_c, hi_c, spacing_yx_mm)
@@ -292,24 +275,24 @@ def _vertebral_body(
         gap = 0
         max_rows = int(60.0 / dy)
         while r < hu.shape[0] - 1 and r - top < max_rows:
-            if col[r] > BODY_RUN_HU:
+            if col[r] > P.body_run_hu:
                 back = r
                 gap = 0
             else:
                 gap += 1
-                if gap * dy >= BODY_GAP_MM:
+                if gap * dy >= P.body_gap_mm:
                     break
             r += 1
     rows = np.zeros(hu.shape[0], dtype=bool)
     rows[top : back + 1] = True
-    region = ((hu > 150) | ((sm > BODY_REGION_HU) & (hu > 80))) & rows[:, None] & body
+    region = ((hu > 150) | ((sm > P.body_region_hu) & (hu > 80))) & rows[:, None] & body
     lab, _ = ndi.label(region)
     ids = np.unique(lab[top : back + 1, mid])
     ids = ids[ids > 0]
-    if run is not None and np.isin(lab, ids).sum() * dy * dx < DISC_MAX_BONE_MM2:
+    if run is not None and np.isin(lab, ids).sum() * dy * dx < P.disc_max_bone_mm2:
         # an intervertebral disc (70-110 HU, at most an endplate fragment of bone): the soft dense
         # region around the run
-        region = (sm > BODY_RUN_HU) & rows[:, None] & body
+        region = (sm > P.body_run_hu) & rows[:, None] & body
         lab, _ = ndi.label(region)
         ids = np.unique(lab[top : back + 1, mid])
         ids = ids[ids > 0]

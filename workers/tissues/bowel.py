@@ -16,29 +16,27 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from workers.tissues.geometry import BoolArray, close_mm, dilate_mm
+from workers.tissues.params import TISSUE_PARAMS
 
-GAS_HU = -400.0
-RIM_MM = 2.0  # partial-volume band around gas (at least one pixel)
-STOOL_CLOSE_MM = 6.0
-STOOL_MIN_GAS_FRACTION = 0.15
+P = TISSUE_PARAMS.bowel
 
 
 def find_bowel_lumen(hu: npt.NDArray[Any], cavity: BoolArray, spacing_yx_mm: Sequence[float]) -> BoolArray:
     """Mask of pixels in the cavity that are bowel gas, gas rim or stool (never VAT)."""
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
-    gas = (hu < GAS_HU) & cavity
+    gas = (hu < P.gas_hu) & cavity
     if not gas.any():
         return gas
-    rim_mm = max(RIM_MM, 1.01 * max(dy, dx))
+    rim_mm = max(P.rim_mm, 1.01 * max(dy, dx))
     rim = dilate_mm(gas, rim_mm, spacing_yx_mm)
     # stool: close the bubbles; keep closed regions that are mostly made of gas and mixture
-    closed = close_mm(gas, STOOL_CLOSE_MM, spacing_yx_mm) | gas
+    closed = close_mm(gas, P.stool_close_mm, spacing_yx_mm) | gas
     closed = ndi.binary_fill_holes(closed)
     lab, n = ndi.label(closed)
     stool = np.zeros_like(gas)
     if n:
         frac = ndi.mean(gas.astype(np.float32), lab, index=np.arange(1, n + 1))
-        keep = np.flatnonzero(np.asarray(frac) >= STOOL_MIN_GAS_FRACTION) + 1
+        keep = np.flatnonzero(np.asarray(frac) >= P.stool_min_gas_fraction) + 1
         stool = np.isin(lab, keep)
     out: BoolArray = (rim | stool) & cavity
     return out

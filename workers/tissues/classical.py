@@ -41,56 +41,11 @@ from workers.tissues.geometry import (
     open_mm,
     polar_mask,
 )
+from workers.tissues.params import TISSUE_PARAMS
 from workers.tissues.posterior import find_posterior_block
 from workers.tissues.wall import WallResult, cast_wall
 
-METAL_HU = 2500.0
-PADDING_HU = -1500.0  # out-of-field fill (-2000, -3024 ...) marks the edge of the reconstruction circle
-OUTSIDE_IMAGE_HU = -3024.0  # what a turned slice's new corners hold: outside the field of view
-# Skin is soft tissue (dermis +20..+60 HU) and falls outside the SAT window by itself; the band only
-# removes the surface's air/skin partial volume, which can land in the fat window. On
-# hcc_tace_seg_048 (0.7 mm) the 1st ring has a median of -215 HU (air/skin), the 2nd -32 (dermis/fat),
-# the 3rd -65 (81 % in the fat window: fat) and the 4th -100. Centres shallower than 1.5 mm (the
-# 1st and 2nd ring at 0.7 mm) and always the outermost pixel (any pixel size) are skin; 2.0 mm
-# took the 3rd ring too and cost 6 % of SAT there.
-SKIN_MM = 1.5
-BONE_PV_HU = 200.0
-BONE_PV_RAISE_HU = 20.0
-DERMIS_PV_HU = -50.0  # pixel next to the skin band brighter than this: skin partial volume, not SAT
-BLOCK_DEPTH_MM = 45.0  # paraspinal/quadratus lie within this depth of the outer muscle edge
-CENTER_FRONT_MM = 30.0
-PSOAS_ZONE_MM = 30.0
-IMAT_CLOSE_MM = 3.0
-PSOAS_MIN_HALF_THICKNESS_MM = 6.0
-WALL_GUESSED_FRACTION = 0.4
-EDGE_BAND_PX = 1.5
-LATERAL_WALL_MAX_MM = 40.0
-POSTERIOR_WALL_MAX_MM = 10.0
-WALL_BAND_MM = 15.0
-# costal cartilage (70-150 HU unless calcified) lies inside the muscle window but is denser than any
-# muscle of the same patient: a blob this much above the paraspinal reference is cartilage
-CARTILAGE_DELTA_HU = 50.0
-CARTILAGE_MIN_MM2 = 30.0
-CARTILAGE_SMOOTH_MM = 1.0
-# beside the vertebral body, soft tissue this much darker than the psoas itself is an unenhanced
-# kidney pole, not psoas
-KIDNEY_DELTA_HU = 30.0
-KIDNEY_SMOOTH_MM = 2.0
-KIDNEY_KEEP_MIN_MM2 = 150.0  # a separated piece this large and of psoas density is psoas
-KIDNEY_KEEP_DELTA_HU = 15.0
-# A muscle-edge pixel touching an organ (kidney, bowel, vessel) and darker than the psoas by this much
-# is the fat plane or partial volume between them, not muscle: on example_ct (unenhanced) the psoas's
-# pixels against the kidney's medial edge are -17..16 HU against a psoas of ~45 HU.
-ORGAN_CONTACT_DELTA_HU = 20.0
-# ...and never above this: on an enhanced scan the psoas is 60-70 HU while the quadratus touching the
-# kidney is ~40 HU and muscle (hcc_tace_seg_048: the reader's SM); below 20 HU a pixel is at least
-# a fifth fat by linear mixing of muscle (~45 HU) and fat (~-100 HU).
-ORGAN_CONTACT_MAX_HU = 20.0
-ORGAN_MIN_HU = 0.0  # cavity tissue this dense next to the muscle is an organ's edge, not fat
-# ...in a piece at least this large: a kidney's section is 15-40 cm^2; vessels (aorta 3-5 cm^2),
-# crura and the front of a disc are smaller, and the psoas's darker edge against them stays muscle
-ORGAN_MIN_AREA_MM2 = 1000.0
-CENTER_TOWARD_SPINE = 0.0  # ray centre: body centroid (kept in front of the vertebral body)
+P = TISSUE_PARAMS.classical
 
 
 class ClassicalSegmenter:
@@ -110,7 +65,7 @@ class ClassicalSegmenter:
             raise ValueError(f"expected one 2-D slice, got shape {hu.shape}")
         sp = (float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
         h = as_float(hu)
-        outside = np.asarray(hu) <= PADDING_HU
+        outside = np.asarray(hu) <= P.padding_hu
         body = find_body(h, sp, outside_fov=outside)
         if "no_body" in body.flags or abs(sp[0] - sp[1]) > 0.01 * max(sp):
             # (a turn in pixel space is a turn in the patient only with square pixels)
@@ -122,8 +77,8 @@ class ClassicalSegmenter:
             return self._segment_slice(h, sp, preset, body, spine)
         # The patient lies turned on the table: segment in the patient's frame and map back.
         turn = Turn(frame.angle_deg, (int(h.shape[0]), int(h.shape[1])))
-        up = turn.upright(h, cval=OUTSIDE_IMAGE_HU, order=1)
-        up_outside = (turn.upright(outside.astype(np.uint8), cval=1, order=0) > 0) | (up <= PADDING_HU)
+        up = turn.upright(h, cval=P.outside_image_hu, order=1)
+        up_outside = (turn.upright(outside.astype(np.uint8), cval=1, order=0) > 0) | (up <= P.padding_hu)
         seg = self._segment_slice(up, sp, preset, find_body(up, sp, outside_fov=up_outside))
         masks = {k: turn.back(m.astype(np.uint8)).astype(bool) & body.mask for k, m in seg.masks.items()}
         # The compartments come back, not the labels: each original pixel is labelled by its own HU
@@ -204,7 +159,7 @@ class ClassicalSegmenter:
         """All steps after the body mask, on the body's bounding box."""
         shape = h.shape
         labels = np.zeros(shape, dtype=np.uint8)
-        if float((h[bmask] > METAL_HU).sum()) * sp[0] * sp[1] > 20.0:
+        if float((h[bmask] > P.metal_hu).sum()) * sp[0] * sp[1] > 20.0:
             flags.append("metal_suspected")
             notes.append("pixels above 2500 HU: metal streaks may corrupt HU values")
         if spine is None:
@@ -212,10 +167,10 @@ class ClassicalSegmenter:
         cy, cx = ndi.center_of_mass(bmask)
         if spine.body_center_rc is not None:
             vy, vx = spine.body_center_rc
-            center = (cy + CENTER_TOWARD_SPINE * (vy - cy), cx + CENTER_TOWARD_SPINE * (vx - cx))
+            center = (cy + P.center_toward_spine * (vy - cy), cx + P.center_toward_spine * (vx - cx))
             # keep the centre well in front of the vertebral body so posterior rays cross it
             vb_front = float(np.flatnonzero(spine.vertebral_body.any(axis=1))[0])
-            center = (min(center[0], vb_front - CENTER_FRONT_MM / sp[0]), float(vx))
+            center = (min(center[0], vb_front - P.center_front_mm / sp[0]), float(vx))
             d = np.array([(vy - center[0]) * sp[0], (vx - center[1]) * sp[1]])
             nd = float(np.hypot(*d))
             spine_dir: tuple[float, float] | None = (float(d[0] / nd), float(d[1] / nd)) if nd > 0 else None
@@ -231,7 +186,7 @@ class ClassicalSegmenter:
         front_rays = ~wall.posterior
         if front_rays.any():
             guessed = float(np.mean(~wall.inner_valid[front_rays]))
-            if guessed > WALL_GUESSED_FRACTION:
+            if guessed > P.wall_guessed_fraction:
                 flags.append("wall_interpolated")
                 notes.append(
                     f"inner wall edge interpolated on {100 * guessed:.0f} % of the anterior/lateral "
@@ -239,7 +194,7 @@ class ClassicalSegmenter:
                 )
         inside_outer = polar_mask(center, wall.angles, wall.outer_mm, shape, sp) & bmask
         # the ray edge is quantised to samples: let each pixel next to it decide by its own HU
-        inside_outer = _refine_edge(inside_outer, h, preset, sp, EDGE_BAND_PX) & bmask
+        inside_outer = _refine_edge(inside_outer, h, preset, sp, P.edge_band_px) & bmask
         # anterior/lateral wall from rays; posterior sector: cavity up to the outer edge, then the
         # posterior muscle block (paraspinal, quadratus, psoas, vertebra) is carved out of it
         inner = np.where(wall.posterior, wall.outer_mm, wall.inner_mm)
@@ -248,17 +203,17 @@ class ClassicalSegmenter:
         ray_ring = inside_outer & ~ray_cavity
         # guard against kidney/liver joining the block: the ray ring (rays stop at perirenal fat),
         # plus a psoas zone next to the vertebral body, where the psoas lies whatever the rays did
-        psoas_zone = dilate_mm(spine.vertebral_body, PSOAS_ZONE_MM, sp)
+        psoas_zone = dilate_mm(spine.vertebral_body, P.psoas_zone_mm, sp)
         depth_in = ndi.distance_transform_edt(inside_outer, sampling=sp)
         post_px = _posterior_pixels(center, wall, shape, sp)
-        guard = ((depth_in <= BLOCK_DEPTH_MM) & post_px) | spine.vertebra | psoas_zone
+        guard = ((depth_in <= P.block_depth_mm) & post_px) | spine.vertebra | psoas_zone
         block = find_posterior_block(
             h, cavity_poly & guard, spine.vertebra, spine.vertebral_body, sp, muscle_ref_hu=muscle_ref
         )
         # in front of the vertebral body's centre only thick muscle is psoas; thin bands hugging the
         # body there are diaphragmatic crura, vessels or bone partial volume
         near_vb = block & psoas_zone & ~spine.vertebra
-        thick = open_mm(near_vb, PSOAS_MIN_HALF_THICKNESS_MM, sp)
+        thick = open_mm(near_vb, P.psoas_min_half_thickness_mm, sp)
         thick = dilate_mm(thick, 1.01 * max(sp), sp) & near_vb
         thin = near_vb & ~thick
         if spine.body_center_rc is not None:
@@ -269,7 +224,7 @@ class ClassicalSegmenter:
         block = _drop_kidney_pole(h, block, spine, psoas_zone, preset, sp)
         # thin wall muscle next to the outer edge (latissimus, obliques reaching the back) is lost by
         # the block's opening: add soft tissue of a shallow band that touches the block
-        band = cavity_poly & post_px & (depth_in <= WALL_BAND_MM) & preset.sm.contains(h)
+        band = cavity_poly & post_px & (depth_in <= P.wall_band_mm) & preset.sm.contains(h)
         blab, _ = ndi.label(band | block)
         keep = np.unique(blab[block])
         block = block | (np.isin(blab, keep[keep > 0]) & band)
@@ -278,18 +233,18 @@ class ClassicalSegmenter:
         behind = np.zeros(shape, dtype=bool)
         if vb_rows.size:
             behind[int(vb_rows[0]) :, :] = True
-        lateral_wall = ray_ring & post_px & ~behind & (depth_in <= LATERAL_WALL_MAX_MM)
+        lateral_wall = ray_ring & post_px & ~behind & (depth_in <= P.lateral_wall_max_mm)
         # behind the spine front the rays are trusted only close under the outer edge (the wall)
-        lateral_wall |= ray_ring & post_px & behind & (depth_in <= POSTERIOR_WALL_MAX_MM) & ~psoas_zone
+        lateral_wall |= ray_ring & post_px & behind & (depth_in <= P.posterior_wall_max_mm) & ~psoas_zone
         ring0 = block | (ray_ring & ~post_px) | lateral_wall
         cavity = _largest(inside_outer & ~ring0)
         ring = inside_outer & ~cavity
         # pixels touching dense bone are bone/muscle partial volume (HU raised, not muscle)
-        bone_pv = ndi.binary_dilation(h > BONE_PV_HU, structure=np.ones((3, 3), bool))
+        bone_pv = ndi.binary_dilation(h > P.bone_pv_hu, structure=np.ones((3, 3), bool))
         if muscle_ref is not None:  # only where the bone visibly raises the HU above muscle
-            bone_pv &= h > muscle_ref + BONE_PV_RAISE_HU
+            bone_pv &= h > muscle_ref + P.bone_pv_raise_hu
             # low-density trabecular bone of pedicles/laminae inside the vertebra region
-            bone_pv |= spine.vertebra & (h > muscle_ref + BONE_PV_RAISE_HU)
+            bone_pv |= spine.vertebra & (h > muscle_ref + P.bone_pv_raise_hu)
         excluded = spine.bone_interior | spine.canal | bone_pv
         if muscle_ref is not None:
             excluded |= _costal_cartilage(h, ring & ~block, muscle_ref, sp)
@@ -299,7 +254,7 @@ class ClassicalSegmenter:
         muscle_px = ring & ~excluded & preset.sm.contains(h)
         # IMAT: fat enclosed by muscle (holes, narrow clefts); other fat in the ring (partial volume at
         # the wall's edges, fat planes between muscles) goes to whichever side (SAT/cavity) is nearer
-        outline = ndi.binary_fill_holes(close_mm(muscle_px, IMAT_CLOSE_MM, sp)) & ring & ~excluded
+        outline = ndi.binary_fill_holes(close_mm(muscle_px, P.imat_close_mm, sp)) & ring & ~excluded
         # (fat pixels touching bone are bone/fat partial volume at the cortex, not intermuscular fat)
         near_bone = ndi.binary_dilation(excluded, structure=np.ones((3, 3), bool))
         outline &= ~near_bone | muscle_px
@@ -365,12 +320,12 @@ def _body_box(body: npt.NDArray[np.bool_], pad: int = 4) -> tuple[slice, slice]:
 def _skin(
     h: npt.NDArray[np.float32], bmask: npt.NDArray[np.bool_], sp: tuple[float, float]
 ) -> npt.NDArray[np.bool_]:
-    """Skin and the air/skin partial volume at the surface: never SAT (see SKIN_MM)."""
+    """Skin and the air/skin partial volume at the surface: never SAT (see P.skin_mm)."""
     depth = ndi.distance_transform_edt(bmask, sampling=sp) - 0.5 * min(sp)
-    skin = bmask & ((depth < SKIN_MM) | ~ndi.binary_erosion(bmask))
+    skin = bmask & ((depth < P.skin_mm) | ~ndi.binary_erosion(bmask))
     # the next pixel ring is skin/fat partial volume when it is brighter than fat
     rim = ndi.binary_dilation(skin, structure=np.ones((3, 3), bool)) & ~skin
-    out: npt.NDArray[np.bool_] = skin | (rim & (h > DERMIS_PV_HU))
+    out: npt.NDArray[np.bool_] = skin | (rim & (h > P.dermis_pv_hu))
     return out
 
 
@@ -407,19 +362,19 @@ def _costal_cartilage(
     one-pixel partial-volume rim is dropped too where it is still > reference + 20 HU (the rule used
     for bone partial volume).
     """
-    smooth = ndi.gaussian_filter(h, (CARTILAGE_SMOOTH_MM / sp[0], CARTILAGE_SMOOTH_MM / sp[1]))
-    core = wall & (smooth > muscle_ref + CARTILAGE_DELTA_HU)
+    smooth = ndi.gaussian_filter(h, (P.cartilage_smooth_mm / sp[0], P.cartilage_smooth_mm / sp[1]))
+    core = wall & (smooth > muscle_ref + P.cartilage_delta_hu)
     lab, n = ndi.label(core)
     if n == 0:
         return core
     sizes = np.bincount(lab.ravel()) * sp[0] * sp[1]
-    keep = np.flatnonzero(sizes >= CARTILAGE_MIN_MM2)
+    keep = np.flatnonzero(sizes >= P.cartilage_min_mm2)
     keep = keep[keep > 0]
     core = np.isin(lab, keep)
     rim = (
         ndi.binary_dilation(core, structure=np.ones((3, 3), bool))
         & wall
-        & (h > muscle_ref + BONE_PV_RAISE_HU)
+        & (h > muscle_ref + P.bone_pv_raise_hu)
     )
     out: npt.NDArray[np.bool_] = core | rim
     return out
@@ -445,17 +400,17 @@ def _organ_contact(
     vessel lying on it. By the HU-window convention they are muscle when they fall in the window,
     but they belong to neither: the reader's reference leaves them out, and so does TotalSegmentator's
     kidney label, which takes them into the kidney. The organ is cavity tissue in the muscle window
-    at ORGAN_MIN_HU or denser: the kidney's own edge pixels are partial-volumed too (5-16 HU on
+    at P.organ_min_hu or denser: the kidney's own edge pixels are partial-volumed too (5-16 HU on
     example_ct), fat and its partial volume are below it."""
     lean = _psoas_hu(h, psoas, preset)
     if lean is None:
         return np.zeros_like(ring)
-    floor = min(lean - ORGAN_CONTACT_DELTA_HU, ORGAN_CONTACT_MAX_HU)
-    organ = cavity & preset.sm.contains(h) & (h >= ORGAN_MIN_HU)
+    floor = min(lean - P.organ_contact_delta_hu, P.organ_contact_max_hu)
+    organ = cavity & preset.sm.contains(h) & (h >= P.organ_min_hu)
     lab, n = ndi.label(organ)
     if n == 0:
         return np.zeros_like(ring)
-    big = np.bincount(lab.ravel()) * sp[0] * sp[1] >= ORGAN_MIN_AREA_MM2
+    big = np.bincount(lab.ravel()) * sp[0] * sp[1] >= P.organ_min_area_mm2
     big[0] = False
     organ = big[lab]
     near = ndi.binary_dilation(organ, structure=np.ones((3, 3), bool))
@@ -491,8 +446,8 @@ def _drop_kidney_pole(
     psoas_hu = _psoas_hu(h, cand, preset)
     if psoas_hu is None:
         return block
-    smooth = ndi.gaussian_filter(h, (KIDNEY_SMOOTH_MM / sp[0], KIDNEY_SMOOTH_MM / sp[1]))
-    low = cand & (smooth < psoas_hu - KIDNEY_DELTA_HU)
+    smooth = ndi.gaussian_filter(h, (P.kidney_smooth_mm / sp[0], P.kidney_smooth_mm / sp[1]))
+    low = cand & (smooth < psoas_hu - P.kidney_delta_hu)
     if not low.any():
         return block
     kept = block & ~low
@@ -507,14 +462,16 @@ def _drop_kidney_pole(
     idx = np.arange(1, n + 1)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     med = ndi.median(h, lab, idx)
-    dense = (sizes * sp[0] * sp[1] >= KIDNEY_KEEP_MIN_MM2) & (
-        np.asarray(med) >= psoas_hu - KIDNEY_KEEP_DELTA_HU
+    dense = (sizes * sp[0] * sp[1] >= P.kidney_keep_min_mm2) & (
+        np.asarray(med) >= psoas_hu - P.kidney_keep_delta_hu
     )
     ids = np.union1d(ids, idx[dense])
     attached = np.isin(lab, ids)
     # the psoas's own edge (partial volume, further darkened by the smoothing over ~1.5 sigma) stays
     # muscle by the window convention
-    out: npt.NDArray[np.bool_] = dilate_mm(attached, max(1.01 * max(sp), 1.5 * KIDNEY_SMOOTH_MM), sp) & block
+    out: npt.NDArray[np.bool_] = (
+        dilate_mm(attached, max(1.01 * max(sp), 1.5 * P.kidney_smooth_mm), sp) & block
+    )
     return out
 
 

@@ -29,20 +29,9 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from workers.tissues.geometry import BoolArray, dilate_mm, open_mm
+from workers.tissues.params import TISSUE_PARAMS
 
-SOFT_LO = -29.0
-OPEN_MM = 3.5
-PSOAS_FRONT_ALLOWANCE_MM = 12.0
-PSOAS_ZONE_MM = 30.0  # psoas lies within this distance of the vertebral body (same as the classical engine)
-HOLE_MAX_MM2 = 400.0
-ORGAN_DELTA_HU = 30.0
-ORGAN_SIGMA_MM = 2.0
-ORGAN_BONE_MARGIN_MM = 6.0  # smoothing spreads bone brightness into adjacent muscle
-ORGAN_MIN_AREA_MM2 = 300.0  # liver, spleen, kidney: far larger than a bright spot in a psoas
-PSOAS_BELLY_MIN_MM2 = 150.0  # a detached psoas belly (L4-L5: ~5-15 cm²)
-PSOAS_BELLY_IN_ZONE = 0.5  # ...lies mostly within the psoas zone beside the vertebral body
-GUTTER_BEHIND_MM = 10.0
-GUTTER_HALF_WIDTH_MM = 45.0  # paraspinal muscles either side of the spinous process
+P = TISSUE_PARAMS.posterior
 
 
 def find_posterior_block(
@@ -59,21 +48,21 @@ def find_posterior_block(
     if not vertebra.any():
         return np.zeros_like(region)
     smooth = ndi.gaussian_filter(hu.astype(np.float32), (0.6 / dy, 0.6 / dx))
-    soft = ((smooth >= SOFT_LO) | vertebra) & region
+    soft = ((smooth >= P.soft_lo) | vertebra) & region
     if stop is not None:
         soft &= ~stop
     if muscle_ref_hu is not None:
         # clearly brighter than this patient's muscle = organ (enhanced liver/spleen/kidney), not muscle;
         # the margin is wide because psoas is often 10-25 HU denser than fatty paraspinal muscle
-        organ = ndi.gaussian_filter(hu.astype(np.float32), (ORGAN_SIGMA_MM / dy, ORGAN_SIGMA_MM / dx))
-        near_bone = dilate_mm(vertebra | (hu > 150), ORGAN_BONE_MARGIN_MM, spacing_yx_mm)
-        bright = (organ > muscle_ref_hu + ORGAN_DELTA_HU) & ~near_bone
+        organ = ndi.gaussian_filter(hu.astype(np.float32), (P.organ_sigma_mm / dy, P.organ_sigma_mm / dx))
+        near_bone = dilate_mm(vertebra | (hu > 150), P.organ_bone_margin_mm, spacing_yx_mm)
+        bright = (organ > muscle_ref_hu + P.organ_delta_hu) & ~near_bone
         # an organ is large; scattered bright spots are the denser tail of a psoas that kept its
         # density while the paraspinal muscles (the reference) turned fatty
         lab_b, n_b = ndi.label(bright)
         if n_b:
             area = np.bincount(lab_b.ravel()) * dy * dx
-            big = area >= ORGAN_MIN_AREA_MM2
+            big = area >= P.organ_min_area_mm2
             big[0] = False
             bright = big[lab_b]
         soft &= ~bright
@@ -86,15 +75,15 @@ def find_posterior_block(
     rr = np.arange(hu.shape[0])[:, None]
     cc = np.arange(hu.shape[1])[None, :]
     beside = (cc < c0) | (cc > c1)
-    allow = (rr >= front) | (beside & (rr >= front - PSOAS_FRONT_ALLOWANCE_MM / dy))
+    allow = (rr >= front) | (beside & (rr >= front - P.psoas_front_allowance_mm / dy))
     # away from the psoas (beside the vertebral body) the quadratus and the erector spinae lie behind
     # the transverse processes, i.e. behind the back of the vertebral body; in front of that line,
     # lateral to the psoas, lie kidney, liver and spleen (touching the back wall above L2)
     back = int(rows[-1])
-    near_ref = dilate_mm(ref, PSOAS_ZONE_MM, spacing_yx_mm)
+    near_ref = dilate_mm(ref, P.psoas_zone_mm, spacing_yx_mm)
     allow &= near_ref | (rr >= back)
     soft &= allow
-    opened = open_mm(soft, OPEN_MM, spacing_yx_mm) | (vertebra & soft)
+    opened = open_mm(soft, P.open_mm, spacing_yx_mm) | (vertebra & soft)
     lab, _n = ndi.label(opened)
     ids = np.unique(lab[vertebra & opened])
     ids = ids[ids > 0]
@@ -106,18 +95,18 @@ def find_posterior_block(
     zone = near_ref & beside & (rr <= back)
     sizes = np.bincount(lab.ravel())
     in_zone = np.bincount(lab[zone], minlength=sizes.size)
-    belly = (in_zone * dy * dx >= PSOAS_BELLY_MIN_MM2) & (in_zone >= PSOAS_BELLY_IN_ZONE * sizes)
+    belly = (in_zone * dy * dx >= P.psoas_belly_min_mm2) & (in_zone >= P.psoas_belly_in_zone * sizes)
     belly[0] = False
     block |= belly[lab]
     # restore the edges removed by the opening (only soft pixels touching the block)
-    block = dilate_mm(block, OPEN_MM + 0.5 * max(dy, dx), spacing_yx_mm) & soft
+    block = dilate_mm(block, P.open_mm + 0.5 * max(dy, dx), spacing_yx_mm) & soft
     # paraspinal gutters: behind the back of the vertebral body and close to the midline there are
     # only the erector spinae and multifidus (no organ reaches there); very fatty muscle falls apart
     # into fragments under the opening, so soft tissue there is block whether attached or not
     mid = 0.5 * (c0 + c1)
-    gutter = (rr >= back + GUTTER_BEHIND_MM / dy) & (np.abs(cc - mid) * dx <= GUTTER_HALF_WIDTH_MM)
+    gutter = (rr >= back + P.gutter_behind_mm / dy) & (np.abs(cc - mid) * dx <= P.gutter_half_width_mm)
     block |= soft & gutter
-    return _fill_small_holes(block, HOLE_MAX_MM2 / (dy * dx)) & region
+    return _fill_small_holes(block, P.hole_max_mm2 / (dy * dx)) & region
 
 
 def _fill_small_holes(mask: BoolArray, max_px: float) -> BoolArray:

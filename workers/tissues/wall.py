@@ -26,47 +26,9 @@ from workers.tissues.geometry import (
     circular_median,
     interpolate_invalid_circular,
 )
+from workers.tissues.params import TISSUE_PARAMS
 
-N_RAYS = 360
-FAT_HI = -30.0  # upper bound of fat (structure), HU
-FAT_LO = -250.0  # below this at the surface: air partial volume, not fat
-AIR_HU = -400.0
-GAS_MIN_DEPTH_MM = 10.0  # air closer to the skin is a skin fold, not bowel
-THIN_WALL_HU = -60.0  # partial-volumed thin muscle layer on gas
-SKIN_MAX_MM = 6.0  # skin + dermis before the SAT starts
-SKIN_MIN_MM = 2.0  # skin thickness assumed when no SAT is present (cachexia)
-MUSCLE_RUN_MM = 2.5  # minimal muscle run that counts as the wall (septa in SAT are thinner)
-LOOKAHEAD_MM = 10.0  # the wall is mostly tissue over its first 10 mm; a fascia in SAT is not
-LOOKAHEAD_SOFT_FRACTION = 0.5
-MUSCLE_PEAK_HU = 0.0  # ...and it must reach this HU (septa are partial-volumed fat)
-FAT_GAP_MM = 4.5  # fat planes thinner than this inside the wall are intermuscular
-FAT_GAP_POSTERIOR_MM = 8.0  # fatty streaks in paraspinal muscles are wider
-CAP_LATERAL_MM = 40.0  # anterior/lateral wall thicker than this = organ touching
-CAP_POSTERIOR_MM = 170.0  # paraspinal + quadratus + psoas block
-POSTERIOR_HALF_ANGLE_DEG = 62.0
-OUTLIER_MM = 8.0
-ORGAN_DELTA_HU = 15.0  # smoothed HU this much above the patient's muscle HU = organ (liver, spleen...)
-ORGAN_RUN_MM = 5.0
-ORGAN_MIN_WALL_MM = 5.0
-ORGAN_SMOOTH_MM = 4.0
-REF_EXCESS_MAX_HU = ORGAN_DELTA_HU  # a ray's own wall density may exceed the typical one by this
-FLUID_DELTA_HU = 25.0  # smoothed HU this much below the wall's own density (but not fat) = fluid
-FLUID_MIN_HU = -10.0
-BOWEL_WALL_MM = 3.0  # typical wall of a gas-filled bowel loop (partial volume included)
-SAT_OUTLIER_MM = 6.0
-SAT_ENV_WINDOW = 61  # rays (±30°): SAT thickness varies slowly; a missed wall only adds
-SAT_ENV_PERCENTILE = 30.0
-ENV_WINDOW = 41  # rays (±20°) for the lower envelope of wall thickness
-ENV_PERCENTILE = 30.0
-ENV_TOL_MM = 4.0
-ENV_TOL_FAT_MM = 15.0  # a ray that ended on a clean fat plane is trusted more
-PRIOR_PERCENTILE = 65.0
-WEAK_MIN_MM = 3.0  # search window for a faint wall|organ boundary on capped rays
-WEAK_MAX_MM = 25.0
-WEAK_DROP_HU = 12.0
-WEAK_MAX_HU = 15.0
-RIB_SEARCH_MM = 25.0  # ribs this close under the outer edge lie in the wall (lateral wall above L2)
-RIB_GAP_RAYS = 20  # rays (20°, ~50 mm of wall at a 15 cm radius): spacing of rib sections in a 3 mm cut
+P = TISSUE_PARAMS.wall
 
 
 @dataclass
@@ -104,7 +66,7 @@ def cast_wall(
     stop_mask: BoolArray | None = None,
     muscle_ref_hu: float | None = None,
 ) -> WallResult:
-    """Cast ``N_RAYS`` rays from ``center_rc`` and return both wall edges per angle.
+    """Cast ``P.n_rays`` rays from ``center_rc`` and return both wall edges per angle.
 
     ``spine_dir`` is the unit (row, col) direction from the centre to the vertebral body; rays
     within ±62° of it form the posterior sector (thick paraspinal/psoas block, larger cap).
@@ -120,7 +82,7 @@ def cast_wall(
     else:
         max_r = float(np.hypot(h * dy, w * dx))
     s = np.arange(0.0, max_r, step)
-    angles = np.linspace(0.0, 2 * np.pi, N_RAYS, endpoint=False)
+    angles = np.linspace(0.0, 2 * np.pi, P.n_rays, endpoint=False)
     rr = center_rc[0] + np.outer(np.sin(angles), s) / dy
     cc = center_rc[1] + np.outer(np.cos(angles), s) / dx
     inside = (rr >= 0) & (rr <= h - 1) & (cc >= 0) & (cc <= w - 1)
@@ -129,7 +91,7 @@ def cast_wall(
     # organ detector: muscle has a patient-specific density (paraspinal reference); liver, spleen,
     # enhanced kidney or bowel wall touching the wall differ from it over several millimetres
     # (median, not mean: a rib or cartilage crossing the wall must not look like a bright organ)
-    n_med = max(round(ORGAN_SMOOTH_MM / (0.25 * min(dy, dx))), 1)
+    n_med = max(round(P.organ_smooth_mm / (0.25 * min(dy, dx))), 1)
     sprof_hu = ndi.median_filter(prof, size=(1, n_med), mode="nearest")
     bprof = ndi.map_coordinates(body.astype(np.uint8), coords, order=0, mode="constant") > 0
     bprof &= inside
@@ -141,27 +103,27 @@ def cast_wall(
         sprof = np.zeros_like(bprof)
     if spine_dir is not None:
         cosang = np.sin(angles) * spine_dir[0] + np.cos(angles) * spine_dir[1]
-        posterior = cosang >= np.cos(np.deg2rad(POSTERIOR_HALF_ANGLE_DEG))
+        posterior = cosang >= np.cos(np.deg2rad(P.posterior_half_angle_deg))
     else:
-        posterior = np.zeros(N_RAYS, dtype=bool)
+        posterior = np.zeros(P.n_rays, dtype=bool)
 
-    n_skin = max(int(SKIN_MAX_MM / step), 1)
-    n_run = max(round(MUSCLE_RUN_MM / step), 1)
-    n_organ_min = max(round(ORGAN_MIN_WALL_MM / step), 1)
-    n_bowel_wall = max(round(BOWEL_WALL_MM / step), 1)
-    n_organ_run = max(round(ORGAN_RUN_MM / step), 1)
-    n_look = max(round(LOOKAHEAD_MM / step), 1)
-    n_gap = max(round(FAT_GAP_MM / step), 1)
-    n_gap_post = max(round(FAT_GAP_POSTERIOR_MM / step), 1)
-    skin_r = np.zeros(N_RAYS)
-    outer_r = np.zeros(N_RAYS)
-    inner_r = np.zeros(N_RAYS)
-    capped = np.zeros(N_RAYS, dtype=bool)
-    weak = np.zeros(N_RAYS, dtype=bool)
-    fat_stop = np.zeros(N_RAYS, dtype=bool)
-    stop_reason: list[str] = ["no_body"] * N_RAYS  # per ray: fat, air, organ, vbody, weak, cap
-    outer_idx = np.full(N_RAYS, -1, dtype=np.int64)
-    for k in range(N_RAYS):
+    n_skin = max(int(P.skin_max_mm / step), 1)
+    n_run = max(round(P.muscle_run_mm / step), 1)
+    n_organ_min = max(round(P.organ_min_wall_mm / step), 1)
+    n_bowel_wall = max(round(P.bowel_wall_mm / step), 1)
+    n_organ_run = max(round(P.organ_run_mm / step), 1)
+    n_look = max(round(P.lookahead_mm / step), 1)
+    n_gap = max(round(P.fat_gap_mm / step), 1)
+    n_gap_post = max(round(P.fat_gap_posterior_mm / step), 1)
+    skin_r = np.zeros(P.n_rays)
+    outer_r = np.zeros(P.n_rays)
+    inner_r = np.zeros(P.n_rays)
+    capped = np.zeros(P.n_rays, dtype=bool)
+    weak = np.zeros(P.n_rays, dtype=bool)
+    fat_stop = np.zeros(P.n_rays, dtype=bool)
+    stop_reason: list[str] = ["no_body"] * P.n_rays  # per ray: fat, air, organ, vbody, weak, cap
+    outer_idx = np.full(P.n_rays, -1, dtype=np.int64)
+    for k in range(P.n_rays):
         inb = np.flatnonzero(bprof[k])
         if inb.size == 0:
             capped[k] = True
@@ -171,36 +133,36 @@ def cast_wall(
         p = prof[k]
         # --- outer edge: walk inward from the skin
         i = i_skin
-        # skip skin until the first fat sample (or give up after SKIN_MAX_MM: no SAT)
+        # skip skin until the first fat sample (or give up after P.skin_max_mm: no SAT)
         j = i
-        while j > 0 and i - j < n_skin and p[j] < FAT_LO:  # air/skin partial volume at the surface
+        while j > 0 and i - j < n_skin and p[j] < P.fat_lo:  # air/skin partial volume at the surface
             j -= 1
-        while j > 0 and i - j < n_skin and p[j] > FAT_HI:
+        while j > 0 and i - j < n_skin and p[j] > P.fat_hi:
             j -= 1
-        if p[j] > FAT_HI:
-            outer = i - max(int(SKIN_MIN_MM / step), 1)
+        if p[j] > P.fat_hi:
+            outer = i - max(int(P.skin_min_mm / step), 1)
         else:
-            soft = p > FAT_HI
-            notfat = soft | (p < AIR_HU)
+            soft = p > P.fat_hi
+            notfat = soft | (p < P.air_hu)
             outer = 0
             cnt = 0
             peak = -np.inf
             while j > 0:
-                if p[j] < AIR_HU and bprof[k, j] and not posterior[k] and s[i] - s[j] > GAS_MIN_DEPTH_MM:
+                if p[j] < P.air_hu and bprof[k, j] and not posterior[k] and s[i] - s[j] > P.gas_min_depth_mm:
                     # bowel gas reached before a convincing wall: the wall is the thin soft layer
                     # just outside the gas (e.g. a thin rectus on a gas-filled loop)
                     jj = j + 1
-                    while jj < i and p[jj] > THIN_WALL_HU:
+                    while jj < i and p[jj] > P.thin_wall_hu:
                         jj += 1
                     outer = jj - 1 if jj - 1 > j else j + 1
                     break
                 if soft[j]:
                     cnt += 1
                     peak = max(peak, float(p[j]))
-                    if cnt >= n_run and peak >= MUSCLE_PEAK_HU:
+                    if cnt >= n_run and peak >= P.muscle_peak_hu:
                         start = j + cnt - 1
                         ahead = notfat[max(start - n_look, 0) : start + 1]
-                        if ahead.mean() >= LOOKAHEAD_SOFT_FRACTION:
+                        if ahead.mean() >= P.lookahead_soft_fraction:
                             outer = start
                             break
                 else:
@@ -215,18 +177,18 @@ def cast_wall(
     # thinned to nothing) the "first mm" is the organ itself (liver, stomach, bowel wall), so the
     # ray's density may exceed the wall's typical density around the circumference by at most the
     # organ margin: otherwise an organ touching the linea alba would define its own reference
-    first_hu = np.full(N_RAYS, np.nan)
+    first_hu = np.full(P.n_rays, np.nan)
     rays_in_body = [int(r) for r in np.flatnonzero(outer_idx >= 0)]
     for k in rays_in_body:
         o = int(outer_idx[k])
         first = prof[k, max(o - n_organ_min, 0) : o + 1]
-        first = first[first > FAT_HI]
+        first = first[first > P.fat_hi]
         if first.size:
             first_hu[k] = float(np.median(first))
     front_first = first_hu[~posterior & np.isfinite(first_hu)]
     wall_typ = float(np.median(front_first)) if front_first.size else None
-    rib_depth = np.full(N_RAYS, np.nan)
-    n_rib = max(round(RIB_SEARCH_MM / step), 1)
+    rib_depth = np.full(P.n_rays, np.nan)
+    n_rib = max(round(P.rib_search_mm / step), 1)
     for k in rays_in_body:
         p = prof[k]
         outer = int(outer_idx[k])
@@ -240,7 +202,7 @@ def cast_wall(
                 deepest = max(outer - n_rib, 0) + int(hits[0])
                 rib_depth[k] = s[outer] - s[deepest]
         # --- inner edge: continue inward through muscle
-        cap = CAP_POSTERIOR_MM if posterior[k] else CAP_LATERAL_MM
+        cap = P.cap_posterior_mm if posterior[k] else P.cap_lateral_mm
         n_cap = int(cap / step)
         j = outer
         last_tissue = outer
@@ -251,7 +213,7 @@ def cast_wall(
         if muscle_ref_hu is not None and np.isfinite(first_hu[k]):
             own = float(first_hu[k])
             if wall_typ is not None:
-                own = min(own, max(wall_typ, muscle_ref_hu) + REF_EXCESS_MAX_HU)
+                own = min(own, max(wall_typ, muscle_ref_hu) + P.ref_excess_max_hu)
             ray_ref = max(muscle_ref_hu, own)
         in_vbody = False
         stopped = False
@@ -276,8 +238,8 @@ def cast_wall(
                 and not posterior[k]
                 and outer - j > n_organ_min
                 and (
-                    sv - ray_ref > ORGAN_DELTA_HU  # brighter organ (liver, spleen, enhanced bowel)
-                    or FLUID_MIN_HU < sv < ray_ref - FLUID_DELTA_HU
+                    sv - ray_ref > P.organ_delta_hu  # brighter organ (liver, spleen, enhanced bowel)
+                    or P.fluid_min_hu < sv < ray_ref - P.fluid_delta_hu
                 )
             ):  # ascites, fluid-filled bowel
                 organ_run += 1
@@ -288,14 +250,14 @@ def cast_wall(
                     break
             else:
                 organ_run = 0
-            if v < AIR_HU and bprof[k, j] and not boneprof[k, j] and not posterior[k]:
+            if v < P.air_hu and bprof[k, j] and not boneprof[k, j] and not posterior[k]:
                 why = "air"
                 stopped = True
                 # the soft tissue just outside the gas is the bowel wall, not abdominal wall muscle
                 last_tissue = min(max(last_tissue, j + n_bowel_wall), outer - n_organ_min)
                 last_tissue = max(last_tissue, j + 1)
                 break
-            if v <= FAT_HI and not boneprof[k, j] and not in_vbody:
+            if v <= P.fat_hi and not boneprof[k, j] and not in_vbody:
                 gap += 1
                 if gap > (n_gap_post if posterior[k] else n_gap):
                     why = "fat"
@@ -309,13 +271,13 @@ def cast_wall(
             capped[k] = True
             if not posterior[k]:
                 # organ contact: look for a faint boundary (thin extraperitoneal fat, partial volume)
-                lo = max(outer - int(WEAK_MAX_MM / step), 1)
-                hi = outer - max(int(WEAK_MIN_MM / step), 1)
+                lo = max(outer - int(P.weak_max_mm / step), 1)
+                hi = outer - max(int(P.weak_min_mm / step), 1)
                 if hi - lo > 3:
                     seg_raw = p[lo:hi].astype(np.float64)
                     seg = ndi.uniform_filter1d(seg_raw, max(int(2.0 / step), 1), mode="nearest")
                     m = int(np.argmin(seg))
-                    if seg[m] < min(float(np.median(seg_raw)) - WEAK_DROP_HU, WEAK_MAX_HU):
+                    if seg[m] < min(float(np.median(seg_raw)) - P.weak_drop_hu, P.weak_max_hu):
                         last_tissue = lo + m
                         capped[k] = False
                         weak[k] = True
@@ -325,16 +287,16 @@ def cast_wall(
         stop_reason[k] = why
     # outer edge outliers: SAT much thicker than around it = a thin wall layer was missed
     sat_t = skin_r - outer_r
-    sat_env = _nanpercentile_circular(sat_t, SAT_ENV_WINDOW, SAT_ENV_PERCENTILE)
-    outer_ok = sat_t <= sat_env + SAT_OUTLIER_MM
+    sat_env = _nanpercentile_circular(sat_t, P.sat_env_window, P.sat_env_percentile)
+    outer_ok = sat_t <= sat_env + P.sat_outlier_mm
     outer_r = skin_r - interpolate_invalid_circular(sat_t, outer_ok)
     thick = outer_r - inner_r
     valid = ~capped & (thick >= 0)
     # organ contact only ever ADDS apparent thickness: compare each ray with a local lower envelope
     t = np.where(valid, thick, np.nan)
-    env = _nanpercentile_circular(t, ENV_WINDOW, ENV_PERCENTILE)
+    env = _nanpercentile_circular(t, P.env_window, P.env_percentile)
     front = ~posterior
-    tol = np.where(fat_stop, ENV_TOL_FAT_MM, ENV_TOL_MM)
+    tol = np.where(fat_stop, P.env_tol_fat_mm, P.env_tol_mm)
     too_thick = valid & np.isfinite(env) & (thick > env + tol)
     thick = np.where(front & too_thick, env, thick)
     for sector in (posterior, front):
@@ -342,13 +304,13 @@ def cast_wall(
             continue
         t = np.where(valid, thick, np.nan)
         med = _nanmedian_circular(t, 25)
-        bad = sector & valid & (thick > med + OUTLIER_MM)
+        bad = sector & valid & (thick > med + P.outlier_mm)
         valid &= ~bad
     thick_i = interpolate_invalid_circular(thick, valid)
     # wide contacts (liver, spleen) leave long gaps: never interpolate above a thin-wall prior
     clean_front = valid & front & ~weak
     if clean_front.sum() >= 10:
-        prior = float(np.percentile(thick[clean_front], PRIOR_PERCENTILE))
+        prior = float(np.percentile(thick[clean_front], P.prior_percentile))
         thick_i = np.where(front & ~valid, np.minimum(thick_i, prior), thick_i)
     thick_i = circular_median(thick_i, 5)
     # ribs are part of the wall (intercostal muscles between them, the diaphragm's costal origin on
@@ -357,7 +319,7 @@ def cast_wall(
     # edge 5 mm under the outer edge there, because unenhanced liver/spleen and wall share their HU
     has_rib = np.isfinite(rib_depth) & front
     if has_rib.any():
-        floor = _interpolate_short_gaps(np.where(has_rib, rib_depth, 0.0), has_rib, RIB_GAP_RAYS)
+        floor = _interpolate_short_gaps(np.where(has_rib, rib_depth, 0.0), has_rib, P.rib_gap_rays)
         thick_i = np.where(front & np.isfinite(floor), np.maximum(thick_i, floor), thick_i)
     outer_s = circular_mean(circular_median(outer_r, 5), 3)
     inner_s = outer_s - np.maximum(thick_i, 0.0)

@@ -1,0 +1,239 @@
+"""The tuned numbers of the classical tissue engine, in one versioned table.
+
+Why one table: a result is only interpretable with the numbers that produced it, and a change
+to any of them must be visible (as :mod:`workers.rules` is for cut-offs). Each number has its
+unit in its name (_MM, _MM2, _HU, _DEG, a fraction or a count) and a note on why it has its value.
+Change a number: bump ``TissueParams.name`` and the segmenter version (``classical@x.y``), regenerate
+docs/validation-tissues.md and look at the pictures. The patient-frame search has its own table
+(:class:`workers.tissues.frame.FrameRule`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BodyParams:
+    """Body outline: table, arms and limbs. (workers/tissues/body.py)"""
+
+    body_hu: float = -500.0
+    table_open_mm: float = 2.5
+    arm_open_mm: float = 18.0
+    arm_min_area_mm2: float = 1500.0
+    arm_bone_hu: float = 300.0
+    limb_bone_hu: float = 300.0
+    limb_bone_min_mm2: float = 80.0
+    limb_bone_min_width_mm: float = 9.0
+    #: limb bones lie in the outer 30 % of the body width on each side
+    limb_lateral_fraction: float = 0.30
+    limb_max_inside_hull: float = 0.5
+
+
+@dataclass(frozen=True)
+class BoneParams:
+    """Spine: vertebra, vertebral body and canal. (workers/tissues/bone.py)"""
+
+    bone_hu: float = 200.0
+    trabecular_hu: float = 105.0
+    vbody_cortex_mm: float = 3.0
+    vert_close_mm: float = 7.5
+    #: midline profile: vertebral body (incl. osteopenic marrow) vs canal/CSF
+    body_run_hu: float = 55.0
+    body_region_hu: float = 90.0
+    #: a low-density gap shorter than this inside the body (basivertebral veins) is not yet the canal
+    body_gap_mm: float = 6.0
+    #: a lumbar/lower thoracic body is 25-35 mm deep; a lamina on the midline is thinner
+    vb_min_depth_mm: float = 15.0
+    vb_search_front_mm: float = 40.0
+    disc_search_front_mm: float = 65.0
+    #: a vertebral body's section is > 1,000 mm²; less dense bone = disc level
+    disc_max_bone_mm2: float = 300.0
+    canal_half_width_mm: float = 10.0
+    #: A lumbar body is less deep (antero-posterior) than it is wide (L3: ~35 x 45-50 mm). A midline run
+    #: deeper than its width has taken in what lies on the body's front: the aorta (enhanced, ~165 HU,
+    #: with a calcified back wall) on hcc_tace_seg_048, 53 mm of "body" 49 mm wide. The run is then cut
+    #: at the darkest row (the fat plane between aorta and body, 47 HU there) of its front part.
+    vb_max_depth_to_width: float = 1.0
+    vb_min_depth_to_width: float = 0.6
+
+
+@dataclass(frozen=True)
+class BowelParams:
+    """Bowel lumen: gas and stool. (workers/tissues/bowel.py)"""
+
+    gas_hu: float = -400.0
+    #: partial-volume band around gas (at least one pixel)
+    rim_mm: float = 2.0
+    stool_close_mm: float = 6.0
+    stool_min_gas_fraction: float = 0.15
+
+
+@dataclass(frozen=True)
+class WallParams:
+    """The abdominal wall, found by rays from the centre. (workers/tissues/wall.py)"""
+
+    n_rays: int = 360
+    #: upper bound of fat (structure), HU
+    fat_hi: float = -30.0
+    #: below this at the surface: air partial volume, not fat
+    fat_lo: float = -250.0
+    air_hu: float = -400.0
+    #: air closer to the skin is a skin fold, not bowel
+    gas_min_depth_mm: float = 10.0
+    #: partial-volumed thin muscle layer on gas
+    thin_wall_hu: float = -60.0
+    #: skin + dermis before the SAT starts
+    skin_max_mm: float = 6.0
+    #: skin thickness assumed when no SAT is present (cachexia)
+    skin_min_mm: float = 2.0
+    #: minimal muscle run that counts as the wall (septa in SAT are thinner)
+    muscle_run_mm: float = 2.5
+    #: the wall is mostly tissue over its first 10 mm; a fascia in SAT is not
+    lookahead_mm: float = 10.0
+    lookahead_soft_fraction: float = 0.5
+    #: ...and it must reach this HU (septa are partial-volumed fat)
+    muscle_peak_hu: float = 0.0
+    #: fat planes thinner than this inside the wall are intermuscular
+    fat_gap_mm: float = 4.5
+    #: fatty streaks in paraspinal muscles are wider
+    fat_gap_posterior_mm: float = 8.0
+    #: anterior/lateral wall thicker than this = organ touching
+    cap_lateral_mm: float = 40.0
+    #: paraspinal + quadratus + psoas block
+    cap_posterior_mm: float = 170.0
+    posterior_half_angle_deg: float = 62.0
+    outlier_mm: float = 8.0
+    #: smoothed HU this much above the patient's muscle HU = organ (liver, spleen...)
+    organ_delta_hu: float = 15.0
+    organ_run_mm: float = 5.0
+    organ_min_wall_mm: float = 5.0
+    organ_smooth_mm: float = 4.0
+    #: a ray's own wall density may exceed the typical one by this
+    ref_excess_max_hu: float = 15.0
+    #: smoothed HU this much below the wall's own density (but not fat) = fluid
+    fluid_delta_hu: float = 25.0
+    fluid_min_hu: float = -10.0
+    #: typical wall of a gas-filled bowel loop (partial volume included)
+    bowel_wall_mm: float = 3.0
+    sat_outlier_mm: float = 6.0
+    #: rays (±30°): SAT thickness varies slowly; a missed wall only adds
+    sat_env_window: int = 61
+    sat_env_percentile: float = 30.0
+    #: rays (±20°) for the lower envelope of wall thickness
+    env_window: int = 41
+    env_percentile: float = 30.0
+    env_tol_mm: float = 4.0
+    #: a ray that ended on a clean fat plane is trusted more
+    env_tol_fat_mm: float = 15.0
+    prior_percentile: float = 65.0
+    #: search window for a faint wall|organ boundary on capped rays
+    weak_min_mm: float = 3.0
+    weak_max_mm: float = 25.0
+    weak_drop_hu: float = 12.0
+    weak_max_hu: float = 15.0
+    #: ribs this close under the outer edge lie in the wall (lateral wall above L2)
+    rib_search_mm: float = 25.0
+    #: rays (20°, ~50 mm of wall at a 15 cm radius): spacing of rib sections in a 3 mm cut
+    rib_gap_rays: int = 20
+
+
+@dataclass(frozen=True)
+class PosteriorParams:
+    """The posterior muscle block (paraspinal, quadratus, psoas). (workers/tissues/posterior.py)"""
+
+    soft_lo: float = -29.0
+    open_mm: float = 3.5
+    psoas_front_allowance_mm: float = 12.0
+    #: psoas lies within this distance of the vertebral body (same as the classical engine)
+    psoas_zone_mm: float = 30.0
+    hole_max_mm2: float = 400.0
+    organ_delta_hu: float = 30.0
+    organ_sigma_mm: float = 2.0
+    #: smoothing spreads bone brightness into adjacent muscle
+    organ_bone_margin_mm: float = 6.0
+    #: liver, spleen, kidney: far larger than a bright spot in a psoas
+    organ_min_area_mm2: float = 300.0
+    #: a detached psoas belly (L4-L5: ~5-15 cm²)
+    psoas_belly_min_mm2: float = 150.0
+    #: ...lies mostly within the psoas zone beside the vertebral body
+    psoas_belly_in_zone: float = 0.5
+    gutter_behind_mm: float = 10.0
+    #: paraspinal muscles either side of the spinous process
+    gutter_half_width_mm: float = 45.0
+
+
+@dataclass(frozen=True)
+class ClassicalParams:
+    """Compartments, skin and the rules that join them. (workers/tissues/classical.py)"""
+
+    metal_hu: float = 2500.0
+    #: out-of-field fill (-2000, -3024 ...) marks the edge of the reconstruction circle
+    padding_hu: float = -1500.0
+    #: what a turned slice's new corners hold: outside the field of view
+    outside_image_hu: float = -3024.0
+    #: Skin is soft tissue (dermis +20..+60 HU) and falls outside the SAT window by itself; the band only
+    #: removes the surface's air/skin partial volume, which can land in the fat window. On
+    #: hcc_tace_seg_048 (0.7 mm) the 1st ring has a median of -215 HU (air/skin), the 2nd -32
+    #: (dermis/fat), the 3rd -65 (81 % in the fat window: fat) and the 4th -100. Centres shallower than
+    #: 1.5 mm (the 1st and 2nd ring at 0.7 mm) and always the outermost pixel (any pixel size) are skin;
+    #: 2.0 mm took the 3rd ring too and cost 6 % of SAT there.
+    skin_mm: float = 1.5
+    bone_pv_hu: float = 200.0
+    bone_pv_raise_hu: float = 20.0
+    #: pixel next to the skin band brighter than this: skin partial volume, not SAT
+    dermis_pv_hu: float = -50.0
+    #: paraspinal/quadratus lie within this depth of the outer muscle edge
+    block_depth_mm: float = 45.0
+    center_front_mm: float = 30.0
+    psoas_zone_mm: float = 30.0
+    imat_close_mm: float = 3.0
+    psoas_min_half_thickness_mm: float = 6.0
+    wall_guessed_fraction: float = 0.4
+    edge_band_px: float = 1.5
+    lateral_wall_max_mm: float = 40.0
+    posterior_wall_max_mm: float = 10.0
+    wall_band_mm: float = 15.0
+    #: costal cartilage (70-150 HU unless calcified) lies inside the muscle window but is denser than any
+    #: muscle of the same patient: a blob this much above the paraspinal reference is cartilage
+    cartilage_delta_hu: float = 50.0
+    cartilage_min_mm2: float = 30.0
+    cartilage_smooth_mm: float = 1.0
+    #: beside the vertebral body, soft tissue this much darker than the psoas itself is an unenhanced
+    #: kidney pole, not psoas
+    kidney_delta_hu: float = 30.0
+    kidney_smooth_mm: float = 2.0
+    #: a separated piece this large and of psoas density is psoas
+    kidney_keep_min_mm2: float = 150.0
+    kidney_keep_delta_hu: float = 15.0
+    #: A muscle-edge pixel touching an organ (kidney, bowel, vessel) and darker than the psoas by this
+    #: much is the fat plane or partial volume between them, not muscle: on example_ct (unenhanced) the
+    #: psoas's pixels against the kidney's medial edge are -17..16 HU against a psoas of ~45 HU.
+    organ_contact_delta_hu: float = 20.0
+    #: ...and never above this: on an enhanced scan the psoas is 60-70 HU while the quadratus touching
+    #: the kidney is ~40 HU and muscle (hcc_tace_seg_048: the reader's SM); below 20 HU a pixel is at
+    #: least a fifth fat by linear mixing of muscle (~45 HU) and fat (~-100 HU).
+    organ_contact_max_hu: float = 20.0
+    #: cavity tissue this dense next to the muscle is an organ's edge, not fat
+    organ_min_hu: float = 0.0
+    #: ...in a piece at least this large: a kidney's section is 15-40 cm^2; vessels (aorta 3-5 cm^2),
+    #: crura and the front of a disc are smaller, and the psoas's darker edge against them stays muscle
+    organ_min_area_mm2: float = 1000.0
+    #: ray centre: body centroid (kept in front of the vertebral body)
+    center_toward_spine: float = 0.0
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """Every tuned number of the classical tissue engine, by the module that uses it."""
+
+    name: str = "classical-tissues@1"
+    body: BodyParams = field(default_factory=BodyParams)
+    bone: BoneParams = field(default_factory=BoneParams)
+    bowel: BowelParams = field(default_factory=BowelParams)
+    wall: WallParams = field(default_factory=WallParams)
+    posterior: PosteriorParams = field(default_factory=PosteriorParams)
+    classical: ClassicalParams = field(default_factory=ClassicalParams)
+
+
+TISSUE_PARAMS = TissueParams()
