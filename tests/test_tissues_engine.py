@@ -55,6 +55,7 @@ def test_output_contract_and_context_is_optional() -> None:
     assert a.body_mask.dtype == bool
     j = a.to_json()
     assert j["segmenter"] == "classical@0.2" and j["hu_preset"] == "tomovision-l3@1"
+    assert j["parameters"] == "classical-tissues@1"
 
 
 def test_uniform_fat_preset_changes_vat_only_window() -> None:
@@ -112,3 +113,35 @@ def test_vertebral_body_run_stops_at_the_canal_and_skips_the_lamina() -> None:
     assert _body_run(col, raw, inside, v_top=23, v_bot=31, dy=3.0) == (10, 20)
     # no lamina behind any long run (a slice without a posterior arch): no answer, caller falls back
     assert _body_run(col[:21], raw[:21], inside[:21], v_top=10, v_bot=20, dy=3.0) is None
+
+
+def test_every_tuned_number_of_the_tissue_engine_is_in_the_table_with_a_reason() -> None:
+    """workers/tissues/params.py holds every tuned number (#20): each field carries a ``#:`` note,
+    and no tissue module defines its own numeric constant beside it."""
+    import ast
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from workers.tissues import params
+
+    root = Path(params.__file__).parent
+    source = (root / "params.py").read_text().splitlines()
+    sections = [f for f in dataclasses.fields(params.TissueParams) if f.name != "name"]
+    assert {f.name for f in sections} == {"body", "bone", "bowel", "wall", "posterior", "classical"}
+    for sec in sections:
+        for fld in dataclasses.fields(
+            sec.type if isinstance(sec.type, type) else getattr(params, str(sec.type))
+        ):
+            line = next(i for i, s in enumerate(source) if re.match(rf"\s+{fld.name}: ", s))
+            assert source[line - 1].strip().startswith("#:"), f"{sec.name}.{fld.name} has no note"
+    for module in root.glob("*.py"):
+        if module.name == "params.py":
+            continue
+        for node in ast.parse(module.read_text()).body:
+            value = node.value.operand if isinstance(getattr(node, "value", None), ast.UnaryOp) else None
+            value = value if value is not None else getattr(node, "value", None)
+            if isinstance(node, ast.Assign) and isinstance(value, ast.Constant):
+                name = getattr(node.targets[0], "id", "")
+                if isinstance(value.value, (int, float)) and not name.startswith(("LABEL_", "_")):
+                    raise AssertionError(f"{module.name}: {name} = {value.value} belongs in params.py")

@@ -99,6 +99,7 @@ class ClassicalSegmenter:
             wall_inner_contour_px=turn.back_points(seg.wall_inner_contour_px),
             masks=masks,
             segmenter=self.id,
+            parameters=TISSUE_PARAMS.name,
             preset_id=preset.id,
         )
 
@@ -119,7 +120,14 @@ class ClassicalSegmenter:
         empty = np.zeros((0, 2))
         if "no_body" in flags:
             return TissueSegmentation(
-                labels, empty, body.mask, flags, notes, segmenter=self.id, preset_id=preset.id
+                labels,
+                empty,
+                body.mask,
+                flags,
+                notes,
+                segmenter=self.id,
+                parameters=TISSUE_PARAMS.name,
+                preset_id=preset.id,
             )
         # everything else runs on the body's bounding box (same result, much less work)
         box = _body_box(body.mask)
@@ -143,6 +151,7 @@ class ClassicalSegmenter:
             wall_inner_contour_px=sub.wall_inner_contour_px + off,
             masks=masks,
             segmenter=self.id,
+            parameters=TISSUE_PARAMS.name,
             preset_id=preset.id,
         )
 
@@ -295,6 +304,7 @@ class ClassicalSegmenter:
             wall_inner_contour_px=wall.inner_contour_rc,
             masks=masks,
             segmenter=self.id,
+            parameters=TISSUE_PARAMS.name,
             preset_id=preset.id,
         )
 

@@ -73,11 +73,13 @@ class TissueSegmentation:
     masks: dict[str, BoolArray] = field(default_factory=dict)
     segmenter: str = ""
     preset_id: str = ""
+    parameters: str = ""  # the segmenter's versioned parameter table (e.g. classical-tissues@1)
 
     def to_json(self) -> dict[str, Any]:
         """Summary for result.json (arrays are written separately by the caller)."""
         return {
             "segmenter": self.segmenter,
+            "parameters": self.parameters,
             "hu_preset": self.preset_id,
             "flags": list(self.flags),
             "qc_notes": list(self.qc_notes),

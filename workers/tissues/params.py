@@ -17,16 +17,29 @@ from dataclasses import dataclass, field
 class BodyParams:
     """Body outline: table, arms and limbs. (workers/tissues/body.py)"""
 
+    #: anything denser than lung/air partial volume is body; -500 HU separates air (-1000) and lung (-850)
+    #: from fat (-100) with a wide margin
     body_hu: float = -500.0
+    #: opening that cuts the table and blankets off the body: they touch the skin along a thin line (1-2
+    #: mm)
     table_open_mm: float = 2.5
+    #: opening that separates an arm lying against the flank: the contact is narrower than the arm (~80 mm)
+    #: and the trunk; 18 mm keeps the waist
     arm_open_mm: float = 18.0
+    #: a piece cut off by the opening is a limb only if at least 15 cm^2 (a forearm section), smaller ones
+    #: are skin folds
     arm_min_area_mm2: float = 1500.0
+    #: cortical bone of humerus, radius or ulna inside a cut-off piece (> 50 mm^2 of it) makes it a limb
     arm_bone_hu: float = 300.0
+    #: cortical bone threshold for limb bones beside the trunk (same as arm_bone_hu)
     limb_bone_hu: float = 300.0
+    #: a limb bone section (humerus 3-5 cm^2) is at least this large; ribs and calcifications are smaller
     limb_bone_min_mm2: float = 80.0
+    #: and at least this thick across (humerus ~20 mm, a rib section ~5-8 mm)
     limb_bone_min_width_mm: float = 9.0
     #: limb bones lie in the outer 30 % of the body width on each side
     limb_lateral_fraction: float = 0.30
+    #: a limb bulges out of the trunk: at most half of it lies inside the convex hull of the rest
     limb_max_inside_hull: float = 0.5
 
 
@@ -34,27 +47,40 @@ class BodyParams:
 class BoneParams:
     """Spine: vertebra, vertebral body and canal. (workers/tissues/bone.py)"""
 
+    #: dense (cortical) bone; trabecular bone of older patients is only 60-130 HU and is found by
+    #: trabecular_hu
     bone_hu: float = 200.0
+    #: bone region on a 2.5 mm-smoothed image: above muscle (enhanced up to ~80) and below healthy marrow;
+    #: keeps osteopenic bodies
     trabecular_hu: float = 105.0
-    vbody_cortex_mm: float = 3.0
+    #: closing that shuts the vertebral body's cortical ring around dark marrow (basivertebral veins,
+    #: osteopenia: gaps up to ~15 mm)
     vert_close_mm: float = 7.5
     #: midline profile: vertebral body (incl. osteopenic marrow) vs canal/CSF
     body_run_hu: float = 55.0
+    #: smoothed HU of the vertebral body region attached to the midline run (marrow incl. osteopenic,
+    #: 90-250 HU)
     body_region_hu: float = 90.0
     #: a low-density gap shorter than this inside the body (basivertebral veins) is not yet the canal
     body_gap_mm: float = 6.0
     #: a lumbar/lower thoracic body is 25-35 mm deep; a lamina on the midline is thinner
     vb_min_depth_mm: float = 15.0
+    #: the midline run is searched from this far in front of the vertebra component (its front can lag the
+    #: body by a cortex)
     vb_search_front_mm: float = 40.0
+    #: on the retry for disc levels (no cortex): the disc can reach ~60 mm in front of the posterior arch
     disc_search_front_mm: float = 65.0
     #: a vertebral body's section is > 1,000 mm²; less dense bone = disc level
     disc_max_bone_mm2: float = 300.0
+    #: the spinal canal is 15-25 mm wide at L3: its search band reaches 10 mm either side of the midline
     canal_half_width_mm: float = 10.0
     #: A lumbar body is less deep (antero-posterior) than it is wide (L3: ~35 x 45-50 mm). A midline run
     #: deeper than its width has taken in what lies on the body's front: the aorta (enhanced, ~165 HU,
     #: with a calcified back wall) on hcc_tace_seg_048, 53 mm of "body" 49 mm wide. The run is then cut
     #: at the darkest row (the fat plane between aorta and body, 47 HU there) of its front part.
     vb_max_depth_to_width: float = 1.0
+    #: a vertebral body is at least 0.6 of its width deep: the cut in front of it is searched in front of
+    #: that depth
     vb_min_depth_to_width: float = 0.6
 
 
@@ -62,10 +88,13 @@ class BoneParams:
 class BowelParams:
     """Bowel lumen: gas and stool. (workers/tissues/bowel.py)"""
 
+    #: bowel gas (air -1000, its partial volume with the wall up to ~-400)
     gas_hu: float = -400.0
     #: partial-volume band around gas (at least one pixel)
     rim_mm: float = 2.0
+    #: closing that joins gas bubbles within stool (mottled, bubbles 1-5 mm apart) into one lumen
     stool_close_mm: float = 6.0
+    #: a closed region is stool only if at least 15 % of it is gas; fat between two gas loops has none
     stool_min_gas_fraction: float = 0.15
 
 
@@ -73,11 +102,13 @@ class BowelParams:
 class WallParams:
     """The abdominal wall, found by rays from the centre. (workers/tissues/wall.py)"""
 
+    #: one ray per degree: at a 15 cm radius rays are 2.6 mm apart, finer than a 3 mm pixel
     n_rays: int = 360
     #: upper bound of fat (structure), HU
     fat_hi: float = -30.0
     #: below this at the surface: air partial volume, not fat
     fat_lo: float = -250.0
+    #: gas reached by a ray (bowel lumen): the soft tissue just outside it is bowel wall
     air_hu: float = -400.0
     #: air closer to the skin is a skin fold, not bowel
     gas_min_depth_mm: float = 10.0
@@ -91,6 +122,8 @@ class WallParams:
     muscle_run_mm: float = 2.5
     #: the wall is mostly tissue over its first 10 mm; a fascia in SAT is not
     lookahead_mm: float = 10.0
+    #: at least half of the first lookahead_mm under the outer edge must be tissue (a fascia in the SAT is
+    #: followed by fat)
     lookahead_soft_fraction: float = 0.5
     #: ...and it must reach this HU (septa are partial-volumed fat)
     muscle_peak_hu: float = 0.0
@@ -102,35 +135,56 @@ class WallParams:
     cap_lateral_mm: float = 40.0
     #: paraspinal + quadratus + psoas block
     cap_posterior_mm: float = 170.0
+    #: the posterior sector (rays towards the spine, +-62 deg) holds the paraspinal/quadratus/psoas block,
+    #: not the wall
     posterior_half_angle_deg: float = 62.0
+    #: a ray whose wall is this much thicker than the median of its neighbours is an outlier (organ
+    #: touching) and is interpolated
     outlier_mm: float = 8.0
     #: smoothed HU this much above the patient's muscle HU = organ (liver, spleen...)
     organ_delta_hu: float = 15.0
+    #: an organ is believed only after this much of consecutive organ-like tissue along the ray
     organ_run_mm: float = 5.0
+    #: the first 5 mm under the outer edge are always wall (a thin rectus on the liver would else vanish)
     organ_min_wall_mm: float = 5.0
+    #: HU along a ray are median-smoothed over this length for the organ and fluid tests (noise, partial
+    #: volume)
     organ_smooth_mm: float = 4.0
     #: a ray's own wall density may exceed the typical one by this
     ref_excess_max_hu: float = 15.0
     #: smoothed HU this much below the wall's own density (but not fat) = fluid
     fluid_delta_hu: float = 25.0
+    #: fluid is at least this dense (water 0, ascites 0-30); darker is fat partial volume
     fluid_min_hu: float = -10.0
     #: typical wall of a gas-filled bowel loop (partial volume included)
     bowel_wall_mm: float = 3.0
+    #: a ray whose SAT is this much thicker than its neighbours missed a thin wall layer: its outer edge is
+    #: interpolated
     sat_outlier_mm: float = 6.0
     #: rays (±30°): SAT thickness varies slowly; a missed wall only adds
     sat_env_window: int = 61
+    #: lower envelope (30th percentile) of the SAT thickness around a ray: robust to the missed layers it
+    #: looks for
     sat_env_percentile: float = 30.0
     #: rays (±20°) for the lower envelope of wall thickness
     env_window: int = 41
+    #: lower envelope (30th percentile) of the wall thickness in a window of rays
     env_percentile: float = 30.0
+    #: a ray may exceed the envelope by this much before its inner edge is taken from its neighbours
     env_tol_mm: float = 4.0
     #: a ray that ended on a clean fat plane is trusted more
     env_tol_fat_mm: float = 15.0
+    #: the wall's typical thickness for rays without any edge: 65th percentile of the clean anterior rays
     prior_percentile: float = 65.0
     #: search window for a faint wall|organ boundary on capped rays
     weak_min_mm: float = 3.0
+    #: on a capped ray (organ touching), a faint wall|organ boundary is searched 3-25 mm under the outer
+    #: edge
     weak_max_mm: float = 25.0
+    #: a faint boundary is a 2 mm dip at least 12 HU below the segment median (thin fat, partial volume)
+    #: ...
     weak_drop_hu: float = 12.0
+    #: ... and below 15 HU (muscle and organs are denser)
     weak_max_hu: float = 15.0
     #: ribs this close under the outer edge lie in the wall (lateral wall above L2)
     rib_search_mm: float = 25.0
@@ -142,13 +196,23 @@ class WallParams:
 class PosteriorParams:
     """The posterior muscle block (paraspinal, quadratus, psoas). (workers/tissues/posterior.py)"""
 
+    #: soft tissue of the block: the lower end of the SM window (-29 HU) on a 0.6 mm-smoothed image
     soft_lo: float = -29.0
+    #: opening that cuts thin bridges (a kidney with its fat rim, a bowel loop) from the block; thinner
+    #: than any muscle
     open_mm: float = 3.5
+    #: beside the vertebral body the psoas may bulge up to 12 mm in front of its front line (lower lumbar
+    #: levels)
     psoas_front_allowance_mm: float = 12.0
     #: psoas lies within this distance of the vertebral body (same as the classical engine)
     psoas_zone_mm: float = 30.0
+    #: fat holes in the block up to 4 cm^2 are filled into it (their fat becomes IMAT); a larger hole is
+    #: not a gap between muscle fibres
     hole_max_mm2: float = 400.0
+    #: organ test of the block: 30 HU above the patient's paraspinal muscle (psoas itself is 10-25 HU
+    #: denser)
     organ_delta_hu: float = 30.0
+    #: the organ test reads a 2 mm-smoothed image (noise)
     organ_sigma_mm: float = 2.0
     #: smoothing spreads bone brightness into adjacent muscle
     organ_bone_margin_mm: float = 6.0
@@ -158,6 +222,7 @@ class PosteriorParams:
     psoas_belly_min_mm2: float = 150.0
     #: ...lies mostly within the psoas zone beside the vertebral body
     psoas_belly_in_zone: float = 0.5
+    #: the paraspinal gutters start 10 mm behind the back of the vertebral body (behind the laminae)
     gutter_behind_mm: float = 10.0
     #: paraspinal muscles either side of the spinous process
     gutter_half_width_mm: float = 45.0
@@ -167,6 +232,8 @@ class PosteriorParams:
 class ClassicalParams:
     """Compartments, skin and the rules that join them. (workers/tissues/classical.py)"""
 
+    #: above any bone: metal (implants, clips) whose streaks may corrupt HU; > 20 mm^2 of it flags the
+    #: slice
     metal_hu: float = 2500.0
     #: out-of-field fill (-2000, -3024 ...) marks the edge of the reconstruction circle
     padding_hu: float = -1500.0
@@ -179,32 +246,55 @@ class ClassicalParams:
     #: 1.5 mm (the 1st and 2nd ring at 0.7 mm) and always the outermost pixel (any pixel size) are skin;
     #: 2.0 mm took the 3rd ring too and cost 6 % of SAT there.
     skin_mm: float = 1.5
+    #: dense bone whose 1-pixel rim is bone/muscle partial volume
     bone_pv_hu: float = 200.0
+    #: that rim is excluded only where the bone visibly raises it this much above the patient's muscle
     bone_pv_raise_hu: float = 20.0
     #: pixel next to the skin band brighter than this: skin partial volume, not SAT
     dermis_pv_hu: float = -50.0
     #: paraspinal/quadratus lie within this depth of the outer muscle edge
     block_depth_mm: float = 45.0
+    #: the ray centre stays 30 mm in front of the vertebral body so that posterior rays cross the whole
+    #: block
     center_front_mm: float = 30.0
+    #: the psoas lies within 30 mm of the vertebral body (same as posterior.psoas_zone_mm)
     psoas_zone_mm: float = 30.0
+    #: closing of the muscle mask whose holes are IMAT: fat gaps up to ~6 mm between muscle are
+    #: intermuscular
     imat_close_mm: float = 3.0
+    #: in front of the body only muscle at least 12 mm thick (opening radius 6 mm) is psoas; crura and
+    #: vessels are thinner
     psoas_min_half_thickness_mm: float = 6.0
+    #: more than 40 % of anterior/lateral rays without their own inner edge flags the slice
+    #: (wall_interpolated)
     wall_guessed_fraction: float = 0.4
+    #: the ray edge is quantised: pixels within 1.5 px of it decide by their own HU
     edge_band_px: float = 1.5
+    #: in the posterior sector in front of the spine the ray ring counts as wall up to 40 mm deep (oblique
+    #: layers)
     lateral_wall_max_mm: float = 40.0
+    #: behind the spine front only the outermost 10 mm of the ray ring is wall (latissimus); the rest is
+    #: block
     posterior_wall_max_mm: float = 10.0
+    #: thin wall muscle within 15 mm of the outer edge that touches the block is added back (lost by the
+    #: opening)
     wall_band_mm: float = 15.0
     #: costal cartilage (70-150 HU unless calcified) lies inside the muscle window but is denser than any
     #: muscle of the same patient: a blob this much above the paraspinal reference is cartilage
     cartilage_delta_hu: float = 50.0
+    #: costal cartilage blobs are at least 30 mm^2 (smaller bright spots are vessels in the wall)
     cartilage_min_mm2: float = 30.0
+    #: the cartilage test reads a 1 mm-smoothed image
     cartilage_smooth_mm: float = 1.0
     #: beside the vertebral body, soft tissue this much darker than the psoas itself is an unenhanced
     #: kidney pole, not psoas
     kidney_delta_hu: float = 30.0
+    #: the kidney-pole test reads a 2 mm-smoothed image (renal parenchyma vs psoas is a regional
+    #: difference)
     kidney_smooth_mm: float = 2.0
     #: a separated piece this large and of psoas density is psoas
     kidney_keep_min_mm2: float = 150.0
+    #: a piece cut off by the kidney test stays psoas if its median is within 15 HU of the psoas
     kidney_keep_delta_hu: float = 15.0
     #: A muscle-edge pixel touching an organ (kidney, bowel, vessel) and darker than the psoas by this
     #: much is the fat plane or partial volume between them, not muscle: on example_ct (unenhanced) the
