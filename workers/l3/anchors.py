@@ -159,6 +159,15 @@ def find_sacrum(g: WorkGrid, body: np.ndarray, t: SpineTrack, si_hu: float = 150
     )
 
 
+def _from_canal_mm(g: WorkGrid, t: SpineTrack) -> tuple[np.ndarray, np.ndarray]:
+    """Per work slice, every pixel's offset from the canal centre in mm: (dx towards the patient's
+    left, dy towards the back), broadcastable to [z, y, x]."""
+    _, ny, nx = g.hu.shape
+    dx = (np.arange(nx) * g.dx)[None, None, :] - (t.x * g.dx)[:, None, None]
+    dy = (np.arange(ny) * g.dy)[None, :, None] - (t.y_canal * g.dy)[:, None, None]
+    return dx, dy
+
+
 def _slice_thickness(z: np.ndarray, k: int) -> float:
     if z.size < 2:
         return 3.0
@@ -200,13 +209,10 @@ def find_ribs(
     down as they go out, longer than the processes of the vertebra below); that needs the
     processes' reach (``posterior``), without it stubs are not looked for.
     """
-    nz, ny, nx = g.hu.shape
+    nz = g.nz
     R = 30.0
-    yy = (np.arange(ny) * g.dy)[None, :, None]
-    xx = (np.arange(nx) * g.dx)[None, None, :]
-    cy = (t.y_canal * g.dy)[:, None, None]
-    cx = (t.x * g.dx)[:, None, None]
-    r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2).astype(np.float32)
+    dx, dy = _from_canal_mm(g, t)
+    r = np.hypot(dy, dx).astype(np.float32)
     bone = (g.hu > bone_hu) & body & (r > R)
     # Only slices with a tracked spine can carry a rib anchor.
     bone &= t.valid[:, None, None]
@@ -376,13 +382,10 @@ def find_iliac_crests(
 
     Pieces that touch the top of the image are not wings (their top is unknown), nor are pieces
     above the lowest rib's neck (the rib cage)."""
-    nz, ny, nx = g.hu.shape
+    nz = g.nz
     if nz < 3:
         return None
-    yy = (np.arange(ny) * g.dy)[None, :, None]
-    xx = (np.arange(nx) * g.dx)[None, None, :]
-    dx = xx - (t.x * g.dx)[:, None, None]
-    dy = yy - (t.y_canal * g.dy)[:, None, None]
+    dx, dy = _from_canal_mm(g, t)
     lateral = (g.hu > bone_hu) & body & (np.hypot(dx, dy) > 45.0)
     dz = float(np.median(np.diff(g.z_mm)))
     vox_ml = g.dx * g.dy * dz / 1000.0
