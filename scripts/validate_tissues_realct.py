@@ -7,6 +7,7 @@ size does to HU-window areas. The reference labels are read here only, never by 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,17 @@ COLOURS = {
 }
 
 
-def hcc_slice(k: int) -> tuple[npt.NDArray[np.float32], float]:
+@lru_cache(maxsize=1)
+def _hcc_volume() -> tuple[npt.NDArray[Any], float]:
+    """The series, loaded once by the product's loader (every section reads slices of it)."""
     view = load_series(HCC / "dicom").canonical()
-    return np.asarray(view.hu[k], dtype=np.float32), float(view.spacing_yx_mm[0])
+    return np.asarray(view.hu), float(view.spacing_yx_mm[0])
+
+
+def hcc_slice(k: int) -> tuple[npt.NDArray[np.float32], float]:
+    """A float copy of slice k (callers may change it) and the pixel size."""
+    hu, sp = _hcc_volume()
+    return np.array(hu[k], dtype=np.float32), sp
 
 
 def _segment(hu: npt.NDArray[np.float32], sp: float) -> TissueSegmentation:
@@ -153,8 +162,8 @@ def quadrant_picture(path: Path) -> Path:
     """hcc mid-L3, each quadrant at 2x: our labels filled, the reader's outlines in white."""
     from PIL import Image, ImageDraw
 
-    hu, _ = hcc_slice(10)
-    ours = _segment(hu, hcc_slice(10)[1]).labels
+    hu, sp = hcc_slice(10)
+    ours = _segment(hu, sp).labels
     ref = np.load(HCC / "reference" / "labels_k10.npy")
     grey = np.clip((hu + 160.0) / 400.0, 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2)

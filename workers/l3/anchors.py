@@ -233,7 +233,7 @@ def find_ribs(
         rr = np.broadcast_to(r[:, :, :], lab.shape)[sl][m]
         r_min, r_max = float(rr.min()), float(rr.max())
         full = r_max >= R + 45.0
-        if r_min > R + 6.0 or (r_max < stub.min_reach_mm and not full) or (not full and posterior is None):
+        if r_min > R + 6.0 or (not full and (posterior is None or r_max < stub.min_reach_mm)):
             continue
         vol = nvox * vox_ml
         length = r_max - r_min

@@ -167,7 +167,6 @@ class ClassicalSegmenter:
     ) -> TissueSegmentation:
         """All steps after the body mask, on the body's bounding box."""
         shape = h.shape
-        labels = np.zeros(shape, dtype=np.uint8)
         if float((h[bmask] > P.metal_hu).sum()) * sp[0] * sp[1] > 20.0:
             flags.append("metal_suspected")
             notes.append("pixels above 2500 HU: metal streaks may corrupt HU values")
@@ -288,7 +287,6 @@ class ClassicalSegmenter:
             **zones,
             "inside_outer": inside_outer,
             "cavity": cavity,
-            "muscle_compartment": ring & ~excluded,
             "bone_interior": spine.bone_interior,
             "canal": spine.canal,
             "bowel_lumen": lumen,

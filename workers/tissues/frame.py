@@ -110,15 +110,16 @@ def find_frame(
     disk = np.hypot(yy - half, xx - half) <= half
     max_shift = round(rule.max_shift_mm / rule.grid_mm)
 
+    # per shift s (mirror about column half + s/2): where the disk and its mirror overlap
+    overlaps = {s: disk & np.roll(disk[:, ::-1], s, axis=1) for s in range(-max_shift, max_shift + 1)}
+
     def score(angle: float) -> tuple[float, int]:
         # rotate the patch so that the candidate midline is vertical, then compare it with its mirror
         rot = ndi.rotate(patch, -angle, reshape=False, order=1, cval=-200.0)
+        flipped = rot[:, ::-1]
         best, best_s = -1.0, 0
-        for s in range(-max_shift, max_shift + 1):
-            # mirror about column half + s/2
-            mir = np.roll(rot[:, ::-1], s, axis=1)
-            m = disk & np.roll(disk[:, ::-1], s, axis=1)
-            a, b = rot[m], mir[m]
+        for s, m in overlaps.items():
+            a, b = rot[m], np.roll(flipped, s, axis=1)[m]
             a = a - a.mean()
             b = b - b.mean()
             den = float(np.sqrt((a * a).sum() * (b * b).sum()))
