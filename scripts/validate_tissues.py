@@ -21,6 +21,7 @@ from typing import Any
 import nibabel
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -410,6 +411,24 @@ def write_doc(
         v = [r[f"dice_{key}"] for r in rows]
         after[f"after_{key}"] = f"{min(v):.3f} / {float(np.mean(v)):.3f}"
     add(DOC_DISAGREEMENT.format(**after))
+    fine = ndi.zoom(load_ct()[L3_SLICE].astype(np.float32), 3, order=1, grid_mode=True, mode="nearest")
+    pocket = realct.posterolateral_picture(
+        path.parent / "img" / "example-mid-l3-posterolateral.png",
+        np.pad(fine, 40, constant_values=-1024),
+        1.0,
+        "example_ct mid-L3 (ct 74) upsampled to 1 mm, posterolateral corners at 2x "
+        "(SM red, IMAT blue, VAT green, SAT yellow)",
+    )
+    add("")
+    add(f"![example_ct mid-L3 posterolateral corners]({pocket.relative_to(path.parent)})")
+    add("")
+    add(
+        "What I saw at 2x: on the patient's left (right tile) the SAT now reaches the wall's band, which "
+        "runs (grey, unlabelled) from the lateral wall to the quadratus's lateral border, and the "
+        "posterior pararenal fat inside it stays VAT. On the patient's right (left tile) the pocket "
+        "under the band's lower part is still green (VAT) between the red band and the yellow SAT: it stays "
+        "joined to the retroperitoneal fat through a gap wider than 6 mm, so VAT is overstated there."
+    )
     add("## Second patient at native resolution (example_ct_dicom, 0.98 mm pixels)")
     add("")
     add(DOC_NATIVE)
@@ -501,9 +520,9 @@ DOC_INTRO = """\
 **What is compared.** example_ct (3 mm, unenhanced) crop slices 0-18 (= example_ct slices 82-100, L2 to
 T12; crop slices 19-29 contain lung and are excluded as "above the diaphragm"). The reference masks are
 TotalSegmentator model output, not manual truth, and they have their own conventions (listed below).
-Our engine is `classical@0.2`; nothing was trained on these slices, but its constants were chosen while
+Our engine is `classical@0.3`; nothing was trained on these slices, but its constants were chosen while
 looking at them (see *Risk of overfitting* below). Every tuned number of the engine, with its unit and
-why it has its value, is in one versioned table, `workers/tissues/params.py` (`classical-tissues@1`),
+why it has its value, is in one versioned table, `workers/tissues/params.py` (`classical-tissues@2`),
 and every result names it (`segmentation.parameters` in result.json).
 """
 
@@ -602,20 +621,24 @@ the reference on every slice; per slice about 240 false and 65 missed muscle pix
   a thin, partial-volumed wall has a low typical density; not kept. The reference calls the fat
   above the organ torso fat, so the same spot costs SAT Dice too. A fix needs a model of the two
   recti and the gap between them (and the neighbouring slices), not one more threshold.
-* **Posterolateral fat pocket at L3-L5 labelled VAT (seen 2026-12-04, not fixed).** Behind the
-  quadratus lumborum and lateral to the erector spinae (ct 64-70, smaller at mid-L3 ct 74) the fat
-  deep to the membranous layer of the subcutaneous fat is labelled VAT: where the SAT looks too
-  thick the posterior outer edge is interpolated along that membranous layer, while the wall really
-  turns inward (transversus aponeurosis to the quadratus, which is left unlabelled there).
-  Anatomically that fat is outside the thoracolumbar fascia, i.e. SAT. Tried: no interpolation on
-  posterior rays (corners right, but rays passing between muscles then cut SAT wedges into the
-  cavity: VAT min Dice 0.76) and cutting the pocket off at a narrow neck (it joins the cavity
-  through the unlabelled aponeurosis band, not a neck). No reference exists at L3 to measure it.
-  At mid-L3 (ct 74) the outer edge is interpolated on ~40 rays (40°) at each posterolateral corner,
-  and 36 cm² of the 135 cm² VAT lie behind the back of the vertebral body and > 45 mm from the
-  midline: part is posterior pararenal fat (VAT), part this pocket (SAT), so VAT is overstated and
-  SAT understated by an amount of that order at most. The fix needs a model of the wall's posterior
-  end (transversus aponeurosis to the quadratus's lateral border) instead of the polar outer edge.
+* **Posterolateral fat pocket at L3-L5 (seen 2026-12-04; partly fixed 2026-12-07).** Behind the
+  quadratus lumborum and under the back of the lateral wall (ct 64-74) the fat outside the wall's
+  posterior end was labelled VAT: where the SAT looks too thick the posterior outer edge is
+  interpolated through the SAT, while the wall really turns inward (its band, or the transversus
+  aponeurosis, runs to the quadratus's lateral border and was left unlabelled in the cavity).
+  Anatomically that fat is outside the fascia, i.e. SAT. Now (workers/tissues/fascia.py): the
+  visceral zone's fat is cut at the wall's band with its narrow gaps closed (≤ 6 mm, the unseen
+  aponeurosis); a fat component that is not the cavity's main body of fat, lies within 25 mm under
+  the outer edge behind the vertebral body's front and borders the SAT along ≥ 10 mm is SAT (picture
+  below). The band itself stays unlabelled in the cavity: labelling it muscle (+1.7 cm² SM at
+  mid-L3) moved a slightly rolled copy (+10°) by 3 %, as the pocket is found on one and not the
+  other. At mid-L3 this takes the patient's left corner at 3 mm and at 1 mm pixels: VAT at 1 mm
+  against 3 mm went from +5.1 % to +1.2 %. Not caught: pockets that stay joined to the
+  retroperitoneal fat through a gap wider than 6 mm (ct 64 both sides, ct 74 right); a first version
+  without the 25 mm depth limit also took the posterior pararenal fat beside the right kidney at ct
+  83 and the kidney's back as wall band, which the depth limit stops. Tried: no interpolation on
+  posterior rays (SAT wedges cut into the cavity: VAT min Dice 0.76); the outermost muscle along
+  each ray as the fascia (rays through the gap between wall and quadratus pushed it deep).
 * **Colon against the left lateral wall (ct 82-90) and posterior liver at T12 (ct 97-99).** The
   descending colon's wall continues the wall's inner layer; the posterior right lobe of the liver
   touches the posterior wall and the quadratus behind the body's back line (45-55 HU against

@@ -123,9 +123,25 @@ def frame_rows(example_l3: npt.NDArray[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+PIXEL_SIZES_MM = (1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+def coarser(
+    hu: npt.NDArray[np.float32], sp: float, pixel_mm: float, average: bool
+) -> tuple[npt.NDArray[np.float32], float]:
+    """The slice on a coarser pixel grid, and its pixel size. ``average=False`` samples the image at
+    the coarser grid's centres (linear interpolation), as a scanner reconstructing the same data on a
+    larger field of view does; ``average=True`` first blurs it to the coarser pixel (Gaussian
+    anti-aliasing), as a resampled export does, which adds partial volume."""
+    f = sp / pixel_mm
+    src = ndi.gaussian_filter(hu, 0.42 / f) if average else hu
+    h2 = ndi.zoom(src, f, order=1, grid_mode=True, mode="nearest").astype(np.float32)
+    return h2, sp * hu.shape[0] / h2.shape[0]
+
+
 def pixel_rows() -> list[dict[str, Any]]:
-    """hcc mid-L3 reconstructed at coarser pixels (anti-aliased): our areas against the slice as
-    scanned, and against the same compartments' HU-window areas at that pixel size (what the
+    """hcc mid-L3 on coarser pixels, sampled and averaged: our areas against the slice as scanned,
+    and (averaged) against the same compartments' HU-window areas at that pixel size (what the
     pixel size alone does, with the compartments held fixed)."""
     hu, sp = hcc_slice(10)
     hu[hu < -1024] = -1024
@@ -135,68 +151,100 @@ def pixel_rows() -> list[dict[str, Any]]:
     preset = get_preset()
     windows = {"SM": (ZONE_SM, preset.sm), "VAT": (ZONE_VAT, preset.vat), "SAT": (ZONE_SAT, preset.sat)}
     rows = []
-    for psp in (1.0, 1.5, 2.0, 3.0):
-        f = sp / psp
-        h2 = ndi.zoom(ndi.gaussian_filter(hu, 0.42 / f), f, order=1, grid_mode=True, mode="nearest")
-        p2 = sp * hu.shape[0] / h2.shape[0]
+    for psp in PIXEL_SIZES_MM:
+        row: dict[str, Any] = {"pixel_mm": psp}
+        h1, p1 = coarser(hu, sp, psp, average=False)
+        sampled = _areas(_segment(h1, p1), p1)
+        h2, p2 = coarser(hu, sp, psp, average=True)
         seg = _segment(h2, p2)
         ours = _areas(seg, p2)
-        row: dict[str, Any] = {"pixel_mm": psp}
         for t, (zone, window) in windows.items():
             z = (
                 ndi.zoom(
-                    seg0.masks[zone].astype(np.float32), f, order=1, grid_mode=True, mode="grid-constant"
+                    seg0.masks[zone].astype(np.float32),
+                    sp / psp,
+                    order=1,
+                    grid_mode=True,
+                    mode="grid-constant",
                 )
                 > 0.5
             )
             if t == "SAT":
                 z &= ~_skin(h2, seg.body_mask, (p2, p2))
             fixed = float((z & window.contains(h2)).sum()) * p2 * p2 / 100.0
+            row[f"{t}_sampled"] = sampled[t] / base[t] - 1.0
             row[t] = ours[t] / base[t] - 1.0
             row[f"{t}_fixed"] = fixed / base[t] - 1.0
         rows.append(row)
     return rows
 
 
-def quadrant_picture(path: Path) -> Path:
-    """hcc mid-L3, each quadrant at 2x: our labels filled, the reader's outlines in white."""
-    from PIL import Image, ImageDraw
+def _overlay(hu: npt.NDArray[Any], labels: npt.NDArray[Any], ref: npt.NDArray[Any] | None = None) -> Any:
+    """Grey CT (−160..240 HU) with our labels filled and, if given, the reader's outlines in white."""
+    from PIL import Image
 
-    hu, sp = hcc_slice(10)
-    ours = _segment(hu, sp).labels
-    ref = np.load(HCC / "reference" / "labels_k10.npy")
     grey = np.clip((hu + 160.0) / 400.0, 0, 1)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for v, c in COLOURS.items():
-        m = ours == v
+        m = labels == v
         rgb[m] = 0.6 * rgb[m] + 0.4 * np.asarray(c)
-    edge = np.zeros(ref.shape, dtype=bool)
-    for v in (1, 3, 4):
-        m = ref == v
-        edge |= m & ~ndi.binary_erosion(m)
-    rgb[edge] = (1.0, 1.0, 1.0)
-    img = Image.fromarray((rgb * 255).astype(np.uint8), "RGB")
-    # quadrants around the body's centre (its bounding box), each shown at 2x below a caption strip
+    if ref is not None:
+        edge = np.zeros(ref.shape, dtype=bool)
+        for v in (1, 3, 4):
+            m = ref == v
+            edge |= m & ~ndi.binary_erosion(m)
+        rgb[edge] = (1.0, 1.0, 1.0)
+    return Image.fromarray((rgb * 255).astype(np.uint8), "RGB")
+
+
+def _tiles(img: Any, boxes: list[tuple[int, int, int, int]], zoom: int, caption: str, path: Path) -> Path:
+    """Crops (row0, col0, rows, cols) of ``img`` at ``zoom``x, two per row, under a caption strip."""
+    from PIL import Image, ImageDraw
+
+    top = 22
+    w = max(b[3] for b in boxes) * zoom
+    h = max(b[2] for b in boxes) * zoom
+    n_rows = (len(boxes) + 1) // 2
+    tiles = Image.new("RGB", (2 * w + 10, n_rows * (h + 10) + top), (0, 0, 0))
+    for i, (r0, c0, nr, nc) in enumerate(boxes):
+        tile = img.crop((c0, r0, c0 + nc, r0 + nr)).resize((zoom * nc, zoom * nr), Image.Resampling.NEAREST)
+        tiles.paste(tile, ((i % 2) * (w + 10), top + (i // 2) * (h + 10)))
+    ImageDraw.Draw(tiles).text((6, 5), caption, fill=(255, 255, 255))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tiles.quantize(colors=256).save(path, optimize=True)
+    return path
+
+
+def quadrant_picture(path: Path) -> Path:
+    """hcc mid-L3, each quadrant at 2x: our labels filled, the reader's outlines in white."""
+    hu, sp = hcc_slice(10)
+    ours = _segment(hu, sp).labels
+    ref = np.load(HCC / "reference" / "labels_k10.npy")
+    # quadrants around the body's centre (its bounding box)
     rows = np.flatnonzero((hu > -500).any(axis=1))
     cols = np.flatnonzero((hu > -500).any(axis=0))
     cy, cx = (int(rows[0]) + int(rows[-1])) // 2, (int(cols[0]) + int(cols[-1])) // 2
     size = max(int(rows[-1]) - cy, int(cols[-1]) - cx, cy - int(rows[0]), cx - int(cols[0])) + 4
-    top = 22
-    tiles = Image.new("RGB", (4 * size + 10, 4 * size + 10 + top), (0, 0, 0))
-    for i, (r0, c0) in enumerate(((cy - size, cx - size), (cy - size, cx), (cy, cx - size), (cy, cx))):
-        tile = img.crop((c0, r0, c0 + size, r0 + size)).resize((2 * size, 2 * size), Image.Resampling.NEAREST)
-        tiles.paste(tile, ((i % 2) * (2 * size + 10), top + (i // 2) * (2 * size + 10)))
-    d = ImageDraw.Draw(tiles)
-    d.text(
-        (6, 5),
+    boxes = [
+        (r0, c0, size, size)
+        for r0, c0 in ((cy - size, cx - size), (cy - size, cx), (cy, cx - size), (cy, cx))
+    ]
+    caption = (
         "hcc_tace_seg_048 mid-L3, each quadrant at 2x: ours filled (SM red, IMAT blue, VAT green, "
-        "SAT yellow); "
-        "the reader's SM, VAT and SAT outlines in white",
-        fill=(255, 255, 255),
+        "SAT yellow); the reader's SM, VAT and SAT outlines in white"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tiles.quantize(colors=256).save(path, optimize=True)
-    return path
+    return _tiles(_overlay(hu, ours, ref), boxes, 2, caption, path)
+
+
+def posterolateral_picture(path: Path, hu: npt.NDArray[np.float32], sp: float, caption: str) -> Path:
+    """Both posterolateral corners of a slice (the lower 40 % of the body, each side's outer 45 %) at 2x."""
+    labels = _segment(hu, sp).labels
+    rows = np.flatnonzero((hu > -500).any(axis=1))
+    cols = np.flatnonzero((hu > -500).any(axis=0))
+    height, width = int(rows[-1]) - int(rows[0]), int(cols[-1]) - int(cols[0])
+    r0, nr, nc = int(rows[-1]) - int(0.45 * height), int(0.45 * height), int(0.45 * width)
+    boxes = [(r0, int(cols[0]), nr, nc), (r0, int(cols[-1]) - nc, nr, nc)]
+    return _tiles(_overlay(hu, labels), boxes, 2, caption, path)
 
 
 def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
@@ -223,19 +271,19 @@ def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
         )
     add("")
     add(
-        "SM, VAT and SAT meet the targets. **IMAT is 2-3 times the reader's** (not yet addressed). Most "
-        "of the excess (1.5-3 cm² per slice) is fat between the anterior wall and the stomach or colon "
-        "lying on it, which the reader calls VAT (preperitoneal fat): where the organ touches the wall, "
-        "our wall's inner edge runs along the organ, a sliver of the organ's wall becomes muscle and the "
-        "fat between is enclosed as intermuscular. The rest (~1 cm²) is fat along the spine and between "
-        "the wall's layers. Two changes in this round: (1) the skin band removes only the surface's "
-        "air/skin partial volume (skin is soft tissue and falls out of the SAT window by itself); at 0.7 "
-        "mm the third pixel ring from the surface has a median of −65 HU (81 % in the fat window) and is "
-        "fat. The old 2.0 mm band took it and lost 6 % of SAT; the band is now 1.5 mm and always the "
-        "outermost pixel. (2) The aorta lies on the vertebral body's front here; the body's midline run "
-        "went through it, the body's front moved 17 mm forward and the right crus between aorta and IVC "
-        "(4-5 cm²) joined the psoas. A body deeper than it is wide is now cut at the fat plane in front "
-        "of it (SM Dice 0.950/0.961/0.940 before)."
+        "SM, VAT and SAT meet the targets. **IMAT** is 1.4-2.0 times the reader's (2.9-3.5 times before "
+        "this round). Most of the old excess (1.5-3 cm² per slice) was fat between the anterior wall and "
+        "the stomach or colon lying on it, which the reader calls VAT (preperitoneal fat): where the organ "
+        "touches the wall the inner edge is interpolated across that fat, and enclosed by muscle it was "
+        "intermuscular. Now ring fat thicker than the widest cleft between the wall's layers (4.5 mm) that "
+        "lies open to the cavity is visceral (workers/tissues/fascia.py), and a ray that ends on an organ "
+        "or gas with a fat plane of ≥ 1.5 mm just outside the organ's wall (≤ 5 mm) ends the wall outside "
+        "that fat (workers/tissues/wall.py). VAT Dice rose from 0.935/0.957/0.955. The rest of the IMAT "
+        "excess (~1-2 cm²) is fat along the spine, between the wall's layers and beside the psoas, where "
+        "the reader drew less. Earlier rounds: the skin band is 1.5 mm and always the outermost pixel (the "
+        "third ring at 0.7 mm is fat); a vertebral body deeper than it is wide is cut at the fat plane in "
+        "front of it (the aorta on its front had moved it 17 mm forward, and the right crus joined the "
+        "psoas)."
     )
     add("")
     add(f"![hcc mid-L3 quadrants]({img_rel})")
@@ -244,9 +292,9 @@ def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
         "What I saw at 2x (mid-L3): SAT reaches the skin line all round with one or two grey pixels of skin; "
         "the wall muscles, psoas, quadratus and erector spinae follow the reader's outlines to within "
         "a pixel; "
-        "kidneys, bowel, vessels and the crus in front of the vertebral body are unlabelled. Blue IMAT "
-        "wedges lie between the anterior wall and the stomach (upper corners), specks in the paraspinal "
-        "muscles and along the wall's layers, where the reader drew fewer."
+        "kidneys, bowel, vessels and the crus in front of the vertebral body are unlabelled. The fat "
+        "between the anterior wall and the stomach (upper corners) is VAT as the reader drew it; blue IMAT "
+        "specks remain in the paraspinal muscles and along the wall's layers, where the reader drew fewer."
     )
     add("")
     add("## The patient's own frame: turned, mirrored, moved")
@@ -280,34 +328,45 @@ def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
     add("## Pixel size")
     add("")
     add(
-        "hcc mid-L3 reconstructed at coarser pixels (Gaussian anti-aliasing, then linear resampling). "
-        "*ours* = bodycomp at that pixel size against the slice as scanned; *fixed compartments* = the "
-        "0.7 mm compartments resampled and the same HU windows applied, i.e. what the pixel size alone does "
-        "to window areas (partial volume: thin fat strands between bowel loops and vessels average above "
-        "−50 HU)."
+        "hcc mid-L3 on coarser pixels, two ways. *Sampled*: the image sampled at the coarser grid's centres "
+        "(linear interpolation), as a scanner reconstructing the same data on a larger field of view does. "
+        "*Averaged*: Gaussian anti-aliasing first, as a resampled export does (partial volume: thin fat "
+        "strands between bowel loops and vessels average above −50 HU). Differences against the slice as "
+        "scanned (0.7 mm); *fixed* = the 0.7 mm compartments resampled and the same HU windows applied to "
+        "the averaged image, i.e. what the averaging alone does to window areas. Target 3 % "
+        "(tests/test_tissues_invariance.py)."
     )
     add("")
-    add("| pixel (mm) | SM ours | SM fixed compartments | VAT ours | VAT fixed | SAT ours | SAT fixed |")
+    add(
+        "| pixel (mm) | SM sampled | VAT sampled | SAT sampled "
+        "| SM averaged (fixed) | VAT averaged (fixed) | SAT averaged (fixed) |"
+    )
     add("|---:|---:|---:|---:|---:|---:|---:|")
     pixels = pixel_rows()
     for r in pixels:
         add(
-            f"| {r['pixel_mm']:.1f} | {r['SM']:+.1%} | {r['SM_fixed']:+.1%} | {r['VAT']:+.1%} | "
-            f"{r['VAT_fixed']:+.1%} | {r['SAT']:+.1%} | {r['SAT_fixed']:+.1%} |"
+            f"| {r['pixel_mm']:.1f} | "
+            + " | ".join(f"{r[t + '_sampled']:+.1%}" for t in ("SM", "VAT", "SAT"))
+            + " | "
+            + " | ".join(f"{r[t]:+.1%} ({r[t + '_fixed']:+.1%})" for t in ("SM", "VAT", "SAT"))
+            + " |"
         )
     add("")
     beyond = [
-        f"{t} {r[t]:+.1%} at {r['pixel_mm']:.1f} mm (fixed compartments {r[t + '_fixed']:+.1%})"
+        f"{t} {r[t + '_sampled']:+.1%} at {r['pixel_mm']:.1f} mm"
         for r in pixels
         for t in ("SM", "VAT", "SAT")
-        if abs(r[t]) > 0.03
+        if abs(r[t + "_sampled"]) > 0.03
     ]
     add(
-        "Beyond 3 %: " + ("; ".join(beyond) or "none") + ". Where the fixed compartments lose as much, "
-        "that is the HU-window convention at that pixel size (partial volume), not a rule of the engine, "
-        "and no thresholding method keeps it within 3 %. Not yet met (#20): on example_ct, whose native "
-        "pixels are 3 mm, the engine's VAT compartment grows by 5-9 % at finer pixels (the posterolateral "
-        "pocket described below)."
+        "Sampled, beyond 3 %: " + ("; ".join(beyond) or "none") + ". At 2.5-3 mm the outermost pixel of the "
+        "body is always skin (P.skin_mm), and it reaches 3 mm under the surface where a 0.7 mm slice "
+        "excludes 1.4-2.1 mm: on hcc at 3 mm that ring holds 16 cm² of fat-window pixels (mean −124 HU), "
+        "half fat and half skin. Letting their HU decide counts them whole (about +8 %) and costs 3 "
+        "points of SAT Dice against TotalSegmentator on example_ct (native 3 mm), whose reference leaves "
+        "that ring out; a binary label cannot hold half a pixel, so the rule is kept and the loss stated. "
+        "Averaged, the engine follows the fixed compartments (within 2 %): the rest is the HU-window "
+        "convention at that pixel size, which no thresholding method escapes."
     )
     add("")
     return out

@@ -54,8 +54,8 @@ def test_output_contract_and_context_is_optional() -> None:
     assert c.ndim == 2 and c.shape[1] == 2 and len(c) > 20
     assert a.body_mask.dtype == bool
     j = a.to_json()
-    assert j["segmenter"] == "classical@0.2" and j["hu_preset"] == "tomovision-l3@1"
-    assert j["parameters"] == "classical-tissues@1"
+    assert j["segmenter"] == "classical@0.3" and j["hu_preset"] == "tomovision-l3@1"
+    assert j["parameters"] == "classical-tissues@2"
 
 
 def test_uniform_fat_preset_changes_vat_only_window() -> None:
@@ -128,7 +128,7 @@ def test_every_tuned_number_of_the_tissue_engine_is_in_the_table_with_a_reason()
     root = Path(params.__file__).parent
     source = (root / "params.py").read_text().splitlines()
     sections = [f for f in dataclasses.fields(params.TissueParams) if f.name != "name"]
-    assert {f.name for f in sections} == {"body", "bone", "bowel", "wall", "posterior", "classical"}
+    assert {f.name for f in sections} == {"body", "bone", "bowel", "wall", "posterior", "fascia", "classical"}
     for sec in sections:
         for fld in dataclasses.fields(
             sec.type if isinstance(sec.type, type) else getattr(params, str(sec.type))

@@ -6,8 +6,10 @@ README.md: conventions and the uncertainty per tissue, SM +-1 %, VAT +-2 %, SAT 
 read here only, never by the engine. The slice is loaded by the product's own loader, whose canonical
 order is the DICOM pixel order for this series (checked below), so labels compare pixel for pixel.
 
-IMAT is not asserted: bodycomp counts about 2-3 times the reader's (fat between the wall's layers and
-beside the spine), an open part of #20.
+IMAT is held to a regression guard only (at most 2x the reader's, whose IMAT uncertainty is +-20 %):
+the fat between the wall and an organ lying on it is now preperitoneal (workers/tissues/fascia.py;
+IMAT was 2.9-3.5x the reader's before), the rest of the excess is fat between the wall's layers and
+beside the spine, an open part of #20.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 from tests.conftest import SHARED_DATA
 from workers.load import load_series
 from workers.presets import get_preset
-from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
+from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
 
 HCC = SHARED_DATA / "hcc_tace_seg_048"
 REFERENCE = HCC / "reference"
@@ -84,3 +86,9 @@ def test_nothing_in_front_of_the_vertebral_body_is_taken_for_psoas(k: int) -> No
     assert n > 0
     largest = float(np.bincount(lab.ravel())[1:].max()) * px
     assert largest < 2.0, (k, largest)
+
+
+@pytest.mark.parametrize("k", INDICES)
+def test_imat_stays_below_twice_the_readers(k: int) -> None:
+    ours, ref, _ = _pair(k)
+    assert 0 < (ours == LABEL_IMAT).sum() <= 2.0 * (ref == 2).sum(), k

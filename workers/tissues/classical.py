@@ -31,6 +31,7 @@ from workers.tissues.engine import (
     LABEL_VAT,
     TissueSegmentation,
 )
+from workers.tissues.fascia import outside_deep_fascia, preperitoneal_fat
 from workers.tissues.frame import Turn, find_frame
 from workers.tissues.geometry import (
     as_float,
@@ -49,10 +50,10 @@ P = TISSUE_PARAMS.classical
 
 
 class ClassicalSegmenter:
-    """Default engine (``classical@0.2``); see module docstring."""
+    """Default engine (``classical@0.3``); see module docstring."""
 
     name = "classical"
-    version = "0.2"
+    version = "0.3"
 
     def segment(
         self,
@@ -266,9 +267,15 @@ class ClassicalSegmenter:
         # (fat pixels touching bone are bone/fat partial volume at the cortex, not intermuscular fat)
         near_bone = ndi.binary_dilation(excluded, structure=np.ones((3, 3), bool))
         outline &= ~near_bone | muscle_px
+        # fat lying on the cavity in the front of the wall, too thick to be a cleft between its layers,
+        # is preperitoneal fat under an inner edge interpolated across it (an organ touched the wall)
+        preperitoneal = preperitoneal_fat(
+            ring & ~post_px & ~excluded & preset.any_fat.contains(h), cavity, sp
+        )
+        outline &= ~preperitoneal
         lumen = find_bowel_lumen(h, cavity, sp)
         outside = bmask & ~inside_outer
-        loose = ring & ~outline & ~excluded & ~muscle_px
+        loose = ring & ~outline & ~excluded & ~muscle_px & ~preperitoneal
         if loose.any():
             d_out = ndi.distance_transform_edt(~outside, sampling=sp)
             d_cav = ndi.distance_transform_edt(~cavity, sampling=sp)
@@ -276,11 +283,17 @@ class ClassicalSegmenter:
             to_cav = loose & ~to_sat
         else:
             to_sat = to_cav = loose
+        vat_zone = ((cavity & ~lumen) | to_cav | preperitoneal) & ~excluded
+        # behind the spine's front, fat outside the back of the wall is subcutaneous (the rays' outer
+        # edge can run through the SAT there)
+        superficial = outside_deep_fascia(
+            vat_zone & preset.any_fat.contains(h), outside | to_sat, post_px & behind, depth_in, sp
+        )
         zones = {
             ZONE_IMAT: outline,
             ZONE_SM: ring & ~excluded,
-            ZONE_VAT: ((cavity & ~lumen) | to_cav) & ~excluded,
-            ZONE_SAT: outside | to_sat,
+            ZONE_VAT: vat_zone & ~superficial,
+            ZONE_SAT: outside | to_sat | superficial,
         }
         labels = _labels_in_zones(h, zones, _skin(h, bmask, sp), preset)
         masks = {

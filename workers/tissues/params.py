@@ -129,6 +129,12 @@ class WallParams:
     muscle_peak_hu: float = 0.0
     #: fat planes thinner than this inside the wall are intermuscular
     fat_gap_mm: float = 4.5
+    #: a fat layer at least this thick between the wall and an organ or gas-filled loop that a ray ends on
+    #: is preperitoneal fat: the wall ends outside it (thinner: partial volume between two surfaces)
+    fat_plane_min_mm: float = 1.5
+    #: ...when at most this much tissue lies between that fat and the organ (a bowel wall or a capsule;
+    #: a muscle layer under the fat is thicker)
+    organ_wall_max_mm: float = 5.0
     #: fatty streaks in paraspinal muscles are wider
     fat_gap_posterior_mm: float = 8.0
     #: anterior/lateral wall thicker than this = organ touching
@@ -229,6 +235,27 @@ class PosteriorParams:
 
 
 @dataclass(frozen=True)
+class FasciaParams:
+    """The deep fascia behind the spine's front. (workers/tissues/fascia.py)"""
+
+    #: the visceral zone's fat is opened by this radius before its components are counted: gaps
+    #: narrower than twice this in the wall's posterior end (between its band and the quadratus) do not
+    #: join a subcutaneous pocket to the cavity's fat
+    neck_half_width_mm: float = 3.0
+    #: a pocket lies (almost) wholly behind the vertebral body's front, in the posterior sector
+    pocket_in_region: float = 0.9
+    #: ...within this depth under the wall's outer edge (the wall's end and the quadratus are at most
+    #: ~15 mm thick there; deeper fat is retroperitoneal)
+    pocket_max_depth_mm: float = 25.0
+    #: ...and borders the subcutaneous zone along at least this much of the outer edge (fat enclosed by
+    #: the wall's own layers does not touch it)
+    contact_min_mm: float = 10.0
+    #: half the widest fat cleft between the wall's layers (wall.fat_gap_mm 4.5): ring fat thicker than
+    #: that and open to the cavity is preperitoneal, not intermuscular
+    cleft_half_width_mm: float = 2.25
+
+
+@dataclass(frozen=True)
 class ClassicalParams:
     """Compartments, skin and the rules that join them. (workers/tissues/classical.py)"""
 
@@ -317,12 +344,13 @@ class ClassicalParams:
 class TissueParams:
     """Every tuned number of the classical tissue engine, by the module that uses it."""
 
-    name: str = "classical-tissues@1"
+    name: str = "classical-tissues@2"
     body: BodyParams = field(default_factory=BodyParams)
     bone: BoneParams = field(default_factory=BoneParams)
     bowel: BowelParams = field(default_factory=BowelParams)
     wall: WallParams = field(default_factory=WallParams)
     posterior: PosteriorParams = field(default_factory=PosteriorParams)
+    fascia: FasciaParams = field(default_factory=FasciaParams)
     classical: ClassicalParams = field(default_factory=ClassicalParams)
 
 

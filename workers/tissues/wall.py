@@ -115,6 +115,8 @@ def cast_wall(
     n_look = max(round(P.lookahead_mm / step), 1)
     n_gap = max(round(P.fat_gap_mm / step), 1)
     n_gap_post = max(round(P.fat_gap_posterior_mm / step), 1)
+    n_plane = max(round(P.fat_plane_min_mm / step), 1)
+    n_organ_wall = max(round(P.organ_wall_max_mm / step), 1)
     skin_r = np.zeros(P.n_rays)
     outer_r = np.zeros(P.n_rays)
     inner_r = np.zeros(P.n_rays)
@@ -217,6 +219,8 @@ def cast_wall(
             ray_ref = max(muscle_ref_hu, own)
         in_vbody = False
         stopped = False
+        plane_outer = -1  # the last fat plane crossed: tissue index just outside it, and just inside
+        plane_inner = -1
         while j > 0 and outer - j < n_cap:
             why = "cap"
             if sprof[k, j]:
@@ -244,7 +248,7 @@ def cast_wall(
             ):  # ascites, fluid-filled bowel
                 organ_run += 1
                 if organ_run >= n_organ_run:
-                    last_tissue = j + organ_run
+                    last_tissue = _before_plane(j + organ_run, plane_outer, plane_inner, n_organ_wall)
                     why = "organ"
                     stopped = True
                     break
@@ -256,6 +260,7 @@ def cast_wall(
                 # the soft tissue just outside the gas is the bowel wall, not abdominal wall muscle
                 last_tissue = min(max(last_tissue, j + n_bowel_wall), outer - n_organ_min)
                 last_tissue = max(last_tissue, j + 1)
+                last_tissue = _before_plane(last_tissue, plane_outer, plane_inner, n_organ_wall)
                 break
             if v <= P.fat_hi and not boneprof[k, j] and not in_vbody:
                 gap += 1
@@ -264,6 +269,8 @@ def cast_wall(
                     stopped = True
                     break
             else:
+                if gap >= n_plane:
+                    plane_outer, plane_inner = last_tissue, j
                 gap = 0
                 last_tissue = j
             j -= 1
@@ -337,6 +344,16 @@ def cast_wall(
         posterior=posterior,
         stop_reason=stop_reason,
     )
+
+
+def _before_plane(edge: int, plane_outer: int, plane_inner: int, n_organ_wall: int) -> int:
+    """The inner edge on a ray that ended on an organ or gas: where a fat plane lies just outside the
+    organ (at most ``n_organ_wall`` samples of tissue between them: the organ's own wall or
+    capsule), the wall ends outside that fat, and the fat between wall and organ is preperitoneal
+    (visceral), not enclosed by muscle."""
+    if plane_outer < 0 or plane_inner - edge > n_organ_wall or plane_outer <= edge:
+        return edge
+    return plane_outer
 
 
 def _interpolate_short_gaps(x: FloatArray, valid: npt.NDArray[np.bool_], max_gap: int) -> FloatArray:
