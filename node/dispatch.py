@@ -5,9 +5,14 @@ The series are chosen by the same documented rules as ``bodycomp inspect``
 series with ``all_series``. A study with nothing to analyse (non-CT, reports, localisers only) is
 accepted and ignored, with one log line saying why.
 
-A job is identified by (series, input hash), the hash of its instances' SOP Instance UIDs and
+A job is identified by (study, series, input hash), the hash of its instances' SOP Instance UIDs and
 contents: a study re-sent unchanged maps to the job that already exists and nothing runs again;
 a late instance gives a new hash, a new job, new result UIDs, and supersedes the older job.
+
+A study is the unit of identity: a series is only ever this study's instances under that Series
+Instance UID. A UID that another study uses too (buggy modalities and anonymisers re-use them) is
+analysed from this study's instances alone and flagged ``series_uid_shared`` in the log and the
+result; a series whose instances carry more than one PatientID is not analysed at all.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ log = logging.getLogger("bodycomp.dispatch")
 
 Publish = Callable[[dict[str, Any]], None]
 
+#: Job flag: the series' UID is also used by another study (see :meth:`Index.series_instances`).
+SERIES_UID_SHARED = "series_uid_shared"
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -57,6 +65,11 @@ def plan_study(study_dir: Path, policy: SelectionPolicy, all_series: bool) -> Pl
         return Plan((chosen.series_instance_uid,))
     eligible = [c.series_instance_uid for c in candidates if c.status != "rejected"]
     return Plan(tuple(eligible))
+
+
+def job_flags(index: Index, study_uid: str, series_uid: str) -> list[str]:
+    """What the node knows about a series' input that the result must say (see module docstring)."""
+    return [SERIES_UID_SHARED] if index.studies_sharing_series(study_uid, series_uid) else []
 
 
 def job_dir_for(study_uid: str, series_uid: str, digest: str) -> str:
@@ -91,8 +104,30 @@ def dispatch_study(
             shutil.rmtree(settings.spool_dir / "studies" / study.study_uid, ignore_errors=True)
         return []
     new_jobs = []
+    refused: list[str] = []
     for series_uid in plan.series:
-        rows = index.query("SELECT sop_uid, digest, path FROM instances WHERE series_uid=?", (series_uid,))
+        rows = index.series_instances(study.study_uid, series_uid)
+        patients = {r["patient_id"] for r in rows}
+        if len(patients) > 1:
+            # one series, several patients: a mis-filed or colliding instance; analysing it could put
+            # one patient's image into another's measurement (the IDs stay out of the log)
+            log.error(
+                "event=series_refused study=%s series=%s reason=instances of %d patients in one series",
+                study.study_uid,
+                series_uid,
+                len(patients),
+            )
+            refused.append(f"series {series_uid} holds instances of {len(patients)} patients: not analysed")
+            continue
+        flags = job_flags(index, study.study_uid, series_uid)
+        if flags:
+            # kept apart (only this study's instances are analysed), and said in the log and the result
+            log.warning(
+                "event=series_uid_shared study=%s series=%s (another study uses this Series Instance UID; "
+                "only this study's instances are analysed)",
+                study.study_uid,
+                series_uid,
+            )
         digest = input_hash((r["sop_uid"], r["digest"]) for r in rows)
         rel_dir = job_dir_for(study.study_uid, series_uid, digest)
         job_id, created = index.create_job(study.study_uid, series_uid, digest, rel_dir, study.calling_ae)
@@ -111,6 +146,7 @@ def dispatch_study(
             "input_hash": digest,
             "job_dir": rel_dir,
             "instances": len(rows),
+            "flags": flags,
         }
         prepare_job_dir(settings.data_dir / rel_dir, [r["path"] for r in rows], spec)
         log.info(
@@ -123,6 +159,9 @@ def dispatch_study(
         )
         enqueue(index, job_id, spec, publish)
         new_jobs.append(job_id)
+    if refused and not index.has_current_jobs(study.study_uid):
+        index.set_study_state(study.study_uid, "failed", "; ".join(refused))
+        return []
     index.set_study_state(study.study_uid, "queued")
     index.refresh_study_state(study.study_uid)
     return new_jobs
@@ -285,7 +324,7 @@ def rebuild_job_dir(index: Index, settings: NodeSettings, job: sqlite3.Row) -> d
     when they still hash to the job's input hash the folder is rebuilt; otherwise (the input has
     changed since) None, and the job stays failed. Raises on a full disk (the caller waits).
     """
-    rows = index.query("SELECT sop_uid, digest, path FROM instances WHERE series_uid=?", (job["series_uid"],))
+    rows = index.series_instances(job["study_uid"], job["series_uid"])
     if not rows or input_hash((r["sop_uid"], r["digest"]) for r in rows) != job["input_hash"]:
         return None
     spec = {
@@ -295,6 +334,7 @@ def rebuild_job_dir(index: Index, settings: NodeSettings, job: sqlite3.Row) -> d
         "input_hash": job["input_hash"],
         "job_dir": job["result_dir"],
         "instances": len(rows),
+        "flags": job_flags(index, job["study_uid"], job["series_uid"]),
     }
     prepare_job_dir(settings.data_dir / job["result_dir"], [r["path"] for r in rows], spec)
     log.warning("event=job_folder_rebuilt job=%d study=%s", job["id"], job["study_uid"])

@@ -13,8 +13,8 @@ processes, one machine; workers hand their outcomes back through files in the re
 see :mod:`node.results`), so SQLite is never shared over a network file system.
 
 Idempotence lives here: a re-sent identical instance (same SOP Instance UID, same bytes) changes
-nothing but the study's last-received time, so it cannot change an input hash or start an
-analysis; a job is unique per (series, input hash); an outbox row is unique per (SOP Instance
+nothing, not even the study's stable timer, so it cannot change an input hash, start an analysis
+or hold one back; a job is unique per (study, series, input hash); an outbox row is unique per (SOP Instance
 UID, destination), so a task that runs twice still yields one delivery per result.
 """
 
@@ -47,24 +47,26 @@ CREATE TABLE IF NOT EXISTS studies (
     updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    series_uid TEXT NOT NULL,
     modality TEXT NOT NULL DEFAULT '',
     series_number TEXT NOT NULL DEFAULT '',
-    description TEXT NOT NULL DEFAULT ''
+    description TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (study_uid, series_uid)
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT PRIMARY KEY,
-    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    series_uid TEXT NOT NULL,
     study_uid TEXT NOT NULL REFERENCES studies(study_uid),
     sop_class_uid TEXT NOT NULL,
     path TEXT NOT NULL,
     size INTEGER NOT NULL,
     digest TEXT NOT NULL,
     calling_ae TEXT NOT NULL,
-    received REAL NOT NULL
+    received REAL NOT NULL,
+    patient_id TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(study_uid, series_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -80,7 +82,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     enqueued REAL,
     started REAL,
     finished REAL,
-    UNIQUE (series_uid, input_hash)
+    UNIQUE (study_uid, series_uid, input_hash)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -100,6 +102,73 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (sop_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_try);
+"""
+
+#: ``PRAGMA user_version`` of the schema above. 1: a series is identified by (study, series) -- a
+#: Series Instance UID re-used in another study (buggy modalities and anonymisers do this) is another
+#: series -- and each instance keeps its PatientID, so that a series mixing patients is refused.
+SCHEMA_VERSION = 1
+
+#: Version 0 -> 1, run once on an index written by an earlier node (foreign keys off meanwhile).
+MIGRATE_0_TO_1 = """
+CREATE TABLE series_v1 (
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    series_uid TEXT NOT NULL,
+    modality TEXT NOT NULL DEFAULT '',
+    series_number TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (study_uid, series_uid)
+);
+INSERT OR IGNORE INTO series_v1 (study_uid, series_uid, modality, series_number, description)
+    SELECT DISTINCT i.study_uid, i.series_uid, COALESCE(s.modality, ''), COALESCE(s.series_number, ''),
+           COALESCE(s.description, '')
+    FROM instances i LEFT JOIN series s ON s.series_uid = i.series_uid;
+INSERT OR IGNORE INTO series_v1 (study_uid, series_uid, modality, series_number, description)
+    SELECT study_uid, series_uid, modality, series_number, description FROM series;
+DROP TABLE series;
+ALTER TABLE series_v1 RENAME TO series;
+CREATE TABLE instances_v1 (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received REAL NOT NULL,
+    patient_id TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO instances_v1 (sop_uid, series_uid, study_uid, sop_class_uid, path, size, digest, calling_ae,
+        received, patient_id)
+    SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.path, i.size, i.digest, i.calling_ae,
+           i.received, COALESCE(st.patient_id, '')
+    FROM instances i LEFT JOIN studies st ON st.study_uid = i.study_uid;
+DROP TABLE instances;
+ALTER TABLE instances_v1 RENAME TO instances;
+CREATE INDEX instances_series ON instances(study_uid, series_uid);
+CREATE INDEX instances_study ON instances(study_uid);
+CREATE TABLE jobs_v1 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL REFERENCES studies(study_uid),
+    series_uid TEXT NOT NULL,
+    input_hash TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    reason TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result_dir TEXT NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    enqueued REAL,
+    started REAL,
+    finished REAL,
+    UNIQUE (study_uid, series_uid, input_hash)
+);
+INSERT INTO jobs_v1 SELECT id, study_uid, series_uid, input_hash, state, reason, attempts, result_dir,
+        calling_ae, created, enqueued, started, finished FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE jobs_v1 RENAME TO jobs;
+CREATE INDEX jobs_state ON jobs(state);
 """
 
 #: Job states, in the order a job goes through them (``superseded``: a newer input replaced it).
@@ -172,10 +241,30 @@ class Index:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
         with self.transaction() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _migrate(self) -> None:
+        """Bring an index written by an earlier node to :data:`SCHEMA_VERSION`, in one transaction."""
+        with self._lock:
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            has_tables = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='instances'").fetchone()
+        if version >= SCHEMA_VERSION or has_tables is None:
+            return
+        # (foreign keys can only be switched outside a transaction; the tables are rebuilt)
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with self.transaction() as db:
+                for statement in MIGRATE_0_TO_1.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         with self._lock:
@@ -211,8 +300,9 @@ class Index:
     def record_instance(self, rec: InstanceRecord, now: float | None = None) -> str:
         """Record a durably stored instance; return ``new``, ``duplicate``, ``replaced`` or ``conflict``.
 
-        A duplicate (same SOP Instance UID and digest) only refreshes the study's last-received
-        time: the study stays as it was, so nothing is analysed again. ``replaced``: same SOP
+        A duplicate (same SOP Instance UID and digest) changes nothing, not even the study's
+        last-received time (the stable timer): nothing is analysed again, and a sender repeating
+        instances cannot hold a study back. ``replaced``: same SOP
         Instance UID in the same series, different content (a corrected instance re-sent); the new
         content wins and the study is analysed again. ``conflict``: the SOP Instance UID is already
         recorded in *another* study or series; nothing is recorded (the caller refuses it). A UID
@@ -228,6 +318,10 @@ class Index:
             if old is not None and (old["study_uid"], old["series_uid"]) != (rec.study_uid, rec.series_uid):
                 return "conflict"  # nothing written: see the docstring
             outcome = "new" if old is None else "duplicate" if old["digest"] == rec.digest else "replaced"
+            if outcome == "duplicate":
+                # nothing changes, not even the study's stable timer: a sender that repeats
+                # instances must not keep a study from ever being analysed
+                return outcome
             db.execute(
                 """INSERT INTO studies (study_uid, calling_ae, patient_id, study_date, first_received,
                        last_received, changed, state, updated)
@@ -236,17 +330,16 @@ class Index:
                 (rec.study_uid, rec.calling_ae, rec.patient_id, rec.study_date, now, now, now),
             )
             db.execute(
-                """INSERT INTO series (series_uid, study_uid, modality, series_number, description)
-                   VALUES (?, ?, ?, ?, ?) ON CONFLICT(series_uid) DO NOTHING""",
-                (rec.series_uid, rec.study_uid, rec.modality, rec.series_number, rec.description),
+                """INSERT INTO series (study_uid, series_uid, modality, series_number, description)
+                   VALUES (?, ?, ?, ?, ?) ON CONFLICT(study_uid, series_uid) DO NOTHING""",
+                (rec.study_uid, rec.series_uid, rec.modality, rec.series_number, rec.description),
             )
-            if outcome == "duplicate":
-                return outcome
             db.execute(
                 """INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid, path, size,
-                       digest, calling_ae, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       digest, calling_ae, received, patient_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(sop_uid) DO UPDATE SET path=excluded.path, size=excluded.size,
-                       digest=excluded.digest, calling_ae=excluded.calling_ae, received=excluded.received""",
+                       digest=excluded.digest, calling_ae=excluded.calling_ae, received=excluded.received,
+                       patient_id=excluded.patient_id""",
                 (
                     rec.sop_uid,
                     rec.series_uid,
@@ -257,6 +350,7 @@ class Index:
                     rec.digest,
                     rec.calling_ae,
                     now,
+                    rec.patient_id,
                 ),
             )
             db.execute(
@@ -275,9 +369,27 @@ class Index:
         rows = self.query("SELECT sop_uid, digest FROM instances WHERE study_uid=?", (study_uid,))
         return input_hash((r["sop_uid"], r["digest"]) for r in rows)
 
-    def series_hash(self, series_uid: str) -> str:
-        rows = self.query("SELECT sop_uid, digest FROM instances WHERE series_uid=?", (series_uid,))
-        return input_hash((r["sop_uid"], r["digest"]) for r in rows)
+    def series_instances(self, study_uid: str, series_uid: str) -> list[sqlite3.Row]:
+        """The instances of one series *of one study* (sop_uid, digest, path, patient_id).
+
+        Always by (study, series): a Series Instance UID re-used in another study, perhaps of another
+        patient, names another series, and its instances must never join this one's analysis.
+        """
+        return self.query(
+            "SELECT sop_uid, digest, path, patient_id FROM instances WHERE study_uid=? AND series_uid=?",
+            (study_uid, series_uid),
+        )
+
+    def series_hash(self, study_uid: str, series_uid: str) -> str:
+        return input_hash((r["sop_uid"], r["digest"]) for r in self.series_instances(study_uid, series_uid))
+
+    def studies_sharing_series(self, study_uid: str, series_uid: str) -> int:
+        """How many *other* studies hold instances under this Series Instance UID."""
+        rows = self.query(
+            "SELECT COUNT(DISTINCT study_uid) AS n FROM instances WHERE series_uid=? AND study_uid<>?",
+            (series_uid, study_uid),
+        )
+        return int(rows[0]["n"])
 
     def study(self, study_uid: str) -> sqlite3.Row | None:
         rows = self.query("SELECT * FROM studies WHERE study_uid=?", (study_uid,))
@@ -328,15 +440,17 @@ class Index:
     def create_job(
         self, study_uid: str, series_uid: str, digest: str, result_dir: str, calling_ae: str
     ) -> tuple[int, bool]:
-        """Create the job for (series, input hash) unless it exists; return (id, created).
+        """Create the job for (study, series, input hash) unless it exists; return (id, created).
 
-        Older jobs of the same series are marked ``superseded`` and their undelivered results
-        cancelled: the PACS should get the analysis of the complete series, not both.
+        Older jobs of the same series of the same study are marked ``superseded`` and their
+        undelivered results cancelled: the PACS should get the analysis of the complete series, not
+        both. A job of another study is never touched, whatever its Series Instance UID.
         """
         now = time.time()
         with self.transaction() as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE series_uid=? AND input_hash=?", (series_uid, digest)
+                "SELECT id FROM jobs WHERE study_uid=? AND series_uid=? AND input_hash=?",
+                (study_uid, series_uid, digest),
             ).fetchone()
             if row is not None:
                 return int(row["id"]), False
@@ -349,8 +463,9 @@ class Index:
             old = [
                 int(r["id"])
                 for r in db.execute(
-                    "SELECT id FROM jobs WHERE series_uid=? AND id<>? AND state<>'superseded'",
-                    (series_uid, job_id),
+                    """SELECT id FROM jobs
+                       WHERE study_uid=? AND series_uid=? AND id<>? AND state<>'superseded'""",
+                    (study_uid, series_uid, job_id),
                 )
             ]
             for old_id in old:
@@ -363,6 +478,10 @@ class Index:
                     (f"superseded by job {job_id}", old_id),
                 )
             return job_id, True
+
+    def has_current_jobs(self, study_uid: str) -> bool:
+        """Whether the study has a job that is not superseded (queued, running, done or failed)."""
+        return bool(self.query("SELECT 1 FROM jobs WHERE study_uid=? AND state<>'superseded'", (study_uid,)))
 
     def mark_enqueued(self, job_id: int) -> None:
         with self.transaction() as db:
@@ -404,9 +523,6 @@ class Index:
                 (state, reason, time.time(), study_uid),
             )
         return state
-
-    def instance_paths(self, series_uid: str) -> list[str]:
-        return [r["path"] for r in self.query("SELECT path FROM instances WHERE series_uid=?", (series_uid,))]
 
     # -- outbox ----------------------------------------------------------------------------------
 

@@ -169,7 +169,7 @@ def test_resent_instances_change_nothing_and_a_new_one_makes_a_new_superseding_j
     assert claim_stable_studies(index, 30, now=120) == [], "not idle long enough"
     [stable] = claim_stable_studies(index, 30, now=131)
     first_hash = stable.input_hash
-    job1, created = index.create_job("1.1", "1.1.1", index.series_hash("1.1.1"), "r1", "PACS")
+    job1, created = index.create_job("1.1", "1.1.1", index.series_hash("1.1", "1.1.1"), "r1", "PACS")
     assert created
     # The whole study again, unchanged (as Orthanc re-sends a series): nothing to decide.
     assert record(index, "1.1", "1.1.1", "1.1.1.1", "a", now=200) == "duplicate"
@@ -180,10 +180,10 @@ def test_resent_instances_change_nothing_and_a_new_one_makes_a_new_superseding_j
     assert record(index, "1.1", "1.1.1", "1.1.1.3", "c", now=300) == "new"
     [stable] = claim_stable_studies(index, 30, now=331)
     assert stable.input_hash != first_hash
-    job2, created = index.create_job("1.1", "1.1.1", index.series_hash("1.1.1"), "r2", "PACS")
+    job2, created = index.create_job("1.1", "1.1.1", index.series_hash("1.1", "1.1.1"), "r2", "PACS")
     assert created and job2 != job1
     assert index.job(job1)["state"] == "superseded"  # type: ignore[index]
-    assert index.create_job("1.1", "1.1.1", index.series_hash("1.1.1"), "r2", "PACS") == (job2, False)
+    assert index.create_job("1.1", "1.1.1", index.series_hash("1.1", "1.1.1"), "r2", "PACS") == (job2, False)
     # Changed bytes under the same SOP Instance UID count as a change too.
     assert record(index, "1.1", "1.1.1", "1.1.1.3", "d", now=400) == "replaced"
     index.close()

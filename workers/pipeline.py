@@ -81,6 +81,8 @@ class AnalysisOptions:
     write_dicom: bool = False
     preview: bool = True
     """Search L3 on a reduced-resolution decode of a JPEG 2000 series (see :mod:`workers.preview`)."""
+    node_flags: tuple[str, ...] = ()
+    """What the receiving node found about the input (e.g. ``series_uid_shared``): carried into QC."""
 
 
 class StageTimer:
@@ -208,6 +210,7 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
         volume.acquisition,
         manual_slice=options.slice_index is not None,
         input_flags=result["patient_inputs"].get("flags", []),
+        node_flags=options.node_flags,
     )
     result["qc"] = qc.to_json()
     result["status"] = qc.status

@@ -21,6 +21,13 @@ INFORMATIONAL = {
     "sex_missing",
     "patient_turned",  # segmented in the patient's own frame (workers/tissues/frame.py)
 }
+#: What the receiving node's flags about the input mean for a reader (node/dispatch.py).
+NODE_FLAG_REASONS = {
+    "series_uid_shared": (
+        "input: another study uses this Series Instance UID; only this study's instances were analysed "
+        "(check the patient's identity and the sender's UIDs)"
+    ),
+}
 #: Flags that make the result unusable.
 FATAL = {"no_body", "no_spine_found"}
 
@@ -55,8 +62,11 @@ def assess(
     acquisition: Mapping[str, Any],
     manual_slice: bool,
     input_flags: Iterable[str] = (),
+    node_flags: Iterable[str] = (),
 ) -> QualityReport:
     report = QualityReport()
+    for flag in node_flags:
+        report.add(flag, NODE_FLAG_REASONS.get(flag, f"input: {flag.replace('_', ' ')}"))
     for flag in input_flags:
         report.add(flag, f"patient input: {flag.replace('_', ' ')}")
     for flag in l3_flags:

@@ -89,11 +89,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def analysis_options(config: WorkerConfig, series_uid: str) -> AnalysisOptions:
-    """The worker's policies, with selection pinned to the job's series."""
+def analysis_options(
+    config: WorkerConfig, series_uid: str, node_flags: tuple[str, ...] = ()
+) -> AnalysisOptions:
+    """The worker's policies, with selection pinned to the job's series and the node's flags."""
     options = AnalysisOptions(
         selection=dataclasses.replace(config.selection, series_instance_uid=series_uid),
         stack=config.stack,
+        node_flags=node_flags,
     )
     known = {f.name for f in dataclasses.fields(AnalysisOptions)}
     extra = {k: v for k, v in config.extra_options.items() if k in known}
@@ -124,7 +127,9 @@ def finish(job_dir: Path, state: str, reason: str, attempts: int, outputs: list[
     return outcome
 
 
-def run_analysis(job_dir: Path, series_uid: str, config: WorkerConfig) -> list[str]:
+def run_analysis(
+    job_dir: Path, series_uid: str, config: WorkerConfig, node_flags: tuple[str, ...] = ()
+) -> list[str]:
     """Analyse ``job_dir/input`` into a private folder, then rename it to ``job_dir/out``.
 
     Returns the DICOM results (paths relative to ``job_dir``): whatever ``.dcm`` files the
@@ -132,7 +137,7 @@ def run_analysis(job_dir: Path, series_uid: str, config: WorkerConfig) -> list[s
     """
     work = job_dir / f".work-{uuid.uuid4().hex}"
     try:
-        analyse(job_dir / INPUT, analysis_options(config, series_uid), out_dir=work)
+        analyse(job_dir / INPUT, analysis_options(config, series_uid, node_flags), out_dir=work)
         final = job_dir / OUT
         if final.exists():  # an earlier attempt finished the analysis but died before its outcome
             stale = job_dir / f".stale-{uuid.uuid4().hex}"
@@ -195,7 +200,8 @@ def _run_locked(job_dir: Path, spec: dict[str, Any], config: WorkerConfig) -> di
         attempts,
     )
     try:
-        outputs = run_analysis(job_dir, spec["series_uid"], config)
+        # (a job written by a node before flags existed has none)
+        outputs = run_analysis(job_dir, spec["series_uid"], config, tuple(spec.get("flags", ())))
     except BodycompError as exc:
         # The input cannot be analysed (no L3 in the field of view, bad stack, ...): no retry.
         log.warning("event=job_failed job=%s reason=%s", spec["job_id"], exc)
