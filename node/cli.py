@@ -13,9 +13,11 @@ Exit codes: 0 success (also when a result is flagged for review), 2 bad input or
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,7 +209,12 @@ def _private_data_dir(settings: Settings) -> None:
     """Use a private umask and create the data directory 0700; warn if an existing one is open."""
     os.umask(SERVICE_UMASK)
     data_dir = settings.node.data_dir
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not readable and writable by this user")
+    except OSError as exc:  # a setting the node cannot run with: exit 2, no restart loop
+        raise ConfigError(f"node.data_dir {data_dir}: cannot use it ({exc.strerror or exc})") from exc
     mode = data_dir.stat().st_mode & 0o777
     if mode & 0o007:
         log.warning(
@@ -244,7 +251,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         return run(settings, args.config)
     except OSError as exc:
         print(f"bodycomp: cannot listen on {settings.node.host}:{settings.node.port}: {exc}", file=sys.stderr)
-        return 1
+        # an address this machine does not have, a name that does not resolve or a port it may not
+        # open is a setting to fix (exit 2: systemd does not restart); anything else may pass
+        unusable = isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES)
+        return EXIT_INPUT if unusable else 1
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -18,6 +18,7 @@ fall back to a default without anyone noticing.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -205,8 +206,10 @@ def parse_destination(text: str) -> Destination:
     host = host.strip("[]")
     if not sep or not colon or not ae or not host or not port.isdigit():
         raise ConfigError(f"destination {text!r} is not AE@HOST:PORT")
-    if len(ae) > 16 or "\\" in ae:
-        raise ConfigError(f"destination {text!r}: an AE title has at most 16 characters and no backslash")
+    if len(ae) > 16 or "\\" in ae or not all(" " <= c <= "~" for c in ae):
+        raise ConfigError(
+            f"destination {text!r}: an AE title has at most 16 printable ASCII characters and no backslash"
+        )
     if not 0 < int(port) < 65536:
         raise ConfigError(f"destination {text!r}: port out of range")
     return Destination(ae, host, int(port), tls)
@@ -255,11 +258,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if annotation is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{where}: {value!r} is not a finite number")
+            return number
         if annotation is str:
             return str(value)
         if annotation is Path:
             return Path(str(value)).expanduser()
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"{where}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}"
@@ -333,20 +341,77 @@ def load_settings(
     if overrides:
         cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
         settings = _apply(settings, {s: v for s, v in cleaned.items() if v}, "command line")
-    for text in settings.node.destinations:
-        parse_destination(text)
-    port = settings.node.metrics_port
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"node.metrics_port {port} is out of range")
-    if settings.node.stable_seconds < 0:
-        raise ConfigError("node.stable_seconds must not be negative")
-    if settings.node.max_associations < 1 or settings.node.network_timeout <= 0:
-        raise ConfigError("node.max_associations must be ≥ 1 and node.network_timeout > 0")
-    if not 1 <= settings.node.receivers <= 64:
-        raise ConfigError("node.receivers must be between 1 and 64")
+    validate(settings)
+    return settings
+
+
+#: The range each numeric setting must lie in, inclusive (``None``: unbounded), by section. A value
+#: outside is refused when the settings are loaded: a zero timeout, a negative retry delay or a
+#: disk reserve below zero would not stop the node, they would break it quietly.
+BOUNDS: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "node": {
+        "port": (1, 65535),
+        "metrics_port": (1, 65535),
+        "min_free_mb": (0, None),
+        "max_associations": (1, 1024),
+        "receivers": (1, 64),
+        "network_timeout": (1, 86400),
+        "stable_seconds": (0, 86400),
+        "embedded_workers": (0, 64),
+        "concurrency": (1, 64),
+        "max_tasks_per_child": (1, None),
+        "task_time_limit": (61, None),  # (the soft limit is 60 s earlier)
+        "max_retries": (0, 100),
+        "send_retry_seconds": (0.1, 86400),
+        "send_retry_max_seconds": (0.1, 30 * 86400),
+        "send_give_up_hours": (0.01, 24 * 365),
+    },
+    "selection": {"min_slices": (1, None), "max_axial_angle_deg": (0, 90)},
+    "stack": {
+        "max_missing_slices": (0, None),
+        "max_gap_mm": (0, None),
+        "max_tilt_deg": (0, 90),
+        "uneven_tolerance": (0, None),
+        "position_tolerance_mm": (0, None),
+    },
+    "analysis": {"slices": (1, 99)},
+}
+
+
+def check_ae_title(title: str, where: str) -> str:
+    """An AE title as DICOM allows it: 1-16 printable ASCII characters, no backslash, not blank."""
+    if (
+        not 0 < len(title) <= 16
+        or not title.strip()
+        or "\\" in title
+        or not all(" " <= c <= "~" for c in title)
+    ):
+        raise ConfigError(
+            f"{where}: {title!r} is not an AE title (1-16 printable ASCII characters, no backslash)"
+        )
+    return title
+
+
+def validate(settings: Settings) -> None:
+    """Refuse settings the node cannot run with (each with the one line that says why)."""
+    for section, bounds in BOUNDS.items():
+        values = getattr(settings, section)
+        for name, (lo, hi) in bounds.items():
+            value = getattr(values, name)
+            if value is None:
+                continue
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                allowed = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+                raise ConfigError(f"{section}.{name} = {value} is out of range (it must be {allowed})")
     node = settings.node
+    if node.send_retry_max_seconds < node.send_retry_seconds:
+        raise ConfigError("node.send_retry_max_seconds must not be below node.send_retry_seconds")
+    check_ae_title(node.ae_title, "node.ae_title")
+    for title in node.allow_ae:
+        check_ae_title(title, "node.allow_ae")
+    for text in node.destinations:
+        parse_destination(text)
     if (node.tls_cert is None) != (node.tls_key is None):
         raise ConfigError("node.tls_cert and node.tls_key go together (the certificate and its key)")
     if node.tls_verify_client and (node.tls_cert is None or node.tls_ca is None):
         raise ConfigError("node.tls_verify_client needs tls_cert, tls_key (the listener's) and tls_ca")
-    return settings

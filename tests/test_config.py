@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -117,10 +118,78 @@ def test_precedence_file_environment_flags(tmp_path: Path) -> None:
     [
         ({"BODYCOMP_STABLE_SECOND": "5"}, "unknown key node.stable_second"),
         ({"BODYCOMP_DESTINATION": "PACS@pacs"}, "is not AE@HOST:PORT"),
-        ({"BODYCOMP_DESTINATION": "AN_AE_TITLE_TOO_LONG@pacs:104"}, "at most 16 characters"),
-        ({"BODYCOMP_STABLE_SECONDS": "-1"}, "must not be negative"),
+        ({"BODYCOMP_DESTINATION": "AN_AE_TITLE_TOO_LONG@pacs:104"}, "at most 16 printable ASCII characters"),
+        ({"BODYCOMP_STABLE_SECONDS": "-1"}, r"node\.stable_seconds = -1\.0 is out of range"),
     ],
 )
 def test_bad_node_settings_are_refused(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(environ=env)
+
+
+#: Values that once passed and broke the node quietly (#18): nan refused every association, inf
+#: never analysed, negative retries and reserves passed, a bad AE title or port crashed at start.
+BROKEN_VALUES = [
+    ("BODYCOMP_NETWORK_TIMEOUT", "nan", "not a finite number"),
+    ("BODYCOMP_STABLE_SECONDS", "nan", "not a finite number"),
+    ("BODYCOMP_STABLE_SECONDS", "inf", "not a finite number"),
+    ("BODYCOMP_SEND_GIVE_UP_HOURS", "-inf", "not a finite number"),
+    ("BODYCOMP_NETWORK_TIMEOUT", "0", "node.network_timeout = 0.0 is out of range"),
+    ("BODYCOMP_MAX_RETRIES", "-1", "node.max_retries = -1 is out of range"),
+    ("BODYCOMP_SEND_RETRY_SECONDS", "-5", "node.send_retry_seconds = -5.0 is out of range"),
+    ("BODYCOMP_SEND_GIVE_UP_HOURS", "0", "node.send_give_up_hours = 0.0 is out of range"),
+    ("BODYCOMP_MIN_FREE_MB", "-100", "node.min_free_mb = -100 is out of range"),
+    ("BODYCOMP_PORT", "0", "node.port = 0 is out of range"),
+    ("BODYCOMP_PORT", "70000", "node.port = 70000 is out of range"),
+    ("BODYCOMP_METRICS_PORT", "70000", "node.metrics_port = 70000 is out of range"),
+    ("BODYCOMP_TASK_TIME_LIMIT", "30", "node.task_time_limit = 30 is out of range"),
+    ("BODYCOMP_CONCURRENCY", "0", "node.concurrency = 0 is out of range"),
+    ("BODYCOMP_AE_TITLE", "A_TITLE_LONGER_THAN_16", "is not an AE title"),
+    ("BODYCOMP_AE_TITLE", "   ", "is not an AE title"),
+    ("BODYCOMP_AE_TITLE", "BAD\\AE", "is not an AE title"),
+    ("BODYCOMP_AE_TITLE", "BAD\x1b[31m", "is not an AE title"),
+    ("BODYCOMP_ALLOW_AE", "PACS,EVIL\nAE", "is not an AE title"),
+    ("BODYCOMP_STACK__MAX_GAP_MM", "-1", "stack.max_gap_mm = -1.0 is out of range"),
+    ("BODYCOMP_SELECTION__MIN_SLICES", "0", "selection.min_slices = 0 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BROKEN_VALUES)
+def test_values_that_break_the_node_are_refused_at_load(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(environ={name: value})
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BROKEN_VALUES[:6])
+def test_the_command_line_says_so_in_one_line_and_exits_2(
+    name: str, value: str, message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.cli import main
+
+    monkeypatch.setenv(name, value)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_an_unusable_data_directory_exits_2_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["worker", "--data-dir", str(blocker / "data")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "node.data_dir" in err and "cannot use it" in err
+
+
+def test_an_address_this_machine_does_not_have_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+
+    # TEST-NET-1 (RFC 5737) is never assigned to a local interface
+    code = main(["serve", "--data-dir", str(tmp_path / "d"), "--host", "192.0.2.1", "--port", "11119"])
+    assert code == 2
+    assert "cannot listen on 192.0.2.1:11119" in capsys.readouterr().err
