@@ -48,7 +48,7 @@ from node.receivers import ReceiverPool, port_in_use
 from node.results import collect, republish
 from node.scp import serve as start_scp
 from node.sender import deliver_due
-from node.stability import Wakeup, claim_stable_studies
+from node.stability import StabilityTimer, Wakeup, claim_stable_studies
 from workers.app import configure_app, prepare_broker, purge_consumed
 
 log = logging.getLogger("bodycomp.node")
@@ -183,6 +183,7 @@ class Node:
         self.last_restart = 0.0
         self.last_broker_purge = -float("inf")
         self.started_at = time.monotonic()
+        self.stability = StabilityTimer()
         self.metrics: metrics.MetricsServer | None = None
         self.receivers: ReceiverPool | None = None
 
@@ -349,7 +350,10 @@ class Node:
         listening = time.monotonic() - self.started_at >= node.stable_seconds
         # A (nearly) full data disk pauses analyses: the studies wait, they do not fail (DiskGuard).
         room = DISK.room(node.data_dir)
-        for study in claim_stable_studies(self.index, node.stable_seconds) if listening and room else []:
+        # (the timers run from the start, so that waiting for the first stable period or for disk
+        # space does not hold a study back twice)
+        may_dispatch = listening and room
+        for study in claim_stable_studies(self.index, node.stable_seconds, self.stability, may_dispatch):
             log.info("event=study_stable study=%s hash=%s", study.study_uid, study.input_hash[:16])
             try:
                 dispatch_study(study, self.index, node, self.settings.selection, self.publish)

@@ -7,9 +7,14 @@ signal is an idle timer per study since its last received instance (default 30 s
 the scheduler so that it looks at the timers now instead of at its next tick, never marks a study
 complete by itself.
 
-The timer state lives in the index (``last_received``, ``changed``), so after a restart studies
-that became stable while the node was down are dispatched at once, and those still receiving
-keep waiting.
+The idle time is measured on the monotonic clock, never the wall clock: a clock set back an hour
+(NTP, a VM restored) held studies an hour, and one stepped forward during a sender's pause analysed
+half a study. The index keeps ``last_received`` (wall time, for the operator) and ``changed``; the
+scheduler's :class:`StabilityTimer` notes, on its monotonic clock, when it first saw each study's
+current ``last_received``, and a study is stable once that is ``stable_seconds`` ago. After a
+restart every waiting study is first seen at start, which costs nothing: the node dispatches
+nothing before it has listened for a stable period anyway (a sender cut off by the stop sends
+again).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.index import Index
@@ -29,27 +35,42 @@ class StableStudy:
     input_hash: str
 
 
-def is_stable(last_received: float, now: float, stable_seconds: float) -> bool:
-    """The rule itself: idle for at least ``stable_seconds``."""
-    return now - last_received >= stable_seconds
+class StabilityTimer:
+    """How long each study has been idle, on a monotonic clock (see module docstring)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[str, tuple[float, float]] = {}  # study -> (last_received, first seen at)
+
+    def idle_seconds(self, rows: list[sqlite3.Row]) -> dict[str, float]:
+        """Idle time of each changed study in ``rows``; studies no longer waiting are forgotten."""
+        now = self._clock()
+        seen = {}
+        for row in rows:
+            uid, last = str(row["study_uid"]), float(row["last_received"])
+            previous = self._seen.get(uid)
+            # a new instance changes last_received (whichever way the wall clock went): idle from now
+            seen[uid] = previous if previous is not None and previous[0] == last else (last, now)
+        self._seen = seen
+        return {uid: now - first for uid, (_, first) in seen.items()}
 
 
-def seconds_until_next(rows: list[sqlite3.Row], now: float, stable_seconds: float) -> float | None:
-    """How long until the next changed study becomes stable (None: none is waiting)."""
-    waits = [max(0.0, float(r["last_received"]) + stable_seconds - now) for r in rows]
-    return min(waits) if waits else None
-
-
-def claim_stable_studies(index: Index, stable_seconds: float, now: float | None = None) -> list[StableStudy]:
+def claim_stable_studies(
+    index: Index, stable_seconds: float, timer: StabilityTimer, claim: bool = True
+) -> list[StableStudy]:
     """Studies idle for ``stable_seconds`` whose content changed since the last decision.
 
     Each is claimed atomically (state ``stable``): a study that received an instance between the
-    query and the claim is left for the next round.
+    query and the claim is left for the next round. ``claim=False`` only runs the timers (while
+    the node may not dispatch yet: its first stable period, a full disk).
     """
-    now = time.time() if now is None else now
+    rows = index.changed_studies()
+    idle = timer.idle_seconds(rows)
+    if not claim:
+        return []
     stable = []
-    for row in index.changed_studies():
-        if not is_stable(float(row["last_received"]), now, stable_seconds):
+    for row in rows:
+        if idle[str(row["study_uid"])] < stable_seconds:
             continue
         digest = index.claim_stable_study(row["study_uid"], row["last_received"])
         if digest is not None:

@@ -33,7 +33,7 @@ from node import dispatch, results
 from node.config import NodeSettings
 from node.dispatch import BrokerHealth, dispatch_study
 from node.index import Index, InstanceRecord, digest_file
-from node.stability import claim_stable_studies
+from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.reliability import Tally, recorded
 from tests.servers import SERVERS, RabbitMQServer
@@ -330,7 +330,7 @@ def test_broker_down_jobs_wait_unpublished_outage_logged_once_then_published(
     index = Index(node.index_path)
     broker = FlakyBroker()
     studies = stable_ct_studies(node, index, 3)
-    stable = claim_stable_studies(index, 30, now=100)
+    stable = claim_after_idle(index)
     assert len(stable) == 3
     jobs = [job for study in stable for job in dispatch_study(study, index, node, SelectionPolicy(), broker)]
     assert len(jobs) == 3

@@ -10,7 +10,7 @@ import pydicom
 from node.config import NodeSettings
 from node.dispatch import dispatch_study, plan_study
 from node.index import Index, InstanceRecord, digest_file
-from node.stability import claim_stable_studies
+from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from workers.series_selection import SelectionPolicy
 
@@ -52,7 +52,7 @@ def test_study_with_nothing_to_analyse_is_ignored_and_optionally_not_kept(tmp_pa
             "X",
         )
         index.record_instance(rec, now=0)
-    [stable] = claim_stable_studies(index, 30, now=100)
+    [stable] = claim_after_idle(index)
     published: list[object] = []
     assert dispatch_study(stable, index, node, SelectionPolicy(), published.append) == []
     assert published == []

@@ -20,7 +20,8 @@ import pytest
 from node.config import NodeSettings
 from node.dispatch import SERIES_UID_SHARED, dispatch_study
 from node.index import SCHEMA_VERSION, Index, InstanceRecord, digest_file
-from node.stability import claim_stable_studies
+from node.stability import StabilityTimer, claim_stable_studies
+from tests.clock import ManualClock, claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from workers.qc_status import assess
 from workers.series_selection import SelectionPolicy
@@ -50,11 +51,11 @@ def _receive(index: Index, node: NodeSettings, options: SeriesOptions, n: int, n
     return paths
 
 
-def _dispatch_all(index: Index, node: NodeSettings, now: float) -> dict[str, list[int]]:
+def _dispatch_all(index: Index, node: NodeSettings) -> dict[str, list[int]]:
     published: list[dict[str, object]] = []
     return {
         s.study_uid: dispatch_study(s, index, node, SelectionPolicy(), published.append)
-        for s in claim_stable_studies(index, 30, now=now)
+        for s in claim_after_idle(index)
     }
 
 
@@ -67,10 +68,10 @@ def test_two_patients_sharing_a_series_uid_are_analysed_from_their_own_instances
     b = SeriesOptions(series_uid=a.series_uid, extra={"PatientID": "PAT-B-0815"})
     assert a.study_uid != b.study_uid
     _receive(index, node, a, 6, now=0)
-    jobs_a = _dispatch_all(index, node, now=100)[a.study_uid]
+    jobs_a = _dispatch_all(index, node)[a.study_uid]
     _receive(index, node, b, 4, now=200)
     with caplog.at_level(logging.WARNING):
-        jobs_b = _dispatch_all(index, node, now=300)[b.study_uid]
+        jobs_b = _dispatch_all(index, node)[b.study_uid]
     [job_a], [job_b] = jobs_a, jobs_b
     for job_id, study, n in ((job_a, a, 6), (job_b, b, 4)):
         row = index.job(job_id)
@@ -122,7 +123,7 @@ def test_a_series_holding_two_patients_is_not_analysed(
         )
         assert index.record_instance(rec, now=10) == "new"
     with caplog.at_level(logging.ERROR):
-        assert _dispatch_all(index, node, now=100) == {first.study_uid: []}
+        assert _dispatch_all(index, node) == {first.study_uid: []}
     study = index.study(first.study_uid)
     assert study is not None and study["state"] == "failed"
     assert "instances of 2 patients" in study["reason"]
@@ -146,9 +147,15 @@ def test_a_re_sent_identical_instance_does_not_reset_the_stable_timer(tmp_path: 
         digest_file(paths[0]),
         "CT1",
     )
-    for t in (10, 20, 29):  # a sender that keeps repeating itself
-        assert index.record_instance(again, now=t) == "duplicate"
-    assert [s.study_uid for s in claim_stable_studies(index, 30, now=31)] == [options.study_uid]
+    clock = ManualClock()
+    timer = StabilityTimer(clock)
+    assert claim_stable_studies(index, 30, timer) == []  # the scheduler sees the study
+    for _ in range(3):  # a sender that keeps repeating itself, every 9 s
+        clock.advance(9)
+        assert index.record_instance(again, now=1000 + clock.now) == "duplicate"
+        assert claim_stable_studies(index, 30, timer) == []
+    clock.advance(3)
+    assert [s.study_uid for s in claim_stable_studies(index, 30, timer)] == [options.study_uid]
 
 
 #: The index as nodes before schema version 1 wrote it (series keyed by its UID alone).
@@ -221,3 +228,33 @@ def test_the_shared_uid_flag_asks_for_review_with_a_reason() -> None:
     report = assess([], 0.9, [], [], [], [], {}, manual_slice=False, node_flags=[SERIES_UID_SHARED])
     assert report.status == "review"
     assert any("another study uses this Series Instance UID" in r for r in report.reasons)
+
+
+def test_wall_clock_steps_do_not_move_the_stable_timer(tmp_path: Path) -> None:
+    """#18: a clock set back an hour held studies an hour; one stepped forward during a sender's
+    pause analysed half a study. The timer runs on the monotonic clock; the wall time recorded
+    with each instance only says that something changed."""
+    index = Index(tmp_path / "index.sqlite")
+    clock = ManualClock()
+    timer = StabilityTimer(clock)
+    sop = "1.2.3.4.1"
+
+    def receive(wall: float) -> None:
+        nonlocal sop
+        sop += "1"
+        rec = InstanceRecord("1.2.3", "1.2.3.4", sop, "1.2.840.10008.5.1.4.1.1.2", Path("/x"), 1, sop, "CT1")
+        assert index.record_instance(rec, now=wall) == "new"
+
+    receive(wall=10_000)
+    assert claim_stable_studies(index, 30, timer) == []
+    clock.advance(10)
+    receive(wall=10_000 - 3600)  # the wall clock was set back an hour
+    assert claim_stable_studies(index, 30, timer) == []
+    clock.advance(30)
+    assert [s.study_uid for s in claim_stable_studies(index, 30, timer)] == ["1.2.3"], "held back"
+    receive(wall=20_000)  # a late instance, then the sender pauses ...
+    assert claim_stable_studies(index, 30, timer) == []
+    clock.advance(5)  # ... while the wall clock jumps forward an hour: nothing the timer reads
+    assert claim_stable_studies(index, 30, timer) == [], "half a study would be analysed"
+    clock.advance(25)
+    assert len(claim_stable_studies(index, 30, timer)) == 1

@@ -19,7 +19,8 @@ from pynetdicom import AE, evt
 from node.config import NodeSettings
 from node.index import Index, InstanceRecord
 from node.sender import backoff, deliver_due
-from node.stability import claim_stable_studies
+from node.stability import StabilityTimer, claim_stable_studies
+from tests.clock import ManualClock, claim_after_idle
 from tests.test_node_support import BODYCOMP, free_port
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
@@ -164,10 +165,15 @@ def record(index: Index, study: str, series: str, sop: str, digest: str, now: fl
 
 def test_resent_instances_change_nothing_and_a_new_one_makes_a_new_superseding_job(tmp_path: Path) -> None:
     index = Index(tmp_path / "index.sqlite")
+    clock = ManualClock()
+    timer = StabilityTimer(clock)
     record(index, "1.1", "1.1.1", "1.1.1.1", "a", now=100)
     record(index, "1.1", "1.1.1", "1.1.1.2", "b", now=101)
-    assert claim_stable_studies(index, 30, now=120) == [], "not idle long enough"
-    [stable] = claim_stable_studies(index, 30, now=131)
+    assert claim_stable_studies(index, 30, timer) == []
+    clock.advance(29)
+    assert claim_stable_studies(index, 30, timer) == [], "not idle long enough"
+    clock.advance(1)
+    [stable] = claim_stable_studies(index, 30, timer)
     first_hash = stable.input_hash
     job1, created = index.create_job("1.1", "1.1.1", index.series_hash("1.1", "1.1.1"), "r1", "PACS")
     assert created
@@ -175,10 +181,13 @@ def test_resent_instances_change_nothing_and_a_new_one_makes_a_new_superseding_j
     assert record(index, "1.1", "1.1.1", "1.1.1.1", "a", now=200) == "duplicate"
     assert record(index, "1.1", "1.1.1", "1.1.1.2", "b", now=200) == "duplicate"
     assert index.changed_studies() == [] and index.study_hash("1.1") == first_hash
-    assert claim_stable_studies(index, 30, now=1000) == []
+    clock.advance(1000)
+    assert claim_stable_studies(index, 30, timer) == []
     # A late instance: a new input hash, a new job that supersedes the first.
     assert record(index, "1.1", "1.1.1", "1.1.1.3", "c", now=300) == "new"
-    [stable] = claim_stable_studies(index, 30, now=331)
+    assert claim_stable_studies(index, 30, timer) == [], "a new instance restarts the timer"
+    clock.advance(30)
+    [stable] = claim_stable_studies(index, 30, timer)
     assert stable.input_hash != first_hash
     job2, created = index.create_job("1.1", "1.1.1", index.series_hash("1.1", "1.1.1"), "r2", "PACS")
     assert created and job2 != job1
@@ -205,12 +214,12 @@ def test_host_check_ties_a_destination_ae_to_its_host() -> None:
 def test_a_dispatch_interrupted_by_a_crash_is_resumed(tmp_path: Path) -> None:
     index = Index(tmp_path / "index.sqlite")
     record(index, "1.2", "1.2.1", "1.2.1.1", "a", now=100)
-    assert len(claim_stable_studies(index, 1, now=200)) == 1
+    assert len(claim_after_idle(index, 1)) == 1
     assert index.changed_studies() == []
     index.close()  # the node dies before creating the jobs
     index = Index(tmp_path / "index.sqlite")
     assert index.reopen_interrupted_dispatches() == 1
-    assert [s.study_uid for s in claim_stable_studies(index, 1, now=300)] == ["1.2"]
+    assert [s.study_uid for s in claim_after_idle(index, 1)] == ["1.2"]
 
 
 def test_resend_queues_dead_letters_again_and_the_sender_delivers_them(tmp_path: Path) -> None:
