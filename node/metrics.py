@@ -23,10 +23,15 @@ configured otherwise), with two paths:
 The hooks the node calls are plain functions (:func:`instance_stored`, :func:`store_status`,
 :func:`delivery`, :func:`jobs_collected`): a counter increment, nothing that can fail a C-STORE.
 Labels carry states and status codes, never UIDs or patient data.
+
+The server holds at most :attr:`_Server.max_connections` connections, each cut off after
+:attr:`_QuietHandler.timeout` seconds of silence or :attr:`_Server.deadline` seconds in all: it
+shares the process' descriptors and threads with C-ECHO and C-STORE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -371,7 +376,60 @@ class Health:
 
 
 class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per connection, but never more than :attr:`max_connections`, none older than
+    :attr:`deadline`: the endpoint shares the process' descriptors and threads with C-ECHO and
+    C-STORE, so idle or trickling clients must not be able to use them all up."""
+
     daemon_threads = True
+    #: Connections served at once; more are closed as soon as they are accepted. A probe and a
+    #: scraper need one or two; 32 leaves the DICOM side its descriptors whatever a client does.
+    max_connections = 32
+    #: Listen backlog (socketserver's default is 5): a burst beyond the cap waits in the kernel's
+    #: queue and is refused at once, instead of waiting for SYN retransmissions.
+    request_queue_size = 2 * max_connections
+    #: Seconds a connection may last in all (request and response): the handler's ``timeout``
+    #: is per read, so a client sending a byte every few seconds (slow-loris) is cut off here.
+    deadline = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._open: dict[socket.socket, float] = {}  # connection: its deadline (monotonic)
+        self._lock = threading.Lock()
+        self._full_logged = False  # "full" is logged once, until every connection has closed
+        super().__init__(*args, **kwargs)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit a connection below the cap (False: the server closes it, no thread started)."""
+        with self._lock:
+            if len(self._open) < self.max_connections:
+                self._open[request] = time.monotonic() + self.deadline
+                return True
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning("event=metrics_connections_full limit=%d", self.max_connections)
+        return False
+
+    def service_actions(self) -> None:
+        """Each poll of ``serve_forever``: shut down connections past their deadline.
+
+        ``shutdown`` (not ``close``, which belongs to the handler's thread) wakes the thread's
+        blocked read or write; under the lock, so the descriptor cannot have been reused.
+        """
+        super().service_actions()
+        now = time.monotonic()
+        with self._lock:
+            for request, deadline in self._open.items():
+                if deadline < now:
+                    self._open[request] = float("inf")  # once
+                    with contextlib.suppress(OSError):
+                        request.shutdown(socket.SHUT_RDWR)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget the connection before closing it: its descriptor number may be reused at once."""
+        with self._lock:
+            self._open.pop(request, None)
+            if not self._open:
+                self._full_logged = False
+        super().shutdown_request(request)
 
 
 class _IPv6Server(_Server):
@@ -379,6 +437,17 @@ class _IPv6Server(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    #: Seconds each read or write may wait for the client (``settimeout`` of the connection):
+    #: a client that connects and sends nothing is disconnected after this.
+    timeout = 10.0
+
+    def handle(self) -> None:
+        """One request; a client that timed out, was cut off or went away just ends it."""
+        try:
+            super().handle()
+        except OSError as exc:  # TimeoutError, BrokenPipeError, ConnectionResetError, ...
+            log.debug("http connection ended: %s", type(exc).__name__)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s", format % args)
 

@@ -8,9 +8,14 @@ to the Redis and RabbitMQ running on this host, and to a closed port.
 from __future__ import annotations
 
 import json
+import logging
+import select
+import socket
+import time
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node import metrics
-from node.config import ConfigError, load_settings
+from node.config import ConfigError, NodeSettings, load_settings
 from tests.test_node_support import (
     copy_study,
     free_port,
@@ -186,3 +191,106 @@ def test_metrics_settings_off_by_default_loopback_and_validated(tmp_path: Path) 
     assert node.metrics_port == 9500, "flag > environment > file"
     with pytest.raises(ConfigError, match="metrics_port"):
         load_settings(environ={"BODYCOMP_METRICS_PORT": "70000"})
+
+
+# -- the endpoint's own limits: in this process, on an ephemeral port, with short timeouts ---------
+
+
+@pytest.fixture
+def endpoint(tmp_path: Path) -> Iterator[int]:
+    """A :class:`metrics.MetricsServer` as ``bodycomp serve`` starts it; yields its port."""
+    (tmp_path / "data").mkdir()
+    server = metrics.MetricsServer(NodeSettings(data_dir=tmp_path / "data", metrics_port=0))
+    try:
+        yield int(server.httpd.server_port)
+    finally:
+        server.stop()
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def closed_within(client: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closed ``client`` (EOF or reset), None if still open after ``seconds``."""
+    start = time.monotonic()
+    client.settimeout(seconds)
+    try:
+        data = client.recv(1024)
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        data = b""
+    assert data == b"", f"the server sent {data!r} to a client that asked for nothing"
+    return time.monotonic() - start
+
+
+def test_idle_connection_is_closed_after_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, endpoint: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert metrics._QuietHandler.timeout is not None and 0 < metrics._QuietHandler.timeout <= 30
+    monkeypatch.setattr(metrics._QuietHandler, "timeout", 0.5)
+    with connect(endpoint) as idle:
+        elapsed = closed_within(idle, 5)
+    assert elapsed is not None, "an idle client kept its connection (and the server's thread)"
+    assert elapsed < 3
+    assert health(endpoint)[1]["checks"], "the endpoint still answers"
+    assert "Exception" not in capsys.readouterr().err, "a timeout is no traceback (with the client's address)"
+
+
+def test_slow_client_is_cut_off_at_the_deadline(monkeypatch: pytest.MonkeyPatch, endpoint: int) -> None:
+    """A byte every 0.2 s never waits out the per-read timeout (1 s); the total deadline ends it."""
+    monkeypatch.setattr(metrics._QuietHandler, "timeout", 1.0)
+    monkeypatch.setattr(metrics._Server, "deadline", 2.0)
+    trickle = b"GET /healthz HTTP/1.0\r\n" + b"X-Slow: a\r\n" * 20  # 240 bytes: 48 s at this pace
+    start = time.monotonic()
+    elapsed = None
+    with connect(endpoint) as slow:
+        for byte in trickle:
+            try:
+                slow.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                elapsed = time.monotonic() - start
+                break
+            if select.select([slow], [], [], 0.2)[0]:
+                elapsed = time.monotonic() - start
+                assert closed_within(slow, 1) is not None
+                break
+            if time.monotonic() - start > 8:
+                break
+    assert elapsed is not None, "a client sending a byte every 0.2 s kept its connection"
+    assert 1.5 < elapsed < 4, elapsed
+
+
+def test_connections_beyond_the_cap_are_closed_and_healthz_answers_once_idle_ones_time_out(
+    monkeypatch: pytest.MonkeyPatch, endpoint: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    idle_timeout = 3.0
+    monkeypatch.setattr(metrics._QuietHandler, "timeout", idle_timeout)
+    cap = metrics._Server.max_connections
+    caplog.set_level(logging.WARNING, logger="bodycomp.metrics")
+    idle = [connect(endpoint) for _ in range(cap)]
+    try:
+        start = time.monotonic()
+        for _ in range(3):  # accepted after the idle ones (one accept queue): refused at once
+            with connect(endpoint) as extra:
+                elapsed = closed_within(extra, 1.5)
+            assert elapsed is not None, f"connection {cap + 1} got a thread of its own"
+        with pytest.raises(OSError):
+            get(endpoint, "/healthz")  # refused too while the idle ones hold every slot
+        assert time.monotonic() - start < idle_timeout, "too slow to tell the cap from the timeout"
+
+        def answers() -> dict[str, Any] | None:
+            try:
+                return health(endpoint)[1]
+            except OSError:
+                return None
+
+        report = wait_for("/healthz once the idle connections time out", answers, idle_timeout + 5)
+        assert set(report["checks"]) == {"spool", "disk", "index", "broker"}
+        assert all(closed_within(client, 1) is not None for client in idle), "idle ones timed out"
+    finally:
+        for client in idle:
+            client.close()
+    full = [r.getMessage() for r in caplog.records if "metrics_connections_full" in r.getMessage()]
+    assert full == [f"event=metrics_connections_full limit={cap}"], "logged once, with no client data"
