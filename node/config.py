@@ -74,6 +74,10 @@ class NodeSettings:
     check_host: bool = False
     """Also require a calling AE listed in ``destinations`` to connect from that host."""
     require_called_ae: bool = True
+    max_inflated_mb: int = 256
+    """A Deflated Explicit VR Little Endian instance that inflates beyond this is refused (0xA700)
+    before the memory is spent: deflate shrinks zeros a thousandfold (a 1 MB upload of 1 GiB).
+    Stored instances are held to it again when their study is planned."""
     max_associations: int = 16
     """Associations served at once; one more is rejected (A-ASSOCIATE-RJ transient, "local limit
     exceeded") so the sender retries later. Each costs two threads and, while a C-STORE arrives,
@@ -353,6 +357,7 @@ BOUNDS: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "port": (1, 65535),
         "metrics_port": (1, 65535),
         "min_free_mb": (0, None),
+        "max_inflated_mb": (1, 65536),
         "max_associations": (1, 1024),
         "receivers": (1, 64),
         "network_timeout": (1, 86400),

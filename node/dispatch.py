@@ -31,6 +31,7 @@ from typing import Any
 from node.config import NodeSettings
 from node.index import Index, input_hash
 from node.stability import StableStudy
+from workers.deflate import DEFAULT_MAX_INFLATED_BYTES
 from workers.dicom_scan import scan_dicom
 from workers.errors import BodycompError
 from workers.series_selection import SelectionPolicy, select_series
@@ -52,9 +53,14 @@ class Plan:
     ignored_reason: str = ""
 
 
-def plan_study(study_dir: Path, policy: SelectionPolicy, all_series: bool) -> Plan:
+def plan_study(
+    study_dir: Path,
+    policy: SelectionPolicy,
+    all_series: bool,
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+) -> Plan:
     """Choose the series of the study in ``study_dir`` to analyse (a plain function)."""
-    scan = scan_dicom(study_dir)
+    scan = scan_dicom(study_dir, max_inflated_bytes)
     if not scan.files:
         return Plan((), "no DICOM instances in the spool")
     try:
@@ -96,7 +102,12 @@ def dispatch_study(
     study: StableStudy, index: Index, settings: NodeSettings, policy: SelectionPolicy, publish: Publish
 ) -> list[int]:
     """Create and enqueue the jobs of a stable study; return the ids of new jobs."""
-    plan = plan_study(settings.spool_dir / "studies" / study.study_uid, policy, settings.all_series)
+    plan = plan_study(
+        settings.spool_dir / "studies" / study.study_uid,
+        policy,
+        settings.all_series,
+        settings.max_inflated_mb << 20,
+    )
     if not plan.series:
         log.info("event=study_ignored study=%s reason=%s", study.study_uid, plan.ignored_reason)
         index.set_study_state(study.study_uid, "ignored", plan.ignored_reason)

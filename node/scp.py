@@ -16,6 +16,7 @@ File Meta Information) and is the same in both modes.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -36,6 +38,7 @@ from node.index import Index, InstanceRecord, digest_bytes
 from node.instance_check import Refusal, check_instance
 from node.spool import InvalidUIDError, Spool, SpoolFullError, checked_uid
 from node.uid_locks import UidLocks
+from workers.deflate import DEFLATED, InflateLimitError, inflate_to_file, inflated_size
 
 log = logging.getLogger("bodycomp.scp")
 
@@ -125,6 +128,7 @@ def make_store_handler(
     # Two associations (perhaps in two receiving processes) sending one UID at once must not
     # leave the spool file of one and the index digest of the other.
     locks = UidLocks(spool.root / "uid.lock")
+    limit = settings.max_inflated_mb << 20
 
     def handle_store(event: Any) -> int:
         calling = event.assoc.requestor.ae_title
@@ -133,23 +137,46 @@ def make_store_handler(
         if not host_allowed(settings, calling, event.assoc.requestor.address):
             log.warning("refused an instance: %s connected from an unexpected host", calling)
             return STATUS_NOT_AUTHORISED
+        inflated: Path | None = None
         try:
             chunked = getattr(request, "_dataset_path", None) is not None
+            transfer_syntax = str(event.context.transfer_syntax)
+            size = event.dataset_path.stat().st_size if chunked else _received_size(request)
+            if transfer_syntax == DEFLATED:
+                # never inflated whole in memory: streamed to a file, or counted, under the ceiling
+                if chunked:
+                    inflated = inflate_to_file(
+                        event.dataset_path,
+                        event.dataset_path.with_name(event.dataset_path.name + ".inflated"),
+                        limit,
+                    )
+                    size = inflated.stat().st_size
+                else:
+                    size = inflated_size(io.BytesIO(request.DataSet.getvalue()), limit)
             # Chunked: the dataset is in a temporary file; parse its structure, but values above
             # DEFER_SIZE (the pixels) are skipped, only their lengths read.
-            ds = pydicom.dcmread(event.dataset_path, defer_size=DEFER_SIZE) if chunked else event.dataset
+            if chunked:
+                ds = pydicom.dcmread(inflated or event.dataset_path, defer_size=DEFER_SIZE)
+            else:
+                ds = event.dataset
             refusal = check_instance(
                 ds,
                 str(request.AffectedSOPClassUID),
                 str(request.AffectedSOPInstanceUID),
-                str(event.context.transfer_syntax),
-                event.dataset_path.stat().st_size if chunked else _received_size(request),
+                transfer_syntax if inflated is None else str(ExplicitVRLittleEndian),
+                size,
             )
             # The values the index keeps are read now: a deferred value that cannot be parsed
             # (pydicom raises OSError for "No tag to read") is a bad dataset, not a full disk.
             described = {keyword: _text(ds, keyword) for keyword in INDEXED_KEYWORDS}
+        except InflateLimitError as exc:
+            over = "beyond" in str(exc)
+            refusal = Refusal(STATUS_OUT_OF_RESOURCES if over else STATUS_CANNOT_UNDERSTAND, str(exc))
         except Exception as exc:  # pydicom raises many types on hostile input; all mean the same
             refusal = Refusal(STATUS_CANNOT_UNDERSTAND, f"undecodable dataset ({type(exc).__name__})")
+        finally:
+            if inflated is not None:
+                inflated.unlink(missing_ok=True)
         if refusal is not None:
             log.warning(
                 "event=refused status=0x%04X sop=%s from=%s reason=%s",

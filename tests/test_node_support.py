@@ -107,10 +107,13 @@ def start_node(
     stable_seconds: float = 1.5,
     env: dict[str, str] | None = None,
     log_name: str = "serve.log",
+    prefix: Sequence[str] = (),
 ) -> NodeProc:
-    """``bodycomp serve`` (embedded broker unless ``--broker-url`` is in ``args``); wait until listening."""
+    """``bodycomp serve`` (embedded broker unless ``--broker-url`` is in ``args``); wait until listening.
+    ``prefix`` wraps the command (e.g. ``prlimit --data=…``)."""
     port = port or free_port()
     command = [
+        *prefix,
         BODYCOMP,
         "serve",
         "--data-dir",

@@ -10,16 +10,32 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from workers.deflate import (
+    DEFAULT_MAX_INFLATED_BYTES,
+    DEFLATED,
+    InflateLimitError,
+    dataset_offset,
+    file_inflated_size,
+    inflate_to_file,
+)
 
 log = logging.getLogger(__name__)
+
+#: Values above this are not read into a header (a deflated file's private blobs).
+HEADER_DEFER_BYTES = 1 << 20
 
 #: Media Storage Directory (DICOMDIR): an index of files, never an image.
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -87,6 +103,8 @@ def read_header(path: Path) -> Dataset | None:
     exports write bare datasets.
     """
     try:
+        if _is_deflated(path):
+            return _deflated_header(path)
         return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
         pass
@@ -108,10 +126,55 @@ def read_header(path: Path) -> Dataset | None:
     return None
 
 
-def scan_dicom(root: Path) -> ScanResult:
-    """Read the headers of all DICOM files under ``root``."""
+def _is_deflated(path: Path) -> bool:
+    """Whether ``path`` is a Part 10 file in Deflated Explicit VR Little Endian."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1024)
+        return DEFLATED.encode() in head[: dataset_offset(head)]
+    except (OSError, InflateLimitError):
+        return False
+
+
+def _deflated_header(path: Path) -> Dataset:
+    """The header of a deflated file without holding the inflated dataset (pydicom inflates a
+    deflated file whole in memory): inflated to a temporary file, read with large values deferred."""
+    with tempfile.TemporaryDirectory(prefix="bodycomp-inflate-") as tmp:
+        plain = inflate_to_file(path, Path(tmp) / "dataset.dcm", DEFAULT_MAX_INFLATED_BYTES << 4)
+        header = pydicom.dcmread(plain, stop_before_pixels=True, defer_size=HEADER_DEFER_BYTES)
+        # deferred values are dropped unread (reading one would load it; its file is about to go)
+        raw: MutableMapping[Any, Any] = header._dict
+        for tag in [
+            t for t, e in raw.items() if isinstance(e, RawDataElement) and e.value is None and e.length
+        ]:
+            del raw[tag]
+        header.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        return header
+
+
+def _deflated_beyond(path: Path, limit: int) -> bool:
+    """A Deflated Explicit VR Little Endian file whose dataset inflates beyond ``limit`` (pydicom
+    would inflate it whole in memory just to read its header; see :mod:`workers.deflate`)."""
+    try:
+        if not _is_deflated(path):
+            return False
+        file_inflated_size(path, limit)
+    except InflateLimitError as exc:
+        return "beyond" in str(exc)
+    except OSError:
+        return False
+    return False
+
+
+def scan_dicom(root: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> ScanResult:
+    """Read the headers of all DICOM files under ``root`` (deflated datasets that inflate beyond
+    ``max_inflated_bytes`` are skipped, never inflated)."""
     result = ScanResult()
     for path in iter_candidate_files(root):
+        if _deflated_beyond(path, max_inflated_bytes):
+            log.warning("event=file_skipped reason=deflated dataset beyond %d MB", max_inflated_bytes >> 20)
+            result.skip("deflated dataset beyond the size limit")
+            continue
         with warnings.catch_warnings():
             # pydicom warns about every oddity of non-DICOM files; what matters is the verdict.
             warnings.simplefilter("ignore")
