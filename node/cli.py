@@ -156,7 +156,13 @@ def _add_node_commands(sub: Any) -> None:
     export = sub.add_parser("export", help="one CSV row per analysed study (for research)")
     export.add_argument("--config", help=config_help)
     export.add_argument("--data-dir", type=Path, help="the node's data directory")
-    export.add_argument("--csv", type=Path, required=True, metavar="FILE", help="CSV file to write")
+    export.add_argument(
+        "--csv",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="CSV file to write (mode 0600), or - for standard output",
+    )
     export.add_argument("-v", "--verbose", action="store_true")
 
     resend = sub.add_parser("resend", help="send dead-lettered results again (after fixing the PACS)")
@@ -269,15 +275,23 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from node.status import format_status, read_status
 
     report = read_status(settings.node, limit=args.limit)
+    # both forms are safe for a terminal: format_status escapes control characters, and JSON
+    # (ASCII-only by default) writes them as \uXXXX
     print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """``--csv FILE`` writes FILE (mode 0600); ``--csv -`` writes to standard output, the
+    summary line then going to standard error so that the output is the CSV alone."""
     from node.status import export_csv
 
-    rows = export_csv(settings.node, args.csv)
-    print(f"{rows} analysed studies written to {args.csv}")
+    if str(args.csv) == "-":
+        rows = export_csv(settings.node, sys.stdout)
+        print(f"{rows} analysed studies written to standard output", file=sys.stderr)
+    else:
+        rows = export_csv(settings.node, args.csv)
+        print(f"{rows} analysed studies written to {args.csv}")
     return EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""Keep patient-identifying values out of logs and ``bodycomp status``, whatever library wrote them.
+"""Keep patient-identifying values out of logs and ``bodycomp status``, whatever library wrote them,
+and keep header values from forging log lines or repainting a terminal.
 
 Why: the node's own log lines carry UIDs only, but the libraries it runs quote *dataset values*
 in their messages when a value is not quite standard, and such values are common in real PACS
@@ -11,12 +12,20 @@ reach journald or a central log system (found by ``tests/test_security.py``).
 factory, so it applies to every logger and handler, Celery's included, and to the worker's
 forked children) and routes Python warnings through logging so they are redacted too;
 :func:`redact` is also applied to failure reasons before they are stored in the index.
+
+Every text that comes from a DICOM header (a Modality, a description, a calling AE title, a
+reason quoting them) is also attacker-controlled: a newline in it would start a forged log line
+("... event=delivered ...") and an ESC sequence would repaint the operator's terminal. The same
+factory passes each record's message through :func:`escape_controls`; ``bodycomp status`` and
+``export --csv`` (:mod:`node.status`) use it for what they print and write.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 REDACTED = "<redacted>"
@@ -34,6 +43,51 @@ _PATTERNS = [
 ]
 
 
+#: Characters that move the cursor, end a line or start a terminal escape sequence: C0 controls
+#: but TAB, DEL, C1 controls (NEL, CSI...) and the Unicode line and paragraph separators.
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its control characters written as visible escapes (``\\n``, ``\\x1b``).
+
+    Why: header values reach log lines and the operator's terminal; a newline in one would start
+    a line that looks like the node's own (a forged ``event=delivered``), an ESC or CSI sequence
+    would clear or repaint the screen. Only those characters are escaped, the way ``repr`` writes
+    them; TAB, backslashes and printable Unicode (accented names, CJK) stay as they are.
+    """
+    if not _CONTROLS.search(text):
+        return text
+    return _CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions a traceback prints with it (causes and contexts)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        if exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            exc = None if exc.__suppress_context__ else exc.__context__
+
+
+def _escape_exception_messages(text: str, exc: BaseException | None) -> str:
+    """A formatted traceback with the *messages* of its exceptions escaped.
+
+    A traceback is several lines by nature and stays so; but ``ValueError: <a header value>`` is
+    a value like any other, and a newline in it must not start a line of its own either.
+    """
+    for item in _exception_chain(exc):
+        for line in traceback.format_exception_only(type(item), item):
+            line = line.rstrip("\n")
+            escaped = escape_controls(line)
+            if escaped != line:
+                text = text.replace(line, escaped)
+    return text
+
+
 def redact(text: str) -> str:
     """``text`` with the dataset values quoted by known library messages replaced."""
     for pattern in _PATTERNS:
@@ -46,18 +100,20 @@ def _redact_record(record: logging.LogRecord) -> None:
         message = record.getMessage()
     except Exception:  # a record with bad arguments: logging reports that itself
         return
-    cleaned = redact(message)
+    # one line per record whatever the values in it (a trailing line break, as captured warnings
+    # have, is dropped rather than shown)
+    cleaned = redact(escape_controls(message.rstrip("\r\n")))
     if cleaned != message:
         record.msg, record.args = cleaned, ()
     if record.exc_info and record.exc_info[0] is not None:
         text = logging.Formatter().formatException(record.exc_info)
-        cleaned = redact(text)
+        cleaned = redact(_escape_exception_messages(text, record.exc_info[1]))
         if cleaned != text:
             record.exc_text = cleaned  # formatters use this instead of formatting the exception
 
 
 def install() -> None:
-    """Redact every log record this process creates from now on (idempotent)."""
+    """Redact and escape every log record this process creates from now on (idempotent)."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "bodycomp_redacting", False):
         return

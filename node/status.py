@@ -5,6 +5,10 @@ while the node writes). ``export`` writes one row per analysed study for researc
 patient identifiers (the CSV is PHI; the logs never are), the analysed series and the scalar
 values of its ``result.json`` flattened to dotted column names, so new metrics and flags of the
 analysis appear as new columns without a change here.
+
+Header values (a Modality, a description, a calling AE title, the reasons quoting them) are
+attacker-controlled text: ``status`` prints them with their control characters escaped and
+``export`` neutralises cells a spreadsheet would run as formulas (see :func:`csv_cell`).
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import os
+import re
 import sqlite3
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -22,6 +29,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node import tls
 from node.config import ConfigError, NodeSettings, parse_destination
 from node.index import Index
+from node.privacy import escape_controls
 
 
 def _open(node: NodeSettings) -> Index:
@@ -92,6 +100,13 @@ def _when(timestamp: float | None) -> str:
 
 
 def format_status(report: dict[str, Any]) -> str:
+    """The report as text for a terminal, one line per item.
+
+    Every line is passed through :func:`escape_controls` once built: it holds header values
+    (calling AE, reasons quoting a Modality or a description) and peers' error texts, and a
+    newline or an ESC sequence in one must neither add a line nor repaint the terminal.
+    """
+
     def counts(key: str) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(report[key].items())) or "none"
 
@@ -123,7 +138,7 @@ def format_status(report: dict[str, Any]) -> str:
             f"retrying: {r['sop_uid']} to {r['destination']} (attempt {r['attempts']}, "
             f"next {_when(r['next_try'])}): {r['error']}"
         )
-    return "\n".join(lines)
+    return "\n".join(escape_controls(line) for line in lines)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -170,18 +185,68 @@ def export_rows(index: Index, data_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def export_csv(node: NodeSettings, target: Path) -> int:
+#: A number as the export writes it, or a ``;``-joined list of them (``l3.level_ranges.L3`` is
+#: ``-804.5;-766.5``): digits, a sign, a point and an exponent cannot make a formula call anything.
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_NUMBERS = re.compile(rf"{_NUMBER}(?:;{_NUMBER})*")
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell a spreadsheet shows and never runs.
+
+    Why: the export holds header values (PatientID, the calling AE title) and a spreadsheet runs a
+    cell starting with ``=``, ``+``, ``-`` or ``@`` as a formula (``=HYPERLINK(...)`` sends data
+    away). Such text gets a leading ``'``, as OWASP advises, and its control characters are
+    escaped; numbers, and text that is only numbers, stay as they are (``-29.0`` is a value).
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = escape_controls(str(value))
+    if text.startswith(_FORMULA_START) and not _NUMBERS.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def _write_csv(rows: list[dict[str, Any]], handle: TextIO) -> None:
+    extra = sorted({k for r in rows for k in r} - set(EXPORT_FIRST))
+    columns = EXPORT_FIRST + extra
+    writer = csv.writer(handle)
+    writer.writerow([csv_cell(name) for name in columns])
+    writer.writerows([csv_cell(row.get(name, "")) for name in columns] for row in rows)
+
+
+def _open_private(target: Path) -> TextIO:
+    """``target`` for writing, readable by this user only (the CSV is PHI, like the data directory).
+
+    Created 0600 whatever the umask; a regular file that exists (an export of an older version,
+    made 0644) is made 0600 too. Other files (``/dev/null``, a pipe) are written as they are.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+        return open(fd, "w", newline="")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def export_csv(node: NodeSettings, target: Path | TextIO) -> int:
+    """Write one row per analysed study to ``target`` (a file, created private, or a stream such
+    as standard output); return the number of rows."""
     index = _open(node)
     try:
         rows = export_rows(index, node.data_dir)
     finally:
         index.close()
-    extra = sorted({k for r in rows for k in r} - set(EXPORT_FIRST))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=EXPORT_FIRST + extra, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    if isinstance(target, Path):
+        with _open_private(target) as handle:
+            _write_csv(rows, handle)
+    else:
+        _write_csv(rows, target)
     return len(rows)
 
 
