@@ -365,7 +365,7 @@ BOUNDS: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "embedded_workers": (0, 64),
         "concurrency": (1, 64),
         "max_tasks_per_child": (1, None),
-        "task_time_limit": (61, None),  # (the soft limit is 60 s earlier)
+        "task_time_limit": (2, None),  # (the soft limit ends an analysis earlier: at least 1 s)
         "max_retries": (0, 100),
         "send_retry_seconds": (0.1, 86400),
         "send_retry_max_seconds": (0.1, 30 * 86400),

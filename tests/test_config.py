@@ -142,7 +142,7 @@ BROKEN_VALUES = [
     ("BODYCOMP_PORT", "0", "node.port = 0 is out of range"),
     ("BODYCOMP_PORT", "70000", "node.port = 70000 is out of range"),
     ("BODYCOMP_METRICS_PORT", "70000", "node.metrics_port = 70000 is out of range"),
-    ("BODYCOMP_TASK_TIME_LIMIT", "30", "node.task_time_limit = 30 is out of range"),
+    ("BODYCOMP_TASK_TIME_LIMIT", "1", "node.task_time_limit = 1 is out of range"),
     ("BODYCOMP_CONCURRENCY", "0", "node.concurrency = 0 is out of range"),
     ("BODYCOMP_AE_TITLE", "A_TITLE_LONGER_THAN_16", "is not an AE title"),
     ("BODYCOMP_AE_TITLE", "   ", "is not an AE title"),
