@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
@@ -25,11 +24,12 @@ from node import privacy
 from node.cli import main
 from node.config import NodeSettings
 from node.dispatch import dispatch_study
-from node.index import Index, InstanceRecord, digest_file
+from node.index import Index, InstanceRecord
 from node.privacy import escape_controls
 from node.status import csv_cell, format_status, read_status
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
+from tests.index_records import record_file
 from workers.series_selection import SelectionPolicy
 
 #: The node's log format (node.cli.configure_logging).
@@ -120,20 +120,7 @@ def ignored_study_with_hostile_headers(node: NodeSettings) -> str:
         index = Index(node.index_path)
         try:
             for path in paths:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-                rec = InstanceRecord(
-                    options.study_uid,
-                    options.series_uid,
-                    ds.SOPInstanceUID,
-                    ds.SOPClassUID,
-                    path,
-                    1,
-                    digest_file(path),
-                    HOSTILE_AE,
-                    modality=str(ds.Modality),
-                    description=str(ds.SeriesDescription),
-                )
-                index.record_instance(rec, now=0)
+                record_file(index, path, HOSTILE_AE, now=0)
             [stable] = claim_after_idle(index)
             assert dispatch_study(stable, index, node, SelectionPolicy(), lambda _: None) == []
         finally:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pydicom
-
 from node.config import NodeSettings
 from node.dispatch import dispatch_study, plan_study
-from node.index import Index, InstanceRecord, digest_file
+from node.index import Index
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
+from tests.index_records import record_file
 from workers.series_selection import SelectionPolicy
 
 
@@ -40,18 +39,7 @@ def test_study_with_nothing_to_analyse_is_ignored_and_optionally_not_kept(tmp_pa
     study_dir = node.spool_dir / "studies" / options.study_uid
     paths = write_series(study_dir / options.series_uid, sample(block_phantom(), g), g, options)
     for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        rec = InstanceRecord(
-            options.study_uid,
-            options.series_uid,
-            ds.SOPInstanceUID,
-            ds.SOPClassUID,
-            path,
-            1,
-            digest_file(path),
-            "X",
-        )
-        index.record_instance(rec, now=0)
+        record_file(index, path, "X", now=0)
     [stable] = claim_after_idle(index)
     published: list[object] = []
     assert dispatch_study(stable, index, node, SelectionPolicy(), published.append) == []

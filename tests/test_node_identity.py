@@ -23,6 +23,7 @@ from node.index import SCHEMA_VERSION, Index, InstanceRecord, digest_file
 from node.stability import StabilityTimer, claim_stable_studies
 from tests.clock import ManualClock, claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
+from tests.index_records import record_file
 from workers.qc_status import assess
 from workers.series_selection import SelectionPolicy
 from workers.tasks import INPUT, JOB, read_json
@@ -34,20 +35,7 @@ def _receive(index: Index, node: NodeSettings, options: SeriesOptions, n: int, n
     study_dir = node.spool_dir / "studies" / options.study_uid
     paths = write_series(study_dir / options.series_uid, sample(block_phantom(), g), g, options)
     for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        rec = InstanceRecord(
-            options.study_uid,
-            options.series_uid,
-            ds.SOPInstanceUID,
-            ds.SOPClassUID,
-            path,
-            path.stat().st_size,
-            digest_file(path),
-            "CT1",
-            modality="CT",
-            patient_id=str(ds.PatientID),
-        )
-        assert index.record_instance(rec, now=now) == "new"
+        assert record_file(index, path, "CT1", now) == "new"
     return paths
 
 
@@ -108,20 +96,7 @@ def test_a_series_holding_two_patients_is_not_analysed(
     for path in paths:
         target = node.spool_dir / "studies" / first.study_uid / first.series_uid / path.name
         path.replace(target)
-        ds = pydicom.dcmread(target, stop_before_pixels=True)
-        rec = InstanceRecord(
-            first.study_uid,
-            first.series_uid,
-            ds.SOPInstanceUID,
-            ds.SOPClassUID,
-            target,
-            target.stat().st_size,
-            digest_file(target),
-            "CT2",
-            modality="CT",
-            patient_id=str(ds.PatientID),
-        )
-        assert index.record_instance(rec, now=10) == "new"
+        assert record_file(index, target, "CT2", now=10) == "new"
     with caplog.at_level(logging.ERROR):
         assert _dispatch_all(index, node) == {first.study_uid: []}
     study = index.study(first.study_uid)
