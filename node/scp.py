@@ -38,7 +38,7 @@ from node.index import Index, InstanceRecord, digest_bytes
 from node.instance_check import Refusal, check_instance
 from node.spool import InvalidUIDError, Spool, SpoolFullError, checked_uid
 from node.uid_locks import UidLocks
-from workers.deflate import DEFLATED, InflateLimitError, inflate_to_file, inflated_size
+from workers.deflate import DEFLATED, InflateLimitError, InflateTooLargeError, inflate_to_file, inflated_size
 
 log = logging.getLogger("bodycomp.scp")
 
@@ -170,8 +170,8 @@ def make_store_handler(
             # (pydicom raises OSError for "No tag to read") is a bad dataset, not a full disk.
             described = {keyword: _text(ds, keyword) for keyword in INDEXED_KEYWORDS}
         except InflateLimitError as exc:
-            over = "beyond" in str(exc)
-            refusal = Refusal(STATUS_OUT_OF_RESOURCES if over else STATUS_CANNOT_UNDERSTAND, str(exc))
+            too_large = isinstance(exc, InflateTooLargeError)
+            refusal = Refusal(STATUS_OUT_OF_RESOURCES if too_large else STATUS_CANNOT_UNDERSTAND, str(exc))
         except Exception as exc:  # pydicom raises many types on hostile input; all mean the same
             refusal = Refusal(STATUS_CANNOT_UNDERSTAND, f"undecodable dataset ({type(exc).__name__})")
         finally:

@@ -27,7 +27,11 @@ DEFAULT_MAX_INFLATED_BYTES = 256 << 20
 
 
 class InflateLimitError(ValueError):
-    """A deflated dataset inflates beyond the ceiling (or is not a well-formed deflate stream)."""
+    """A deflated dataset that cannot be inflated here: beyond the ceiling, or not well formed."""
+
+
+class InflateTooLargeError(InflateLimitError):
+    """A deflated dataset inflates beyond the ceiling (out of resources, not a bad dataset)."""
 
 
 def dataset_offset(head: bytes) -> int:
@@ -56,7 +60,7 @@ def _inflate(source: BinaryIO, limit: int, sink: BinaryIO | None) -> int:
         pending = inflater.unconsumed_tail
         total += len(out)
         if total > limit:
-            raise InflateLimitError(f"the deflated dataset inflates beyond {limit >> 20} MB")
+            raise InflateTooLargeError(f"the deflated dataset inflates beyond {limit >> 20} MB")
         if sink is not None:
             sink.write(out)
         if inflater.eof:
@@ -66,7 +70,7 @@ def _inflate(source: BinaryIO, limit: int, sink: BinaryIO | None) -> int:
 
 def inflated_size(source: BinaryIO, limit: int = DEFAULT_MAX_INFLATED_BYTES) -> int:
     """Inflated size of the raw deflate stream ``source`` (a dataset after its file meta), holding
-    at most one chunk; :class:`InflateLimitError` beyond ``limit``."""
+    at most one chunk; :class:`InflateTooLargeError` beyond ``limit``."""
     return _inflate(source, limit, None)
 
 

@@ -27,8 +27,8 @@ from workers.deflate import (
     DEFAULT_MAX_INFLATED_BYTES,
     DEFLATED,
     InflateLimitError,
+    InflateTooLargeError,
     dataset_offset,
-    file_inflated_size,
     inflate_to_file,
 )
 
@@ -95,17 +95,20 @@ def iter_candidate_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def read_header(path: Path) -> Dataset | None:
+def read_header(path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> Dataset | None:
     """Read a file's DICOM header, or return None when the file is not DICOM.
 
     Files without the 128-byte preamble are accepted only if pydicom can still parse a
     plausible dataset from them (``force=True`` with a sanity check), because some PACS
-    exports write bare datasets.
+    exports write bare datasets. A deflated dataset that inflates beyond ``max_inflated_bytes``
+    raises :class:`InflateTooLargeError` (it is stopped there, never held).
     """
     try:
         if _is_deflated(path):
-            return _deflated_header(path)
+            return _deflated_header(path, max_inflated_bytes)
         return pydicom.dcmread(path, stop_before_pixels=True)
+    except InflateTooLargeError:
+        raise
     except InvalidDicomError:
         pass
     except Exception as exc:  # truncated or garbled: pydicom raises many types here
@@ -136,11 +139,12 @@ def _is_deflated(path: Path) -> bool:
         return False
 
 
-def _deflated_header(path: Path) -> Dataset:
+def _deflated_header(path: Path, limit: int) -> Dataset:
     """The header of a deflated file without holding the inflated dataset (pydicom inflates a
-    deflated file whole in memory): inflated to a temporary file, read with large values deferred."""
+    deflated file whole in memory): inflated to a temporary file under ``limit`` (one pass: beyond
+    it :class:`InflateTooLargeError`), read with large values deferred."""
     with tempfile.TemporaryDirectory(prefix="bodycomp-inflate-") as tmp:
-        plain = inflate_to_file(path, Path(tmp) / "dataset.dcm", DEFAULT_MAX_INFLATED_BYTES << 4)
+        plain = inflate_to_file(path, Path(tmp) / "dataset.dcm", limit)
         header = pydicom.dcmread(plain, stop_before_pixels=True, defer_size=HEADER_DEFER_BYTES)
         # deferred values are dropped unread (reading one would load it; its file is about to go)
         raw: MutableMapping[Any, Any] = header._dict
@@ -152,33 +156,22 @@ def _deflated_header(path: Path) -> Dataset:
         return header
 
 
-def _deflated_beyond(path: Path, limit: int) -> bool:
-    """A Deflated Explicit VR Little Endian file whose dataset inflates beyond ``limit`` (pydicom
-    would inflate it whole in memory just to read its header; see :mod:`workers.deflate`)."""
-    try:
-        if not _is_deflated(path):
-            return False
-        file_inflated_size(path, limit)
-    except InflateLimitError as exc:
-        return "beyond" in str(exc)
-    except OSError:
-        return False
-    return False
-
-
 def scan_dicom(root: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES) -> ScanResult:
     """Read the headers of all DICOM files under ``root`` (deflated datasets that inflate beyond
     ``max_inflated_bytes`` are skipped, never inflated)."""
     result = ScanResult()
     for path in iter_candidate_files(root):
-        if _deflated_beyond(path, max_inflated_bytes):
-            log.warning("event=file_skipped reason=deflated dataset beyond %d MB", max_inflated_bytes >> 20)
-            result.skip("deflated dataset beyond the size limit")
-            continue
         with warnings.catch_warnings():
             # pydicom warns about every oddity of non-DICOM files; what matters is the verdict.
             warnings.simplefilter("ignore")
-            header = read_header(path)
+            try:
+                header = read_header(path, max_inflated_bytes)
+            except InflateTooLargeError:
+                log.warning(
+                    "event=file_skipped reason=deflated dataset beyond %d MB", max_inflated_bytes >> 20
+                )
+                result.skip("deflated dataset beyond the size limit")
+                continue
         if header is None:
             result.skip("not DICOM")
             continue
