@@ -112,6 +112,12 @@ class NodeSettings:
     """Worker processes ``serve`` starts itself; default 1 with the embedded broker, else 0."""
     concurrency: int = 1
     """Analyses at once per worker process (each in its own child process)."""
+    jobs_per_sender: int = 0
+    """Analyses of one calling AE in the broker or running at once; the others wait in the index
+    and are published in turns with other senders' (:mod:`node.fairness`), so a flood from one
+    sender delays only that sender. 0: twice the analyses the node's own workers run at once
+    (``embedded_workers`` × ``concurrency``, at least 2); with external workers, set it to at
+    least the analyses they run at once, or the workers idle while one sender's jobs wait."""
     max_tasks_per_child: int = 1
     """Recycle a worker child after this many analyses, releasing its memory."""
     task_time_limit: int = 1800
@@ -178,6 +184,13 @@ class NodeSettings:
         if self.embedded_workers is not None:
             return self.embedded_workers
         return 1 if self.broker_is_embedded else 0
+
+    @property
+    def effective_jobs_per_sender(self) -> int:
+        """``jobs_per_sender``, or its default: twice the node's own analysis slots, at least 2."""
+        if self.jobs_per_sender:
+            return self.jobs_per_sender
+        return max(2, 2 * self.workers_to_start * self.concurrency)
 
 
 @dataclass(frozen=True)
@@ -364,6 +377,7 @@ BOUNDS: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "stable_seconds": (0, 86400),
         "embedded_workers": (0, 64),
         "concurrency": (1, 64),
+        "jobs_per_sender": (0, 10000),
         "max_tasks_per_child": (1, None),
         "task_time_limit": (2, None),  # (the soft limit ends an analysis earlier: at least 1 s)
         "max_retries": (0, 100),

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from node.config import NodeSettings
+from node.fairness import admission_order, published_per_sender
 from node.index import Index, input_hash
 from node.stability import StableStudy
 from workers.deflate import DEFAULT_MAX_INFLATED_BYTES
 from workers.dicom_scan import scan_dicom
 from workers.errors import BodycompError
 from workers.series_selection import SelectionPolicy, select_series
-from workers.tasks import INPUT, JOB, write_json
+from workers.tasks import INPUT, JOB, read_json, write_json
 
 log = logging.getLogger("bodycomp.dispatch")
 
@@ -168,14 +169,55 @@ def dispatch_study(
             len(rows),
             digest[:16],
         )
-        enqueue(index, job_id, spec, publish)
         new_jobs.append(job_id)
     if refused and not index.has_current_jobs(study.study_uid):
         index.set_study_state(study.study_uid, "failed", "; ".join(refused))
         return []
     index.set_study_state(study.study_uid, "queued")
     index.refresh_study_state(study.study_uid)
+    if new_jobs:
+        publish_waiting(index, settings, publish)
     return new_jobs
+
+
+def publish_waiting(index: Index, settings: NodeSettings, publish: Publish) -> int:
+    """Publish the jobs that never reached the broker, in turns per sender (:mod:`node.fairness`).
+
+    Returns how many were published. A broker that is down stops the round (the jobs wait for it,
+    see :class:`BrokerHealth`); a job whose folder cannot be prepared again fails with a reason.
+    """
+    open_jobs = index.open_jobs()
+    waiting = [job for job in open_jobs if job["enqueued"] is None]
+    if not waiting:
+        return 0
+    order = admission_order(waiting, published_per_sender(open_jobs), settings.effective_jobs_per_sender)
+    count = 0
+    for job in order:
+        try:
+            spec = job_spec(index, settings, job)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            DISK.pause(f"rebuilding job {job['id']}: {exc}", hold=True)
+            break
+        if spec is None:
+            index.update_job(job["id"], state="failed", reason="job folder missing")
+            continue
+        if not enqueue(index, job["id"], spec, publish):
+            break  # the broker is down: the other jobs wait for it too
+        count += 1
+    if len(order) < len(waiting):
+        log.debug("jobs waiting for their sender's turn: %d", len(waiting) - len(order))
+    return count
+
+
+def job_spec(index: Index, settings: NodeSettings, job: sqlite3.Row) -> dict[str, Any] | None:
+    """The job's ``job.json``, its folder prepared again if a dispatch was cut short; None: gone.
+
+    Raises on a full disk (the caller waits, see :class:`DiskGuard`).
+    """
+    spec = read_json(settings.data_dir / job["result_dir"] / JOB)
+    return spec if spec is not None else rebuild_job_dir(index, settings, job)
 
 
 class BrokerHealth:
@@ -185,7 +227,7 @@ class BrokerHealth:
     (seconds each). Trying every unpublished job on every scheduler tick would stall the scheduler
     and write an error per job per second for the whole outage. Instead the first failure logs one
     ``event=broker_unavailable`` line, the jobs stay ``queued`` with no ``enqueued`` time (so
-    :func:`node.results.republish` publishes them later), only one publish is tried every
+    :func:`publish_waiting` publishes them later), only one publish is tried every
     ``probe_seconds`` until one succeeds, and then one ``event=broker_available`` line says so.
     A job never fails because the broker was away.
     """

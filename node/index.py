@@ -380,6 +380,15 @@ class Index:
             (study_uid, series_uid),
         )
 
+    def forget_instances(self, study_uid: str, series_uid: str, sop_uids: list[str]) -> None:
+        """Remove these instances of one series of one study from the index (their files were moved
+        out of the spool, :mod:`node.quarantine`)."""
+        with self.transaction() as db:
+            db.executemany(
+                "DELETE FROM instances WHERE study_uid=? AND series_uid=? AND sop_uid=?",
+                [(study_uid, series_uid, uid) for uid in sop_uids],
+            )
+
     def series_hash(self, study_uid: str, series_uid: str) -> str:
         return input_hash((r["sop_uid"], r["digest"]) for r in self.series_instances(study_uid, series_uid))
 

@@ -25,9 +25,10 @@ import pydicom
 
 from node import privacy
 from node.config import NodeSettings
-from node.dispatch import BROKER, DISK, Publish, enqueue, is_disk_full, rebuild_job_dir
+from node.dispatch import BROKER, DISK, Publish, enqueue, is_disk_full, job_spec, publish_waiting
 from node.index import Index
-from workers.tasks import INPUT, JOB, OUTCOME, STARTED, read_json
+from node.quarantine import quarantine_series
+from workers.tasks import INPUT, OUTCOME, STARTED, read_json
 
 log = logging.getLogger("bodycomp.results")
 
@@ -58,13 +59,19 @@ def result_items(job_dir: Path, outputs: list[str]) -> list[tuple[str, str, str]
 def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outcome: dict[str, Any]) -> None:
     job_dir = settings.data_dir / job["result_dir"]
     state = "done" if outcome.get("state") == "done" else "failed"
+    # a job that ran between two ticks was never seen running: its start comes from its folder
+    started = read_json(job_dir / STARTED) if job["started"] is None else None
     index.update_job(
         job["id"],
         state=state,
         reason=privacy.redact(str(outcome.get("reason", ""))),  # shown by status: no dataset values
         attempts=int(outcome.get("attempts", 0)),
         finished=float(outcome.get("finished", time.time())),
+        **({"started": float(started["time"])} if started and "time" in started else {}),
     )
+    if outcome.get("quarantine") is True:
+        folder = quarantine_series(index, settings, job, str(outcome.get("reason", "")))
+        index.update_job(job["id"], reason=f"{privacy.redact(str(outcome.get('reason', '')))} ({folder})")
     if state == "done":
         items = result_items(job_dir, list(outcome.get("outputs", [])))
         destinations = destinations_for(settings, job["calling_ae"])
@@ -125,23 +132,25 @@ def republish(
 ) -> int:
     """Publish again the jobs the broker may have lost (see module docstring).
 
-    A job is lost when it never reached the broker, or when it was neither finished nor started
-    again within the lease (time limit + 5 min) since it was last published or started (its
-    worker died holding the message, or a worker killed between taking the message and starting
-    left it nowhere). ``held``: also every job that has started without an outcome, which a
-    worker that just died may have been holding (at start-up with the embedded broker, and when
-    the node restarts its dead worker). Not every open job: the embedded broker keeps queued
-    messages across restarts, and re-publishing them all on every restart piled up copies that
-    each cost a worker process (66 copies after 22 restarts in tests/test_fault_process.py).
-    ``everything``: every open job. A copy of a job that is done or running is skipped by the
-    worker (``outcome.json``, the job lock).
+    Jobs that never reached the broker (new, or the broker was down) are published last, in turns
+    per sender (:func:`node.dispatch.publish_waiting`). A published job is lost when it was neither
+    finished nor started again within the lease (time limit + 5 min) since it was last published or
+    started (its worker died holding the message, or a worker killed between taking the message and
+    starting left it nowhere). ``held``: also every job that has started without an outcome, which a
+    worker that just died may have been holding (at start-up with the embedded broker, and when the
+    node restarts its dead worker). Not every open job: the embedded broker keeps queued messages
+    across restarts, and re-publishing them all on every restart piled up copies that each cost a
+    worker process (66 copies after 22 restarts in tests/test_fault_process.py). ``everything``:
+    every open job. A copy of a job that is done or running is skipped by the worker
+    (``outcome.json``, the job lock).
     """
     now = time.time() if now is None else now
     lease = settings.task_time_limit + 300
     count = 0
     for job in index.open_jobs():
-        last = max(job["started"] or 0.0, job["enqueued"] or 0.0)
-        lost = job["enqueued"] is None or now - last > lease
+        if job["enqueued"] is None:
+            continue  # never published: its sender's turn comes in publish_waiting
+        lost = now - max(job["started"] or 0.0, job["enqueued"]) > lease
         folder = settings.data_dir / job["result_dir"]
         may_be_held = (
             held
@@ -150,15 +159,13 @@ def republish(
         )
         if not (lost or everything or may_be_held):
             continue
-        spec = read_json(settings.data_dir / job["result_dir"] / JOB)
-        if spec is None:
-            try:
-                spec = rebuild_job_dir(index, settings, job)  # a dispatch cut short (disk full, crash)
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                DISK.pause(f"rebuilding job {job['id']}: {exc}", hold=True)
-                break
+        try:
+            spec = job_spec(index, settings, job)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            DISK.pause(f"rebuilding job {job['id']}: {exc}", hold=True)
+            return count
         if spec is None:
             index.update_job(job["id"], state="failed", reason="job folder missing")
             continue
@@ -166,5 +173,5 @@ def republish(
             log.info("event=job_republished job=%d", job["id"])
             count += 1
         elif BROKER.down_since is not None:
-            break  # the broker is down: the other jobs wait for it too (see BrokerHealth)
-    return count
+            return count  # the broker is down: the other jobs wait for it too (see BrokerHealth)
+    return count + publish_waiting(index, settings, publish)

@@ -156,7 +156,7 @@ class Spool:
                 os.fsync(handle.fileno())
             target.parent.mkdir(parents=True, exist_ok=True)
             source.replace(target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(exc.errno, str(exc)) from exc
@@ -182,7 +182,7 @@ class Spool:
                 os.fsync(handle.fileno())
             target.parent.mkdir(parents=True, exist_ok=True)
             Path(tmp_name).replace(target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             Path(tmp_name).unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -194,7 +194,7 @@ class Spool:
         return StoredInstance(target, study_uid, series_uid, sop_instance_uid, size)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -326,7 +326,7 @@ def test_broker_down_jobs_wait_unpublished_outage_logged_once_then_published(
     monkeypatch.setattr(dispatch, "BROKER", health)
     monkeypatch.setattr(results, "BROKER", health)
     caplog.set_level(logging.DEBUG, logger="bodycomp")
-    node = NodeSettings(data_dir=tmp_path / "data")
+    node = NodeSettings(data_dir=tmp_path / "data", jobs_per_sender=3)  # (one sender: all three at once)
     index = Index(node.index_path)
     broker = FlakyBroker()
     studies = stable_ct_studies(node, index, 3)

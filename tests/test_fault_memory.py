@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
+from tests.reliability import recorded
 from tests.test_fuzz_store import raw_sending
 from tests.test_node_support import copy_study, start_node, storescu, study_status, wait_for
 
@@ -66,36 +67,51 @@ def peak_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.reliability
 def test_a_deflate_bomb_is_refused_and_the_node_stays_up(
     example_ct_derived_dicom: Path, tmp_path: Path
 ) -> None:
     bomb = deflated_ct(tmp_path / "bomb.dcm", 1024)
     assert bomb.stat().st_size < 2 << 20, "a 1 GiB dataset in a small upload"
     files, study_uid = copy_study(example_ct_derived_dicom, tmp_path / "study")
-    node = start_node(tmp_path / "data", stable_seconds=2, prefix=["prlimit", f"--data={LIMIT_BYTES}"])
-    try:
-        ae = AE(ae_title="BOMBER")
-        ae.add_requested_context(CTImageStorage, [DeflatedExplicitVRLittleEndian])
-        with raw_sending():
-            assoc = ae.associate("127.0.0.1", node.port, ae_title="BODYCOMP")
-            assert assoc.is_established
-            status = assoc.send_c_store(bomb)
-            assoc.release()
-        assert int(status.Status) == 0xA700, "the bomb was not refused as out of resources"
-        assert node.process.poll() is None, node.text()
-        out = storescu(node.port, files)
-        wait_for(
-            "the study to be analysed",
-            lambda: (study_status(node.data_dir, study_uid) or {}).get("state") in ("done", "failed"),
-            300,
-            node.log,
-        )
-        assert (study_status(node.data_dir, study_uid) or {}).get("state") == "done", out
-        assert node.process.poll() is None, node.text()
-        assert peak_mb(node.process.pid) < 600, "the node held the inflated dataset"
+    with recorded(
+        "deflate bomb (1 MB upload of 1 GiB), node under a 1.5 GiB limit, a study alongside"
+    ) as tally:
+        tally.notes = "prlimit --data=1.5 GiB on the node; the bomb over pynetdicom, the study with storescu"
+        node = start_node(tmp_path / "data", stable_seconds=2, prefix=["prlimit", f"--data={LIMIT_BYTES}"])
+        try:
+            ae = AE(ae_title="BOMBER")
+            ae.add_requested_context(CTImageStorage, [DeflatedExplicitVRLittleEndian])
+            with raw_sending():
+                assoc = ae.associate("127.0.0.1", node.port, ae_title="BODYCOMP")
+                assert assoc.is_established
+                status = assoc.send_c_store(bomb)
+                assoc.release()
+            assert int(status.Status) == 0xA700, "the bomb was not refused as out of resources"
+            assert node.process.poll() is None, node.text()
+            out = storescu(node.port, files)
+            wait_for(
+                "the study to be analysed",
+                lambda: (study_status(node.data_dir, study_uid) or {}).get("state") in ("done", "failed"),
+                300,
+                node.log,
+            )
+            state = (study_status(node.data_dir, study_uid) or {}).get("state")
+            peak = peak_mb(node.process.pid)
+            alive = node.process.poll() is None
+        finally:
+            node.stop()
+        tally.sent = len(files) + 1
+        tally.refused = int(int(status.Status) == 0xA700)
+        tally.acknowledged = out.count("Received Store Response (Success)")
+        tally.stored = len(list((tmp_path / "data" / "spool" / "studies").glob("*/*/*.dcm")))
+        tally.analysed, tally.expected_analysed = int(state == "done"), 1
+        tally.extra = {"node_peak_MB": round(peak), "bomb_upload_MB": round(bomb.stat().st_size / 2**20, 2)}
+        assert state == "done", out
+        assert alive, node.text()
+        assert tally.acknowledged == tally.stored == len(files)
+        assert peak < 600, "the node held the inflated dataset"
         assert "beyond 256 MB" in node.text()
-    finally:
-        node.stop()
 
 
 def test_stored_bombs_are_skipped_when_their_study_is_planned(tmp_path: Path) -> None:

@@ -21,8 +21,9 @@ What must hold, per scenario:
 * PACS down for minutes (with a node ``kill -9`` during the outage): receiving and analysis go on,
   the results wait in the outbox and are delivered once when the PACS returns.
 * An analysis that hangs (its process stopped, caught by the hard time limit) and one whose
-  worker is killed on every attempt: both ``failed`` with a clear reason in ``bodycomp status``,
-  and a well-formed study sent at the same time is analysed and delivered.
+  analysing process is killed on every attempt: both ``failed`` with a clear reason in ``bodycomp
+  status`` (the crashing one after two crashes, its instances moved to ``DATA/quarantine``, none
+  lost), and a well-formed study sent at the same time is analysed and delivered.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ SEED = 20261203
 STUDIES = 6
 KILLS_PER_STUDY = 4  # 24 kills; a study's 5th send completes
 STABLE = 4.0  # seconds; longer than a restart plus the start of storescu's re-send
-ATTEMPTS = 3  # the first analysis and max_retries (2) more
+CRASHES = 2  # workers.tasks.CRASHES_BEFORE_QUARANTINE: then the job fails and its input is quarantined
 ANALYSIS_TIMEOUT = 240.0  # one analysis of example_ct on a shared 2-core machine, with a wide margin
 
 
@@ -624,8 +625,8 @@ def test_hung_and_crashing_analyses_fail_with_a_reason_while_another_study_is_de
                             os.kill(int(started["pid"]), signal.SIGSTOP)
                             stopped.append(int(started["pid"]))
                             actions["sigstop"] += 1
-                        elif name == "crash" and seen < ATTEMPTS and int(started["attempts"]) > seen:
-                            # Attempts 1-3 analyse; a 4th only records that retries are exhausted.
+                        elif name == "crash" and seen < CRASHES and int(started["attempts"]) > seen:
+                            # Attempts 1-2 analyse; a 3rd only records the crashes (quarantine).
                             seen = int(started["attempts"])
                             os.kill(int(started["pid"]), signal.SIGKILL)
                             actions["sigkill"] += 1
@@ -675,7 +676,8 @@ def test_hung_and_crashing_analyses_fail_with_a_reason_while_another_study_is_de
         [crash_job] = final[uid["crash"]]["jobs"]
         tally.sent = sum(len(sent[n][0]) for n in names)
         tally.acknowledged = sum(len(successes(outputs[n])) for n in names)
-        tally.stored = sum(len(spool_files(tmp_path / "data", uid[n])) for n in names)
+        quarantined = sorted((tmp_path / "data" / "quarantine" / uid["crash"]).glob("*/job-*/*.dcm"))
+        tally.stored = sum(len(spool_files(tmp_path / "data", uid[n])) for n in names) + len(quarantined)
         tally.analysed = sum(
             1
             for n, state in (("hang", "failed"), ("crash", "failed"), ("good", "done"))
@@ -694,8 +696,12 @@ def test_hung_and_crashing_analyses_fail_with_a_reason_while_another_study_is_de
         }
         assert tally.acknowledged == tally.sent == tally.stored
         assert "time limit" in hang_job["reason"] and f"{time_limit} s" in hang_job["reason"], hang_job
-        assert "lost 3 times" in crash_job["reason"] and crash_job["attempts"] == 4, crash_job
-        assert actions["sigkill"] == 3 and actions["sigstop"] == 1, actions
+        assert "crashed 2 times" in crash_job["reason"] and crash_job["attempts"] == 3, crash_job
+        assert "quarantined" in crash_job["reason"], crash_job
+        assert actions["sigkill"] == 2 and actions["sigstop"] == 1, actions
+        # the crashing study's instances left the spool (nothing re-reads them) and nothing was lost
+        assert spool_files(tmp_path / "data", uid["crash"]) == []
+        assert len(quarantined) == len(sent["crash"][0]), "every instance of the crashing study kept"
         for name, job in (("hang", hang_job), ("crash", crash_job)):
             assert final[uid[name]]["reason"] == job["reason"]
             assert f"failed   {uid[name]}" in text and job["reason"][:40] in text, text

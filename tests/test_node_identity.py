@@ -10,6 +10,7 @@ was wrong is what the index returns).
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from pathlib import Path
@@ -24,9 +25,13 @@ from node.stability import StabilityTimer, claim_stable_studies
 from tests.clock import ManualClock, claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
+from tests.reliability import recorded
+from tests.test_node_support import copy_study, start_node, storescu, study_status, wait_for
 from workers.qc_status import assess
 from workers.series_selection import SelectionPolicy
 from workers.tasks import INPUT, JOB, read_json
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _receive(index: Index, node: NodeSettings, options: SeriesOptions, n: int, now: float) -> list[Path]:
@@ -233,3 +238,89 @@ def test_wall_clock_steps_do_not_move_the_stable_timer(tmp_path: Path) -> None:
     assert claim_stable_studies(index, 30, timer) == [], "half a study would be analysed"
     clock.advance(25)
     assert len(claim_stable_studies(index, 30, timer)) == 1
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_a_real_node_keeps_two_patients_sharing_a_series_uid_apart(
+    example_ct_derived_dicom: Path, tmp_path: Path
+) -> None:
+    """The tester's scenario end to end: ``bodycomp serve`` with its worker, DCMTK storescu sending
+    patient A's study, then patient B's study whose series carries A's Series Instance UID. Each is
+    analysed from its own slices (the SEG and SR reference only their own study's instances), A's
+    results stay current, B's say the UID is shared, and no patient ID reaches the log."""
+    files_a, study_a = copy_study(example_ct_derived_dicom, tmp_path / "a")
+    files_b, study_b = copy_study(example_ct_derived_dicom, tmp_path / "b")
+    shared = str(pydicom.dcmread(files_a[0], stop_before_pixels=True).SeriesInstanceUID)
+    for files, patient, series in ((files_a, "PAT-A-4711", None), (files_b, "PAT-B-0815", shared)):
+        for path in files:
+            ds = pydicom.dcmread(path)
+            ds.PatientID = patient
+            if series:
+                ds.SeriesInstanceUID = series
+            ds.save_as(path, enforce_file_format=True)
+    sops = {
+        study: {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+        for study, files in ((study_a, files_a), (study_b, files_b))
+    }
+    data_dir = tmp_path / "data"
+    with recorded("two patients' studies sharing one Series Instance UID") as tally:
+        tally.notes = (
+            "patient B's series carries patient A's Series Instance UID; A sent first, B after A's analysis"
+        )
+        node = start_node(data_dir, stable_seconds=2)
+        try:
+            outputs = []
+            for study, files in ((study_a, files_a), (study_b, files_b)):
+                outputs.append(storescu(node.port, files))
+                wait_for(
+                    "the study to be analysed",
+                    lambda study=study: (
+                        (study_status(data_dir, study) or {}).get("state") in ("done", "failed")
+                    ),
+                    180,
+                    node.log,
+                )
+        finally:
+            node.stop()
+        log_text = node.text()
+        tally.sent = len(files_a) + len(files_b)
+        tally.acknowledged = sum(out.count("Received Store Response (Success)") for out in outputs)
+        tally.stored = len(list((data_dir / "spool" / "studies").glob("*/*/*.dcm")))
+        tally.expected_analysed = 2
+        referenced: dict[str, set[str]] = {}
+        for study in (study_a, study_b):
+            status = study_status(data_dir, study) or {}
+            [job] = status["jobs"]
+            tally.analysed += job["state"] == "done"
+            out = data_dir / job["result_dir"] / "out"
+            refs: set[str] = set()
+            for path in (out / "dicom").glob("*.dcm"):
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                assert ds.StudyInstanceUID == study and ds.PatientID in ("PAT-A-4711", "PAT-B-0815")
+                items = [
+                    i for s in ds.get("ReferencedSeriesSequence", []) for i in s.ReferencedInstanceSequence
+                ]
+                items += [
+                    i
+                    for evidence in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+                    for s in evidence.ReferencedSeriesSequence
+                    for i in s.ReferencedSOPSequence
+                ]
+                # the CT images each result was made from (the SR also references the SEG)
+                refs |= {
+                    str(i.ReferencedSOPInstanceUID) for i in items if i.ReferencedSOPClassUID == CT_IMAGE
+                }
+            referenced[study] = refs
+            result = json.loads((out / "result.json").read_text())
+            tally.extra[f"flags_{'a' if study == study_a else 'b'}"] = ",".join(result["qc"]["flags"]) or "-"
+        tally.extra["references_a"] = len(referenced[study_a])
+        tally.extra["references_b"] = len(referenced[study_b])
+        assert tally.acknowledged == tally.sent == tally.stored
+        assert tally.analysed == 2, "a study's analysis was superseded or failed"
+        for study in (study_a, study_b):
+            assert referenced[study], "the results reference no source image"
+            assert referenced[study] <= sops[study], "results reference the other patient's images"
+        assert SERIES_UID_SHARED in str(tally.extra["flags_b"])
+        assert "PAT-" not in log_text, "a patient ID reached the log"

@@ -25,12 +25,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node import metrics
 from node.config import ConfigError, NodeSettings, load_settings
+from tests.reliability import recorded
 from tests.test_node_support import (
     copy_study,
     free_port,
     port_open,
     start_node,
     storescu,
+    study_status,
     wait_for,
 )
 
@@ -294,3 +296,78 @@ def test_connections_beyond_the_cap_are_closed_and_healthz_answers_once_idle_one
             client.close()
     full = [r.getMessage() for r in caplog.records if "metrics_connections_full" in r.getMessage()]
     assert full == [f"event=metrics_connections_full limit={cap}"], "logged once, with no client data"
+
+
+IDLE_CLIENTS = 300
+FD_LIMIT = 256
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_idle_http_clients_cannot_starve_the_node(example_ct_derived_dicom: Path, tmp_path: Path) -> None:
+    """The tester's finding on a real node: idle connections to the metrics port each held a thread
+    and a descriptor forever, until C-ECHO, C-STORE and /healthz all failed (here the node may open
+    256 descriptors, fewer than the clients). Now 300 idle clients
+    cost the node at most the cap (32) of threads for at most the idle timeout: a study sent
+    meanwhile is stored whole, /healthz answers once they time out, and the descriptors return."""
+    files, study_uid = copy_study(example_ct_derived_dicom, tmp_path / "study")
+    metrics_port = free_port()
+    with recorded(f"{IDLE_CLIENTS} idle HTTP connections to the metrics port while a study arrives") as tally:
+        tally.notes = (
+            f"node under prlimit --nofile={FD_LIMIT}; idle clients send nothing; cap 32, idle timeout 10 s"
+        )
+        node = start_node(
+            tmp_path / "data",
+            "--metrics-port",
+            str(metrics_port),
+            stable_seconds=2,
+            prefix=["prlimit", f"--nofile={FD_LIMIT}"],  # (before: 300 idle clients took them all)
+        )
+        idle: list[socket.socket] = []
+        try:
+            wait_for("the metrics port", lambda: port_open(metrics_port), 30, node.log)
+            fds_before = len(list(Path(f"/proc/{node.process.pid}/fd").iterdir()))
+            idle = [connect(metrics_port) for _ in range(IDLE_CLIENTS)]
+            start = time.monotonic()
+            out = storescu(node.port, files)
+            report = wait_for(
+                "/healthz once the idle connections time out",
+                lambda: _answers(metrics_port),
+                metrics._QuietHandler.timeout + 20,
+                node.log,
+            )
+            healthz_after = time.monotonic() - start
+            wait_for("the study to be analysed", lambda: _analysed(node.data_dir, study_uid), 120, node.log)
+            for client in idle:
+                client.close()
+            time.sleep(1)
+            fds_after = len(list(Path(f"/proc/{node.process.pid}/fd").iterdir()))
+        finally:
+            for client in idle:
+                client.close()
+            node.stop()
+        tally.sent = len(files)
+        tally.acknowledged = out.count("Received Store Response (Success)")
+        tally.stored = len(list((tmp_path / "data" / "spool" / "studies").glob("*/*/*.dcm")))
+        tally.analysed, tally.expected_analysed = 1, 1
+        tally.extra = {
+            "idle_clients": IDLE_CLIENTS,
+            "healthz_answered_after_s": round(healthz_after, 1),
+            "node_fds_before": fds_before,
+            "node_fds_after": fds_after,
+        }
+        assert tally.acknowledged == tally.sent == tally.stored, out
+        assert set(report["checks"]) == {"spool", "disk", "index", "broker"}
+        assert fds_after <= fds_before + 4, "descriptors kept after the clients left"
+
+
+def _answers(port: int) -> dict[str, Any] | None:
+    try:
+        return health(port)[1]
+    except OSError:
+        return None
+
+
+def _analysed(data_dir: Path, study_uid: str) -> bool:
+    return (study_status(data_dir, study_uid) or {}).get("state") == "done"

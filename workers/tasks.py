@@ -103,18 +103,80 @@ def analysis_options(
     return dataclasses.replace(options, **extra) if extra else options
 
 
-def begin_attempt(job_dir: Path) -> int:
-    """Count this attempt in ``started.json`` (it survives a killed worker); return its number."""
+#: An analysis whose process died this many times while its worker lived on (killed by the kernel
+#: for memory, a crash in native code) is failed and its input quarantined by the node: a stored
+#: instance that kills whatever reads it must not be read again on every retry and restart (#18).
+#: Two, not one: one death can be bad luck (another analysis' memory, an operator's kill).
+CRASHES_BEFORE_QUARANTINE = 2
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """This attempt's number, and how many earlier attempts crashed (see :func:`begin_attempt`)."""
+
+    number: int
+    crashes: int
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of a live process (``/proc/PID/stat``, field 22), None when it is gone.
+
+    With the pid it names one process: a pid re-used by a later process has another start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def begin_attempt(job_dir: Path) -> Attempt:
+    """Count this attempt in ``started.json`` (it survives a killed worker) and return it.
+
+    An earlier attempt that neither finished nor ended with an error (:func:`end_attempt`) died.
+    It *crashed* when its worker's main process on this host is still the one that ran it: only
+    the analysing child died, which is what the kernel's out-of-memory killer or a fault in native
+    code do. When the whole worker went (the node was killed or restarted, the worker stopped),
+    the attempt was interrupted, not crashed: that says nothing about the input.
+    """
     previous = read_json(job_dir / STARTED) or {}
-    attempts = int(previous.get("attempts", 0)) + 1
+    crashes = int(previous.get("crashes", 0))
+    if previous and not previous.get("ended"):
+        worker = int(previous.get("worker_pid", 0))
+        alive = process_start(worker) if worker > 0 else None
+        same_worker = (
+            previous.get("host") == socket.gethostname()
+            and alive is not None
+            and alive == previous.get("worker_start")
+        )
+        crashes += int(same_worker)
+    attempt = Attempt(int(previous.get("attempts", 0)) + 1, crashes)
     write_json(
         job_dir / STARTED,
-        {"attempts": attempts, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()},
+        {
+            "attempts": attempt.number,
+            "crashes": attempt.crashes,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "worker_pid": os.getppid(),
+            "worker_start": process_start(os.getppid()),
+            "time": time.time(),
+        },
     )
-    return attempts
+    return attempt
 
 
-def finish(job_dir: Path, state: str, reason: str, attempts: int, outputs: list[str]) -> dict[str, Any]:
+def end_attempt(job_dir: Path) -> None:
+    """Say in ``started.json`` that the attempt ended with an error (it is retried), not a crash."""
+    started = read_json(job_dir / STARTED)
+    if started is not None:
+        write_json(job_dir / STARTED, {**started, "ended": True})
+
+
+def finish(
+    job_dir: Path, state: str, reason: str, attempts: int, outputs: list[str], quarantine: bool = False
+) -> dict[str, Any]:
+    """Write ``outcome.json``; ``quarantine``: the node is to move the job's input out of the spool."""
     outcome = {
         "state": state,
         "reason": reason,
@@ -122,6 +184,7 @@ def finish(job_dir: Path, state: str, reason: str, attempts: int, outputs: list[
         "outputs": outputs,
         "finished": time.time(),
         "host": socket.gethostname(),
+        "quarantine": quarantine,
     }
     write_json(job_dir / OUTCOME, outcome)
     return outcome
@@ -188,7 +251,15 @@ def _run_locked(job_dir: Path, spec: dict[str, Any], config: WorkerConfig) -> di
     if done is not None:
         log.info("event=job_skipped job=%s reason=already %s", spec["job_id"], done.get("state"))
         return done
-    attempts = begin_attempt(job_dir)
+    attempt = begin_attempt(job_dir)
+    attempts = attempt.number
+    if attempt.crashes >= min(CRASHES_BEFORE_QUARANTINE, config.max_retries + 1):
+        reason = (
+            f"the analysis crashed {attempt.crashes} times (its process was killed: out of memory?); "
+            "its instances were quarantined"
+        )
+        log.error("event=job_failed job=%s reason=crashed %d times", spec["job_id"], attempt.crashes)
+        return finish(job_dir, "failed", reason, attempts, [], quarantine=True)
     if attempts > config.max_retries + 1:
         reason = f"worker lost {attempts - 1} times (killed, out of memory?)"
         return finish(job_dir, "failed", reason, attempts, [])
@@ -224,6 +295,7 @@ def analyse_series(self: Any, spec: dict[str, Any]) -> str:
         reason = f"{type(exc).__name__}: {exc}"
         if self.request.retries < config.max_retries:
             log.warning("event=job_retry job=%s reason=%s", spec["job_id"], reason)
+            end_attempt(job_dir)
             raise self.retry(exc=exc, countdown=5 * 2**self.request.retries) from exc
         attempts = int((read_json(job_dir / STARTED) or {}).get("attempts", 0))
         finish(job_dir, "failed", reason, attempts, [])
