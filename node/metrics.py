@@ -86,6 +86,21 @@ INSTANCES_REFUSED = Counter(
     ["status", "reason"],
     registry=REGISTRY,
 )
+ASSOCIATIONS_REJECTED = Counter(
+    "bodycomp_associations_rejected",
+    "Association requests the node rejected (A-ASSOCIATE-RJ), by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+#: (result source, diagnostic) of an A-ASSOCIATE-RJ (PS3.8 9.3.4) → the counter's reason label.
+REJECT_REASONS = {
+    (0x01, 0x03): "calling_ae_not_allowed",
+    (0x01, 0x07): "called_ae_not_this_node",
+    (0x01, 0x02): "application_context",
+    (0x02, 0x02): "protocol_version",
+    (0x03, 0x01): "congestion",
+    (0x03, 0x02): "association_limit",
+}
 ANALYSIS_DURATION = Histogram(
     "bodycomp_analysis_duration_seconds",
     "Duration of the last attempt of each finished analysis (worker start to outcome), by state",
@@ -133,13 +148,14 @@ def instance_stored(study_uid: str, outcome: str) -> None:
     INSTANCES_RECEIVED.labels(outcome=outcome).inc()
 
 
-#: In a receiving process of ``node.receivers``: where its C-STORE statuses go (the node process
-#: counts them, it serves the metrics). None: counted here.
-_relay: Callable[[int], None] | None = None
+#: In a receiving process of ``node.receivers``: where its C-STORE statuses and rejected
+#: associations go, as (kind, value) with kind ``status`` or ``rejected`` (the node process counts
+#: them, it serves the metrics). None: counted here.
+_relay: Callable[[str, Any], None] | None = None
 
 
-def relay_store_status(relay: Callable[[int], None] | None) -> None:
-    """Send this process' C-STORE statuses to ``relay`` instead of counting them here."""
+def relay_counts(relay: Callable[[str, Any], None] | None) -> None:
+    """Send this process' C-STORE statuses and rejections to ``relay`` instead of counting them here."""
     global _relay
     _relay = relay
 
@@ -147,10 +163,18 @@ def relay_store_status(relay: Callable[[int], None] | None) -> None:
 def store_status(status: int) -> None:
     """Every C-STORE response status; failures count as refused."""
     if _relay is not None:
-        _relay(status)
+        _relay("status", status)
         return
     if status != 0x0000:
         INSTANCES_REFUSED.labels(status=f"0x{status:04X}", reason=STATUS_NAMES.get(status, "other")).inc()
+
+
+def association_rejected(reason: str) -> None:
+    """An A-ASSOCIATE-RJ the node sent (``reason``: one of :data:`REJECT_REASONS`' values)."""
+    if _relay is not None:
+        _relay("rejected", reason)
+        return
+    ASSOCIATIONS_REJECTED.labels(reason=reason).inc()
 
 
 def counted(handler: Callable[[Any], int]) -> Callable[[Any], int]:

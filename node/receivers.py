@@ -42,7 +42,8 @@ RESTART_INTERVAL = 10.0
 #: Seconds a child gets to finish its associations' current instance when the node stops.
 STOP_GRACE = 10.0
 
-#: A child's report: ("stored", study_uid, outcome), ("status", status, "") or ("released", "", "").
+#: A child's report: ("stored", study_uid, outcome), ("status", status, ""), ("rejected", reason, "")
+#: or ("released", "", "").
 Report = tuple[str, Any, str]
 
 
@@ -79,7 +80,7 @@ def _child(settings: NodeSettings, slot: int, reports: Any, verbose: bool) -> No
     removed = service.use_private_receive_tmp(settings.data_dir, slot)
     if removed:
         log.warning("event=receive_tmp_cleaned files=%d receiver=%d", removed, slot)
-    metrics.relay_store_status(lambda status: reports.put(("status", status, "")))
+    metrics.relay_counts(lambda kind, value: reports.put((kind, value, "")))
 
     def stored(study_uid: str, outcome: str) -> None:
         reports.put(("stored", study_uid, outcome))
@@ -182,6 +183,10 @@ class ReceiverPool:
                     from node import metrics
 
                     metrics.store_status(int(value))
+                elif kind == "rejected":
+                    from node import metrics
+
+                    metrics.association_rejected(str(value))
                 elif kind == "released":
                     self.on_released()
             except Exception:  # a hint or a counter: never worth stopping the relay

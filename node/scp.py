@@ -32,7 +32,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import connection, metrics, reactor, tls
+from node import connection, metrics, privacy, reactor, tls
 from node.config import NodeSettings
 from node.index import Index, InstanceRecord, digest_bytes
 from node.instance_check import Refusal, check_instance
@@ -83,6 +83,26 @@ def _set_nodelay(event: Any) -> None:
 def handle_echo(event: Any) -> int:
     log.info("event=echo from=%s", event.assoc.requestor.ae_title)
     return STATUS_SUCCESS
+
+
+def association_rejected(event: Any) -> None:
+    """One log line and a counter for each association the node rejected (who, from where, why).
+
+    Why: an integration engineer whose modality is refused must find the reason in the node's log,
+    not only in the sender's; a scan of the port shows in the counter. No patient data is in an
+    association request; the AE titles are escaped (a title may carry control characters).
+    """
+    primitive = event.assoc.acceptor.primitive
+    key = (getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None))
+    reason = metrics.REJECT_REASONS.get(key, "other")  # type: ignore[arg-type]
+    log.warning(
+        "event=association_rejected from=%s address=%s called=%s reason=%s",
+        privacy.escape_controls(str(event.assoc.requestor.ae_title)),
+        event.assoc.requestor.address,
+        privacy.escape_controls(str(getattr(event.assoc.requestor.primitive, "called_ae_title", ""))),
+        reason,
+    )
+    metrics.association_rejected(reason)
 
 
 def host_allowed(settings: NodeSettings, calling_ae: str, address: str) -> bool:
@@ -333,6 +353,7 @@ def serve(
             on_released()
 
     handlers: list[Any] = [
+        (evt.EVT_REJECTED, association_rejected),
         (evt.EVT_CONN_OPEN, _set_nodelay),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, metrics.counted(make_store_handler(spool, index, settings, on_stored))),

@@ -109,6 +109,8 @@ def test_max_concurrent_associations_all_received_and_analysed_and_one_more_is_r
             output = storescu(node.port, extra_study[:3], calling="ONEMORE")
             assert "Association Rejected" in output, output
             assert "Rejected Transient" in output and "local limit exceeded" in output.lower(), output
+            rejected = "event=association_rejected from=ONEMORE address=127.0.0.1 called=BODYCOMP"
+            assert f"{rejected} reason=association_limit" in node.text()
             held.pop().release()
             wait_for("a free slot", lambda: True, 1)
             retry = wait_for(

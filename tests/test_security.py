@@ -28,6 +28,7 @@ import socket
 import stat
 import subprocess
 import time
+import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -490,8 +491,11 @@ def test_revoked_destination_certificate_is_refused_with_tls_crl(pki: Pki, tmp_p
 
 def test_calling_ae_called_ae_and_host_checks(tmp_path: Path) -> None:
     local_port = free_port()  # LOCAL's own (unused) port: only its host matters here
+    metrics_port = free_port()
     node = start_node(
         tmp_path / "data",
+        "--metrics-port",
+        str(metrics_port),
         stable_seconds=600,
         env={
             "BODYCOMP_ALLOW_AE": "PACS,LOCAL,OTHER",
@@ -522,6 +526,17 @@ def test_calling_ae_called_ae_and_host_checks(tmp_path: Path) -> None:
                 assert spooled(node.data_dir, study) == ok, case
             assert "connected from an unexpected host" in node.text()
             assert len(status(node.data_dir)["studies"]) == 2
+            # each rejected association: one line in the node's own log and a counter, by reason
+            lines = [ln for ln in node.text().splitlines() if "event=association_rejected" in ln]
+            assert len(lines) == 2, lines
+            assert "from=INTRUDER address=127.0.0.1 called=BODYCOMP reason=calling_ae_not_allowed" in lines[0]
+            assert (
+                "from=OTHER address=127.0.0.1 called=NOTBODYCOMP reason=called_ae_not_this_node" in lines[1]
+            )
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            for reason in ("calling_ae_not_allowed", "called_ae_not_this_node"):
+                assert f'bodycomp_associations_rejected_total{{reason="{reason}"}} 1.0' in text, text
             tally.notes = "2 of 5 callers stored; rejections by A-ASSOCIATE-RJ (AE titles) and 0x0124 (host)"
         finally:
             assert node.stop() == 0, node.text()[-3000:]
