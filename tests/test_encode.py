@@ -41,6 +41,16 @@ RESULT: dict[str, Any] = {
     },
     "hu_preset": {"id": "tomovision-l3@1"},
     "rule_set": {"id": "martin2013@1"},
+    "l3": {"method": "ribs", "confidence": 0.364, "manual": False},
+    "slices": [{"slice_index": 10, "z_mm": -371.0, "sop_instance_uid": "1.2.3.4"}],
+    "qc": {
+        "status": "review",
+        "flags": ["l3_low_confidence", "contrast"],
+        "reasons": [
+            "L3 level: low confidence (0.36), found from the ribs only",
+            "contrast agent recorded (GASTRO & OMNI): muscle HU is enhanced",
+        ],
+    },
 }
 
 
@@ -203,6 +213,54 @@ def test_sr_holds_the_result_numbers_and_required_items(encoded: tuple[EncodeInp
     ]
     assert len(refs) == 4
     assert all("ReferencedSegmentNumber" not in r.ReferencedSOPSequence[0] for r in refs)
+
+
+def test_sr_says_the_qc_verdict_its_reasons_and_the_level(
+    encoded: tuple[EncodeInput, dict[str, Path]],
+) -> None:
+    """#21: a reader who opens only the SR must see that the result asks for review, and why."""
+    _, paths = encoded
+    sr = pydicom.dcmread(paths["sr"])
+    [container] = [
+        i
+        for i in sr.ContentSequence
+        if i.ValueType == "CONTAINER" and i.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+    ]
+    assert container.ConceptNameCodeSequence[0].CodingSchemeDesignator == "UMLS"
+    coded = {
+        i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning
+        for i in container.ContentSequence
+        if i.ValueType == "CODE"
+    }
+    assert coded == {"Automated result check": "Review recommended before use", "Finding site": "L3 vertebra"}
+    texts = [
+        (i.ConceptNameCodeSequence[0].CodeValue, i.TextValue)
+        for i in container.ContentSequence
+        if i.ValueType == "TEXT"
+    ]
+    assert texts == [
+        ("QCREASON", RESULT["qc"]["reasons"][0]),
+        ("QCREASON", RESULT["qc"]["reasons"][1]),
+        ("L3METHOD", "ribs"),
+        ("L3CONF", "0.36"),
+        ("L3SLICE", "z = -371.0 mm, SOP Instance UID 1.2.3.4"),
+    ]
+    dump = subprocess.run(
+        ["/usr/bin/dsrdump", "+Pl", str(paths["sr"])], capture_output=True, text=True
+    ).stdout
+    for shown in ("Review recommended before use", "contrast agent recorded (GASTRO & OMNI)", "0.36", "ribs"):
+        assert shown in dump, dump
+
+
+def test_sr_of_a_result_without_reasons_says_so(example_ct_dicom: Path) -> None:
+    volume = load_series(example_ct_dicom)
+    _, outputs = encode_slice(volume, 10, qc={"status": "ok", "flags": [], "reasons": []})
+    evaluation = next(
+        i
+        for i in outputs.sr.ContentSequence
+        if i.ValueType == "CONTAINER" and i.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+    ).ContentSequence[0]
+    assert evaluation.ConceptCodeSequence[0].CodeMeaning == "No reason for review found"
 
 
 def test_sr_reads_back_with_highdicom(encoded: tuple[EncodeInput, dict[str, Path]]) -> None:

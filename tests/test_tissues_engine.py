@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.phantoms import make_abdomen
 from workers.metrics import PatientInputs, compute_result, tissue_stats
-from workers.overlay import TISSUE_COLOURS, render_overlay
+from workers.overlay import QC_CHARS, TISSUE_COLOURS, qc_lines, render_overlay
 from workers.presets import get_preset
 from workers.tissues.engine import (
     TissueSegmentation,
@@ -90,6 +90,22 @@ def test_overlay_renders_rgb_with_square_pixels(tmp_path: Path) -> None:
     for col in TISSUE_COLOURS.values():
         assert col in {tuple(int(v) for v in c) for c in [col]}
     render_overlay(ph.hu, out.labels, ph.spacing_yx_mm, None, None)  # works without summary
+    # long QC reasons wrap, whole, and the panel grows to hold them (#21: one was cut off)
+    reasons = [
+        "contrast agent recorded (GASTRO & OMNI): muscle attenuation is enhanced, compare with care",
+        "L3 level: low confidence (0.36), found from the ribs only; check the level on the sagittal view",
+    ]
+    lines = qc_lines(reasons)
+    assert " ".join(part.strip() for part in lines) == " ".join(reasons)
+    assert all(len(text) <= QC_CHARS for text in lines)
+    wrapped = render_overlay(
+        ph.hu,
+        out.labels,
+        ph.spacing_yx_mm,
+        {**summary, "qc": {"status": "review", "reasons": reasons * 2}},
+        None,
+    )
+    assert wrapped.height >= img.height
 
 
 def test_vertebral_body_run_stops_at_the_canal_and_skips_the_lamina() -> None:

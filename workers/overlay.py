@@ -9,6 +9,7 @@ returns an RGB image (the caller may wrap it into DICOM SC).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,20 @@ from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT
 
 __all__ = ["TISSUE_COLOURS", "render_overlay"]
 
-QC_LINES = 4  # QC reasons shown on the picture; all of them are in result.json
-QC_CHARS = 44
+QC_LINES = 4  # QC reasons shown on the picture; all of them are in result.json (and the SR)
+QC_CHARS = 44  # characters of a line of the panel: a longer reason wraps, it is never cut
 
 
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def qc_lines(reasons: Sequence[str]) -> list[str]:
+    """The panel's lines for the QC reasons: the first :data:`QC_LINES`, each wrapped whole
+    (a reason cut in the middle once hid what a reader needed: "contrast agent recorded (…): mu…")."""
+    lines = []
+    for reason in reasons[:QC_LINES]:
+        for k, part in enumerate(textwrap.wrap(reason, QC_CHARS - 5, break_on_hyphens=False)):
+            lines.append(f"{'   ' if k == 0 else '     '}{part}")
+    if len(reasons) > QC_LINES:
+        lines.append(f"   (+{len(reasons) - QC_LINES} more in result.json and the SR)")
+    return lines
 
 
 #: Okabe-Ito palette (distinguishable with the common colour-vision deficiencies)
@@ -114,7 +123,8 @@ def render_overlay(
     draw.text((12, y0 - 17), "5 cm", fill=(255, 255, 255), font=small)
 
     panel_h = max(out_h, 470)
-    canvas = Image.new("RGB", (out_w + PANEL_W, panel_h), (0, 0, 0))
+    # room for any number of wrapped lines; cut to what was drawn at the end
+    canvas = Image.new("RGB", (out_w + PANEL_W, panel_h + 600), (0, 0, 0))
     canvas.paste(pic, (0, 0))
     d = ImageDraw.Draw(canvas)
     x = out_w + 12
@@ -184,15 +194,14 @@ def render_overlay(
     reasons = list(dict.fromkeys(reasons))
     if reasons or qc.get("status"):
         line(f"QC: {qc.get('status') or 'review'}", (255, 160, 160))
-        for reason in reasons[:QC_LINES]:
-            line(f"   {_clip(reason, QC_CHARS)}", (255, 160, 160))
-        if len(reasons) > QC_LINES:
-            line(f"   (+{len(reasons) - QC_LINES} more in result.json)", (255, 160, 160))
+        for text in qc_lines(reasons):
+            line(text, (255, 160, 160))
     if s.get("slice") is not None:
         line(f"slice: {s.get('slice')}", (200, 200, 200))
     y = max(y + 6, panel_h - 40)
     d.text((x, y), "Automated measurement. Not for diagnostic", fill=(255, 200, 200), font=small)
     d.text((x, y + 16), "use without review by a qualified reader.", fill=(255, 200, 200), font=small)
+    canvas = canvas.crop((0, 0, canvas.width, y + 40))
     if path_or_none is not None:
         canvas.save(str(path_or_none), format="PNG")
     return canvas

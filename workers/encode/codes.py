@@ -92,6 +92,18 @@ ABSENT = CodedConcept("272519000", "SCT", "Absent")
 UNDETERMINED = CodedConcept("373068000", "SCT", "Undetermined")
 VALUE_UNKNOWN = CodedConcept("114010", "DCM", "Value unknown")
 
+#: The document-level qualitative evaluations of TID 1500 (row "Qualitative Evaluations"): what a
+#: reader must know to trust the numbers, for readers of the SR alone (workers/encode/sr.py).
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+FINDING_SITE = CodedConcept("363698007", "SCT", "Finding site")
+QC_VERDICT = private("QCVERDICT", "Automated result check")
+QC_REVIEW = private("QCREVIEW", "Review recommended before use")
+QC_OK = private("QCOK", "No reason for review found")
+QC_REASON = private("QCREASON", "Reason for review")
+LEVEL_METHOD = private("L3METHOD", "How the L3 level was found")
+LEVEL_CONFIDENCE = private("L3CONF", "Confidence in the L3 level (0-1)")
+SLICE_ANALYSED = private("L3SLICE", "Slice analysed")
+
 SMI = private("SMI", "Skeletal muscle index")
 VAT_SAT_RATIO = private("VSR", "Visceral to subcutaneous fat area ratio")
 IMAT_PERCENT = private("IMATPCT", "Intermuscular fat percentage of muscle area")

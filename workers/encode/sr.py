@@ -343,6 +343,57 @@ def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) 
     )
 
 
+def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def quality_evaluations(result: Mapping[str, Any]) -> hd.sr.ContainerContentItem:
+    """TID 1500's document-level "Qualitative Evaluations": the QC verdict and its reasons, the
+    level, how it was found and how sure, and the slice, for a reader who opens only the SR.
+
+    Why: a reader in a viewer that lists the SR's content (OHIF, Slicer, ``dsrdump``) or a research
+    harvest of SRs had no sign that the analysis asked for review; only the overlay picture said so.
+    CODE items carry the verdict and the level (a machine can select on them), TEXT items the
+    reasons, in the words ``bodycomp status`` and the overlay use.
+    """
+    qc: Mapping[str, Any] = result.get("qc") or {}
+    l3: Mapping[str, Any] = result.get("l3") or {}
+    review = qc.get("status") != "ok"
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(
+            name=c.QC_VERDICT,
+            value=c.QC_REVIEW if review else c.QC_OK,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    ]
+    items += [_text(c.QC_REASON, str(reason)) for reason in qc.get("reasons") or []]
+    items.append(
+        hd.sr.CodeContentItem(
+            name=c.FINDING_SITE, value=c.L3_VERTEBRA, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+    )
+    method = str(l3.get("method") or "unknown")
+    items.append(_text(c.LEVEL_METHOD, method))
+    confidence = _number(l3.get("confidence"))
+    if confidence is not None and not l3.get("manual"):
+        items.append(_text(c.LEVEL_CONFIDENCE, f"{confidence:.2f}"))
+    slices = [s for s in result.get("slices") or [] if isinstance(s, Mapping)]
+    for slice_ in slices:
+        where = f"z = {slice_['z_mm']} mm" if "z_mm" in slice_ else ""
+        number = f"instance {slice_['instance_number']}" if slice_.get("instance_number") else ""
+        uid = f"SOP Instance UID {slice_['sop_instance_uid']}" if slice_.get("sop_instance_uid") else ""
+        text = ", ".join(part for part in (number, where, uid) if part)
+        if text:
+            items.append(_text(c.SLICE_ANALYSED, text))
+    container = hd.sr.ContainerContentItem(
+        name=c.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
 def build_report(data: EncodeInput, seg: hd.seg.Segmentation) -> hd.sr.Comprehensive3DSR:
     algorithm = hd.sr.AlgorithmIdentification(name=ALGORITHM_NAME, version=data.version)
     device = hd.sr.DeviceObserverIdentifyingAttributes(
@@ -367,9 +418,11 @@ def build_report(data: EncodeInput, seg: hd.seg.Segmentation) -> hd.sr.Comprehen
         ),
         referenced_images=list(data.source_slices),
     )
+    content = report[0]
+    content.ContentSequence.append(quality_evaluations(data.result))
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*data.source_slices, seg],
-        content=report[0],
+        content=content,
         series_instance_uid=data.identity.series_uid("sr"),
         series_number=data.series_number(2),
         sop_instance_uid=data.identity.instance_uid("sr"),
