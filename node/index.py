@@ -630,6 +630,13 @@ class Index:
             outbox = self.query(
                 "SELECT state, COUNT(*) AS n FROM outbox WHERE study_uid=? GROUP BY state", (uid,)
             )
+            per_destination: dict[str, dict[str, int]] = {}
+            for r in self.query(
+                """SELECT destination, state, COUNT(*) AS n FROM outbox WHERE study_uid=?
+                   GROUP BY destination, state ORDER BY destination""",
+                (uid,),
+            ):
+                per_destination.setdefault(r["destination"], {})[r["state"]] = int(r["n"])
             out.append(
                 {
                     "study_uid": uid,
@@ -650,10 +657,14 @@ class Index:
                             "attempts": j["attempts"],
                             "input_hash": j["input_hash"],
                             "result_dir": j["result_dir"],
+                            "created": j["created"],
+                            "started": j["started"],
+                            "finished": j["finished"],
                         }
                         for j in jobs
                     ],
                     "outbox": {r["state"]: r["n"] for r in outbox},
+                    "deliveries": per_destination,
                 }
             )
         return out

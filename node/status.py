@@ -54,6 +54,46 @@ def resend_dead(node: NodeSettings, study_uid: str | None = None, destination: s
         index.close()
 
 
+def result_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """What an operator checks first in a job's ``result.json``: the level and how sure, the QC
+    verdict and why, the main numbers, how long it took (the full file is beside it)."""
+    l3 = result.get("l3") or {}
+    qc = result.get("qc") or {}
+    tissues = result.get("tissues") or {}
+    metrics = result.get("metrics") or {}
+    slices = result.get("slices") or [{}]
+    timings = result.get("timings_s") or {}
+    return {
+        "status": result.get("status"),
+        "qc_reasons": list(qc.get("reasons") or []),
+        "level_method": l3.get("method"),
+        "level_confidence": None if l3.get("manual") else l3.get("confidence"),
+        "slice_z_mm": slices[0].get("z_mm"),
+        "slice_sop_instance_uid": slices[0].get("sop_instance_uid"),
+        "areas_cm2": {
+            k: (tissues.get(k) or {}).get("area_cm2") for k in ("skeletal_muscle", "imat", "vat", "sat")
+        },
+        "muscle_mean_hu": (tissues.get("skeletal_muscle") or {}).get("mean_hu"),
+        "smi_cm2_m2": metrics.get("smi_cm2_m2"),
+        "smi_missing_because": (metrics.get("reasons") or {}).get("smi_cm2_m2"),
+        "analysis_s": round(sum(v for v in timings.values() if isinstance(v, int | float)), 2),
+    }
+
+
+def _with_results(node: NodeSettings, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each job of ``studies`` with its result summary (None while it has none) and folder."""
+    for study in studies:
+        for job in study["jobs"]:
+            folder = node.data_dir / job["result_dir"] / "out"
+            job["result_folder"] = str(folder)
+            try:
+                result = json.loads((folder / "result.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                result = None
+            job["result"] = result_summary(result) if isinstance(result, dict) else None
+    return studies
+
+
 def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:
     index = _open(node)
     try:
@@ -87,7 +127,7 @@ def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:
             "outbox_by_state": outbox,
             "dead_letters": dead,
             "retrying": retrying,
-            "studies": index.recent_studies(limit),
+            "studies": _with_results(node, index.recent_studies(limit)),
         }
     finally:
         index.close()
@@ -129,6 +169,10 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(
                 f"    job {j['id']}: {j['state']}{extra}, series {j['series_uid']}, attempts {j['attempts']}"
             )
+            if j.get("result") and j["state"] != "superseded":
+                lines += [f"        {text}" for text in _result_lines(j)]
+        for destination, states in sorted((s.get("deliveries") or {}).items()):
+            lines.append(f"    to {destination}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
     for d in report["dead_letters"]:
         lines.append(f"dead letter: {d['sop_uid']} to {d['destination']}: {d['error']}")
     if report["dead_letters"]:
@@ -139,6 +183,34 @@ def format_status(report: dict[str, Any]) -> str:
             f"next {_when(r['next_try'])}): {r['error']}"
         )
     return "\n".join(escape_controls(line) for line in lines)
+
+
+def _number(value: Any, unit: str = "", digits: int = 1) -> str:
+    return "n/a" if not isinstance(value, int | float) else f"{value:.{digits}f}{unit}"
+
+
+def _result_lines(job: dict[str, Any]) -> list[str]:
+    """A job's :func:`result_summary` and times as three lines of ``status``."""
+    r = job["result"]
+    times = f"analysis {_number(r['analysis_s'], ' s')}"
+    if job.get("created") and job.get("started") and job.get("finished"):
+        times = (
+            f"waited {job['started'] - job['created']:.1f} s, ran {job['finished'] - job['started']:.1f} s "
+            f"({times})"
+        )
+    confidence = "" if r["level_confidence"] is None else f", confidence {r['level_confidence']:.2f}"
+    verdict = f"QC {r['status'] or '?'}" + (": " + "; ".join(r["qc_reasons"]) if r["qc_reasons"] else "")
+    areas = r["areas_cm2"]
+    smi = _number(r["smi_cm2_m2"], " cm2/m2") + (
+        f" ({r['smi_missing_because']})" if r["smi_cm2_m2"] is None and r["smi_missing_because"] else ""
+    )
+    return [
+        f"L3 at z {_number(r['slice_z_mm'], ' mm')} ({r['level_method'] or '?'}{confidence}); {verdict}",
+        f"SM {_number(areas['skeletal_muscle'])} cm2 ({_number(r['muscle_mean_hu'], ' HU')}), "
+        f"IMAT {_number(areas['imat'])}, VAT {_number(areas['vat'])}, SAT {_number(areas['sat'])} cm2; "
+        f"SMI {smi}",
+        f"{times}; results in {job['result_folder']}",
+    ]
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
