@@ -165,7 +165,11 @@ def _add_node_commands(sub: Any) -> None:
     )
     export.add_argument("-v", "--verbose", action="store_true")
 
-    resend = sub.add_parser("resend", help="send dead-lettered results again (after fixing the PACS)")
+    resend = sub.add_parser(
+        "resend",
+        help="send dead-lettered results again (after fixing the PACS); with --study, that study's "
+        "current results, also delivered ones and to destinations added since",
+    )
     resend.add_argument("--config", help=config_help)
     resend.add_argument("--data-dir", type=Path, help="the node's data directory")
     resend.add_argument("--study", dest="resend_study", metavar="UID", help="only this study's results")
@@ -296,14 +300,22 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
-    from node.status import resend_dead
+    from node.status import resend_dead, resend_study
 
-    count = resend_dead(settings.node, args.resend_study, args.resend_destination)
     scope = "".join(
         f" {label} {value}"
         for label, value in (("of study", args.resend_study), ("to", args.resend_destination))
         if value
     )
+    if args.resend_study:
+        count = resend_study(settings.node, args.resend_study, args.resend_destination)
+        print(
+            f"{count} result(s){scope} queued for delivery (the node sends them)"
+            if count
+            else f"no results{scope}: the study has no finished analysis"
+        )
+        return EXIT_OK
+    count = resend_dead(settings.node, args.resend_study, args.resend_destination)
     if count:
         print(f"{count} dead-lettered result(s){scope} queued for delivery again (the node sends them)")
     else:

@@ -31,6 +31,7 @@ from typing import Any
 from node.config import NodeSettings
 from node.fairness import admission_order, published_per_sender
 from node.index import Index, input_hash
+from node.outbox import queue_results
 from node.stability import StableStudy
 from workers.deflate import DEFAULT_MAX_INFLATED_BYTES
 from workers.dicom_scan import scan_dicom
@@ -144,11 +145,17 @@ def dispatch_study(
         rel_dir = job_dir_for(study.study_uid, series_uid, digest)
         job_id, created = index.create_job(study.study_uid, series_uid, digest, rel_dir, study.calling_ae)
         if not created:
+            job = index.job(job_id)
+            queued = 0
+            if job is not None and job["state"] == "done":
+                # the same study again: its results go where they have not gone (no new analysis)
+                queued = queue_results(index, settings, job, study.calling_ae)
             log.info(
-                "event=job_exists study=%s series=%s job=%d (same input: not analysed again)",
+                "event=job_exists study=%s series=%s job=%d results_queued=%d (same input: not analysed)",
                 study.study_uid,
                 series_uid,
                 job_id,
+                queued,
             )
             continue
         spec = {

@@ -300,14 +300,15 @@ class Index:
     def record_instance(self, rec: InstanceRecord, now: float | None = None) -> str:
         """Record a durably stored instance; return ``new``, ``duplicate``, ``replaced`` or ``conflict``.
 
-        A duplicate (same SOP Instance UID and digest) changes nothing, not even the study's
-        last-received time (the stable timer): nothing is analysed again, and a sender repeating
-        instances cannot hold a study back. ``replaced``: same SOP
-        Instance UID in the same series, different content (a corrected instance re-sent); the new
-        content wins and the study is analysed again. ``conflict``: the SOP Instance UID is already
-        recorded in *another* study or series; nothing is recorded (the caller refuses it). A UID
-        identifies one instance for ever, so a second study claiming it is a UID collision or a
-        mis-filed instance, perhaps of another patient: merging it silently could put one
+        A duplicate (same SOP Instance UID and digest) changes nothing, not even the study's last-
+        received time (the stable timer): nothing is analysed again, and a sender repeating
+        instances cannot hold a study back; of a study already ``done`` it only asks for the study
+        to be looked at again, so that its results reach destinations that lack them. ``replaced``:
+        same SOP Instance UID in the same series, different content (a corrected instance re-sent);
+        the new content wins and the study is analysed again. ``conflict``: the SOP Instance UID is
+        already recorded in *another* study or series; nothing is recorded (the caller refuses it).
+        A UID identifies one instance for ever, so a second study claiming it is a UID collision or
+        a mis-filed instance, perhaps of another patient: merging it silently could put one
         patient's image into another's analysis.
         """
         now = time.time() if now is None else now
@@ -320,7 +321,14 @@ class Index:
             outcome = "new" if old is None else "duplicate" if old["digest"] == rec.digest else "replaced"
             if outcome == "duplicate":
                 # nothing changes, not even the study's stable timer: a sender that repeats
-                # instances must not keep a study from ever being analysed
+                # instances must not keep a study from ever being analysed. A finished study sent
+                # again is looked at once more, for delivery only: its results go to destinations
+                # that have not had them (a PACS configured after the first receipt)
+                db.execute(
+                    """UPDATE studies SET changed=1, calling_ae=?, updated=?
+                       WHERE study_uid=? AND changed=0 AND state='done'""",
+                    (rec.calling_ae, now, rec.study_uid),
+                )
                 return outcome
             db.execute(
                 """INSERT INTO studies (study_uid, calling_ae, patient_id, study_date, first_received,
@@ -603,6 +611,32 @@ class Index:
         if study_uid is not None:
             where.append("study_uid=?")
             params.append(study_uid)
+        if destination is not None:
+            where.append("destination=?")
+            params.append(destination)
+        now = time.time()
+        sql = "UPDATE outbox SET state='pending', attempts=0, next_try=?, created=? WHERE " + " AND ".join(
+            where
+        )
+        with self.transaction() as db:
+            return int(db.execute(sql, (now, now, *params)).rowcount)
+
+    def done_jobs_of(self, study_uid: str) -> list[sqlite3.Row]:
+        """The study's current results: its jobs in state ``done`` (superseded ones are not)."""
+        return self.query("SELECT * FROM jobs WHERE study_uid=? AND state='done' ORDER BY id", (study_uid,))
+
+    def outbox_destinations(self, study_uid: str) -> list[str]:
+        """The destinations the study's results were queued for, in the order first queued."""
+        rows = self.query(
+            """SELECT destination, MIN(id) AS first FROM outbox WHERE study_uid=?
+               GROUP BY destination ORDER BY first""",
+            (study_uid,),
+        )
+        return [str(r["destination"]) for r in rows]
+
+    def requeue_sent(self, study_uid: str, destination: str | None = None) -> int:
+        """Delivered and dead results of one study (to one destination) back to ``pending``."""
+        where, params = ["study_uid=?", "state IN ('delivered', 'dead')"], [study_uid]
         if destination is not None:
             where.append("destination=?")
             params.append(destination)

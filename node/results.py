@@ -18,42 +18,17 @@ import logging
 import shutil
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any
-
-import pydicom
 
 from node import privacy
 from node.config import NodeSettings
 from node.dispatch import BROKER, DISK, Publish, enqueue, is_disk_full, job_spec, publish_waiting
 from node.index import Index
+from node.outbox import queue_results
 from node.quarantine import quarantine_series
 from workers.tasks import INPUT, OUTCOME, STARTED, read_json
 
 log = logging.getLogger("bodycomp.results")
-
-
-def destinations_for(settings: NodeSettings, calling_ae: str) -> list[str]:
-    """The sending AE when it is a configured destination (``return_to_sender``), else all."""
-    destinations = settings.destination_list()
-    if settings.return_to_sender:
-        back = [d for d in destinations if d.ae_title == calling_ae]
-        if back:
-            return [str(back[0])]
-    return [str(d) for d in destinations]
-
-
-def result_items(job_dir: Path, outputs: list[str]) -> list[tuple[str, str, str]]:
-    """(path, SOP Instance UID, SOP Class UID) of each DICOM result file."""
-    items = []
-    for rel in outputs:
-        path = job_dir / rel
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            items.append((str(path), str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
-        except Exception as exc:
-            log.error("event=result_unreadable path=%s reason=%s", path, exc)
-    return items
 
 
 def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outcome: dict[str, Any]) -> None:
@@ -73,15 +48,13 @@ def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outco
         folder = quarantine_series(index, settings, job, str(outcome.get("reason", "")))
         index.update_job(job["id"], reason=f"{privacy.redact(str(outcome.get('reason', '')))} ({folder})")
     if state == "done":
-        items = result_items(job_dir, list(outcome.get("outputs", [])))
-        destinations = destinations_for(settings, job["calling_ae"])
-        added = index.add_outbox(job["id"], job["study_uid"], items, destinations)
+        added = queue_results(index, settings, job, job["calling_ae"], outcome)
         log.info(
             "event=job_done study=%s series=%s job=%d results=%d deliveries=%d",
             job["study_uid"],
             job["series_uid"],
             job["id"],
-            len(items),
+            len(outcome.get("outputs", [])),
             added,
         )
     else:

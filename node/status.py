@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node import tls
 from node.config import ConfigError, NodeSettings, parse_destination
 from node.index import Index
+from node.outbox import queue_results
 from node.privacy import escape_controls
 
 
@@ -92,6 +93,38 @@ def _with_results(node: NodeSettings, studies: list[dict[str, Any]]) -> list[dic
                 result = None
             job["result"] = result_summary(result) if isinstance(result, dict) else None
     return studies
+
+
+def resend_study(node: NodeSettings, study_uid: str, destination: str | None = None) -> int:
+    """Send a study's current results again: to ``destination``, or to every configured one (in
+    this command's configuration; without one, wherever they were sent before).
+
+    Results already delivered or dead-lettered there are queued again, and destinations that never
+    had them get them (a PACS added since). Nothing is analysed again. Returns the results queued.
+    """
+    if destination is not None:
+        parse_destination(destination)
+    index = _open(node)
+    try:
+        if index.study(study_uid) is None:
+            raise ConfigError(f"no study {study_uid} in the node's index")
+        targets = (
+            [destination]
+            if destination is not None
+            else [str(d) for d in node.destination_list()] or index.outbox_destinations(study_uid)
+        )
+        if not targets:
+            raise ConfigError(
+                "no destination: the study's results were never sent and none is configured "
+                "(give --destination AE@HOST:PORT)"
+            )
+        added = sum(
+            queue_results(index, node, job, job["calling_ae"], destinations=targets)
+            for job in index.done_jobs_of(study_uid)
+        )
+        return added + sum(index.requeue_sent(study_uid, target) for target in targets)
+    finally:
+        index.close()
 
 
 def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:

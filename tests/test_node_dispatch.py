@@ -50,7 +50,7 @@ def test_study_with_nothing_to_analyse_is_ignored_and_optionally_not_kept(tmp_pa
 
 
 def test_results_go_back_to_the_sender_when_it_is_a_destination_else_to_all() -> None:
-    from node.results import destinations_for
+    from node.outbox import destinations_for
 
     node = NodeSettings(destinations=("PACS@10.0.0.5:104", "ARCHIVE@10.0.0.6:11112"))
     assert destinations_for(node, "PACS") == ["PACS@10.0.0.5:104"]

@@ -11,6 +11,7 @@ machine) and a separate ``bodycomp worker`` process.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from tests.orthanc import Orthanc, running_orthanc
 from tests.test_node_support import (
+    BODYCOMP,
     copy_study,
     free_port,
     start_node,
@@ -105,3 +107,79 @@ def test_orthanc_routes_stable_series_and_gets_results_back(
                 worker.stop()
         if worker is not None:
             assert "event=job_started" in worker.text(), "the separate worker ran the analysis"
+
+
+def test_results_reach_a_destination_configured_after_the_first_receipt(
+    example_ct_derived_dicom: Path, tmp_path: Path
+) -> None:
+    """#21, as a new user does it: day one, storescu straight to the node with no destination
+    (results stay in the data directory); day two, the node restarted with Orthanc as its
+    destination, and Orthanc routes the same study. Every instance is a duplicate and nothing is
+    analysed again, but the results now go to Orthanc, once; routed again, nothing twice. Then
+    ``bodycomp resend --study`` sends them again on request."""
+    files, study_uid = copy_study(example_ct_derived_dicom, tmp_path / "study")
+    node_port = free_port()
+    data = tmp_path / "data"
+    node = start_node(data, port=node_port)
+    try:
+        assert "Failed" not in storescu(node_port, files)
+        wait_for(
+            "the study to be analysed",
+            lambda: (study_status(data, study_uid) or {}).get("state") == "done",
+            120,
+            node.log,
+        )
+        assert (study_status(data, study_uid) or {})["outbox"] == {}, "no destination: nothing to send"
+    finally:
+        node.stop()
+    with running_orthanc(
+        tmp_path / "orthanc",
+        modalities={"bodycomp": ["BODYCOMP", "127.0.0.1", node_port]},
+        LuaScripts=[str(LUA)],
+        StableAge=2,
+        OverwriteInstances=True,
+    ) as orthanc:
+        destination = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+        node = start_node(data, "--destination", destination, port=node_port, log_name="serve2.log")
+        try:
+            assert "Failed" not in storescu(orthanc.dicom_port, files, called=orthanc.ae_title)
+            wait_for(
+                "SEG, SR and overlay in Orthanc's study",
+                lambda: {"SEG", "SR", "OT"} <= set(modalities_in_study(orthanc, study_uid)),
+                120,
+                node.log,
+            )
+            study = study_status(data, study_uid)
+            assert study is not None and [j["state"] for j in study["jobs"]] == ["done"], "analysed again"
+            assert study["deliveries"] == {destination: {"delivered": 3}}
+            assert node.text().count("event=job_started") == 0
+
+            # routed again (a late copy at Orthanc re-sends the series): nothing twice
+            before = node.text().count("outcome=duplicate")
+            assert "Failed" not in storescu(orthanc.dicom_port, files[:1], called=orthanc.ae_title)
+            wait_for(
+                "Orthanc to re-send the series",
+                lambda: node.text().count("outcome=duplicate") - before >= len(files),
+                60,
+                node.log,
+            )
+            time.sleep(1.5 + 3)  # past the node's stable time
+            assert node.text().count("event=delivered") == 3
+            for modality in ("SEG", "SR", "OT"):
+                assert instance_count(orthanc, study_uid, modality) == 1
+
+            # on request, the current results again (the PACS lost them, say)
+            resend = subprocess.run(
+                [BODYCOMP, "resend", "--data-dir", str(data), "--study", study_uid],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert resend.returncode == 0 and "3 result(s) of study" in resend.stdout, resend
+            wait_for(
+                "the results sent again", lambda: node.text().count("event=delivered") == 6, 60, node.log
+            )
+            for modality in ("SEG", "SR", "OT"):
+                assert instance_count(orthanc, study_uid, modality) == 1, "same UIDs: Orthanc keeps one"
+        finally:
+            node.stop()
