@@ -395,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         return COMMANDS[args.command](args, settings)
+    except BrokenPipeError:
+        # `bodycomp status | head`: the reader has what it wanted; no traceback, the shell's code
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's advice: no 2nd error)
+        return 128 + 13
     except ConfigError as exc:
         print(f"bodycomp: configuration error: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -367,7 +367,7 @@ def load_settings(
 #: disk reserve below zero would not stop the node, they would break it quietly.
 BOUNDS: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "node": {
-        "port": (1, 65535),
+        "port": (0, 65535),  # 0: a port the system chooses (logged in event=listening)
         "metrics_port": (1, 65535),
         "min_free_mb": (0, None),
         "max_inflated_mb": (1, 65536),
@@ -425,6 +425,8 @@ def validate(settings: Settings) -> None:
     node = settings.node
     if node.send_retry_max_seconds < node.send_retry_seconds:
         raise ConfigError("node.send_retry_max_seconds must not be below node.send_retry_seconds")
+    if node.port == 0 and node.receivers > 1:
+        raise ConfigError("node.port 0 (any free port) needs receivers = 1: each receiver would get its own")
     check_ae_title(node.ae_title, "node.ae_title")
     for title in node.allow_ae:
         check_ae_title(title, "node.allow_ae")

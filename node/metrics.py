@@ -488,13 +488,20 @@ def make_app(settings: NodeSettings) -> Callable[..., Iterable[bytes]]:
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            # read-only endpoint: a POST, PUT or DELETE must not look as if it did something
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
+            return [b"bodycomp: only GET and HEAD\n"]
         if path in ("/healthz", "/health"):
             report = health.report()
             code = "200 OK" if report["status"] == "ok" else "503 Service Unavailable"
             body = json.dumps(report, indent=2).encode()
             start_response(code, [("Content-Type", "application/json"), ("Cache-Control", "no-store")])
-            return [body]
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
         if path == "/metrics":
+            if environ.get("REQUEST_METHOD") == "HEAD":  # (prometheus_client's app knows GET only)
+                list(metrics_app({**environ, "REQUEST_METHOD": "GET"}, start_response))
+                return []
             return metrics_app(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"bodycomp: /healthz or /metrics\n"]

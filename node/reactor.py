@@ -317,8 +317,12 @@ def start_server(
     ssl_context: ssl.SSLContext | None,
     reuse_port: bool = False,
     event_driven: bool = True,
+    on_listening: Callable[[tuple[str, int]], None] | None = None,
 ) -> ThreadedAssociationServer | None:
     """``AE.start_server`` with :func:`server_class` (pynetdicom 3.0.4's body, the class swapped).
+
+    ``on_listening`` gets the bound address once the socket listens (with port 0, the port the
+    system chose).
 
     Blocking: serves until the server is shut down and returns ``None``; otherwise serves in a
     daemon thread and returns the running server (``server.shutdown()`` stops it).
@@ -330,6 +334,8 @@ def start_server(
         server_class=server_class(reuse_port, event_driven),
     )
     ae._servers.append(server)
+    if on_listening is not None:
+        on_listening(server.server_address[:2])
     if block:
         try:
             server.serve_forever()

@@ -363,14 +363,17 @@ def serve(
     if ssl_context is not None:  # the handshake before anything else reads or writes the socket
         handlers.insert(0, (evt.EVT_CONN_OPEN, tls.handshake))
     handlers += connection.handlers(settings.network_timeout)  # after the handshake: bounds per socket
-    log.warning(
-        "event=listening ae=%s address=%s:%d data_dir=%s tls=%s",
-        settings.ae_title,
-        settings.host,
-        settings.port,
-        settings.data_dir,
-        _tls_mode(settings, ssl_context is not None),
-    )
+
+    def listening(address: tuple[str, int]) -> None:
+        log.warning(
+            "event=listening ae=%s address=%s:%d data_dir=%s tls=%s",
+            settings.ae_title,
+            address[0],
+            address[1],
+            settings.data_dir,
+            _tls_mode(settings, ssl_context is not None),
+        )
+
     return reactor.start_server(
         ae,
         (settings.host, settings.port),
@@ -379,6 +382,7 @@ def serve(
         ssl_context=ssl_context,
         reuse_port=reuse_port,
         event_driven=settings.event_driven,
+        on_listening=listening,
     )
 
 

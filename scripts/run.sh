@@ -8,9 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/bodycomp ] || [ pyproject.toml -nt .venv/.installed ]; then
-    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    if [ ! -x .venv/bin/python ]; then
+        echo "== creating the virtual environment ./.venv" >&2
+        "$PYTHON" -m venv .venv
+    fi
+    echo "== installing bodycomp and its Python dependencies into ./.venv (first run: about a minute)" >&2
     .venv/bin/python -m pip install --quiet --upgrade pip 2>/dev/null || true
-    .venv/bin/python -m pip install --quiet -e .
+    .venv/bin/python -m pip install --quiet --progress-bar off -e .
     touch .venv/.installed
+    echo "== installed; starting the node (Ctrl-C stops it)" >&2
 fi
 exec .venv/bin/bodycomp serve "$@"
