@@ -248,6 +248,38 @@ class Index:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    @classmethod
+    def read_only(cls, path: Path) -> Index:
+        """The index opened for reading only (``status``, ``export``): no lock file, no schema change,
+        nothing written, so an operator's command never alters the node's state.
+
+        Raises :class:`sqlite3.Error` when the file cannot be opened or was written by an older
+        node (``bodycomp serve`` migrates it), :class:`OSError` when it is not readable.
+        """
+        self = cls.__new__(cls)
+        self.path = path
+        self._lock = threading.RLock()
+        self._writer_fd = -1
+        # A node that is running keeps a write-ahead log beside the index: read through it. Without
+        # one (the node stopped, or a copy on read-only media) the file is all there is, and
+        # ``immutable`` keeps SQLite from creating the log and shared-memory files next to it.
+        live = path.with_name(path.name + "-wal").exists()
+        self._db = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro{'' if live else '&immutable=1'}",
+            uri=True,
+            timeout=30,
+            check_same_thread=False,
+        )
+        self._db.row_factory = sqlite3.Row
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version < SCHEMA_VERSION:
+            self._db.close()
+            raise sqlite3.DatabaseError(
+                f"index schema {version} is older than this version's {SCHEMA_VERSION}: start "
+                "bodycomp serve once to migrate it"
+            )
+        return self
+
     def _migrate(self) -> None:
         """Bring an index written by an earlier node to :data:`SCHEMA_VERSION`, in one transaction."""
         with self._lock:

@@ -33,10 +33,40 @@ from node.outbox import queue_results
 from node.privacy import escape_controls
 
 
-def _open(node: NodeSettings) -> Index:
-    if not node.index_path.exists():
-        raise ConfigError(f"no node index at {node.index_path} (wrong --data-dir?)")
-    return Index(node.index_path)
+def _open(node: NodeSettings, write: bool = False) -> Index:
+    """The node's index, read-only unless ``write``; what is wrong said in one line (exit 2)."""
+    path = node.index_path
+    try:
+        found = path.exists()
+    except PermissionError:
+        found = True  # (a folder on the way is not ours: opening says so below)
+    if not found:
+        raise ConfigError(f"no node index at {path} (wrong --data-dir?)")
+    try:
+        return Index(path) if write else Index.read_only(path)
+    except (sqlite3.Error, OSError) as exc:
+        access = os.access(path, os.W_OK if write else os.R_OK)
+        hint = (
+            ""
+            if access
+            else f": run it as the node's service user (sudo -u {_owner(path)} bodycomp ...), who owns "
+            "the data directory"
+        )
+        raise ConfigError(
+            f"cannot {'write' if write else 'read'} the node's index {path} ({exc}){hint}"
+        ) from exc
+
+
+def _owner(path: Path) -> str:
+    """The user owning the data directory (the service user), or ``bodycomp``."""
+    import pwd
+
+    for candidate in (path, path.parent):
+        try:
+            return pwd.getpwuid(candidate.stat().st_uid).pw_name
+        except (OSError, KeyError):
+            continue
+    return "bodycomp"
 
 
 def resend_dead(node: NodeSettings, study_uid: str | None = None, destination: str | None = None) -> int:
@@ -48,7 +78,7 @@ def resend_dead(node: NodeSettings, study_uid: str | None = None, destination: s
     """
     if destination is not None:
         parse_destination(destination)  # a typo would match nothing: say so instead
-    index = _open(node)
+    index = _open(node, write=True)
     try:
         return index.requeue_dead(study_uid, destination)
     finally:
@@ -104,7 +134,7 @@ def resend_study(node: NodeSettings, study_uid: str, destination: str | None = N
     """
     if destination is not None:
         parse_destination(destination)
-    index = _open(node)
+    index = _open(node, write=True)
     try:
         if index.study(study_uid) is None:
             raise ConfigError(f"no study {study_uid} in the node's index")

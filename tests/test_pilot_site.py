@@ -7,16 +7,21 @@ fresh clone has.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from node import metrics
 from node.config import ConfigError, NodeSettings, load_settings
+from node.index import Index
 from node.scp import serve
 from tests.test_node_support import BODYCOMP
 
@@ -44,8 +49,6 @@ def test_status_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     """``bodycomp status | head`` ended in a BrokenPipeError traceback."""
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
-    from node.index import Index
-
     Index(data / "index.sqlite").close()
     run = subprocess.run(
         f"'{BODYCOMP}' status --data-dir '{data}' | head -c 10", shell=True, capture_output=True, text=True
@@ -100,3 +103,58 @@ def test_the_metrics_endpoint_answers_only_get_and_head(tmp_path: Path) -> None:
         assert _answer(port, "/healthz", "POST") == (405, "GET, HEAD")
     finally:
         server.stop()
+
+
+def _as_other_user(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` as a user who does not own the data directory: ``nobody`` when we are root (as
+    on the test machines), else ourselves (the caller then takes our own rights away)."""
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder the other user can reach (pytest's own are private to us)."""
+    folder = Path(tempfile.mkdtemp(prefix="bodycomp-pilot-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _node_data(folder: Path) -> Path:
+    data = folder / "data"
+    data.mkdir(mode=0o700)
+    Index(data / "index.sqlite").close()
+    return data
+
+
+@pytest.mark.parametrize("command", [["status"], ["export", "--csv", "-"], ["resend", "--study", "1.2.3"]])
+def test_a_user_who_cannot_read_the_data_directory_gets_one_line_and_exit_2(
+    open_dir: Path, command: list[str]
+) -> None:
+    """On the systemd install the data directory is the service user's (0700): ``status`` run by
+    anyone else ended in a Python traceback and exit 1."""
+    data = _node_data(open_dir)
+    if os.geteuid() != 0:
+        data.chmod(0)
+    try:
+        run = _as_other_user([BODYCOMP, command[0], "--data-dir", str(data), *command[1:]])
+    finally:
+        data.chmod(0o700)
+    assert run.returncode == 2, run
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "sudo -u" in run.stderr and "service user" in run.stderr, run.stderr
+
+
+def test_status_reads_without_writing(open_dir: Path) -> None:
+    """``status`` took the writer's lock file and failed on a read-only index: it must only read."""
+    data = _node_data(open_dir)
+    before = sorted(p.name for p in data.iterdir())
+    data.chmod(0o755)
+    (data / "index.sqlite").chmod(0o644)  # readable by the other user, writable by nobody else
+    run = _as_other_user([BODYCOMP, "status", "--data-dir", str(data)])
+    assert run.returncode == 0, run
+    assert "studies: none" in run.stdout
+    assert sorted(p.name for p in data.iterdir()) == before, "status created files in the data directory"
