@@ -18,6 +18,7 @@ fall back to a default without anyone noticing.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tomllib
@@ -37,6 +38,9 @@ ENV_CONFIG = "BODYCOMP_CONFIG"
 
 class ConfigError(ValueError):
     """A configuration value or key that cannot be used."""
+
+
+log = logging.getLogger("bodycomp.config")
 
 
 @dataclass(frozen=True)
@@ -345,16 +349,28 @@ def load_settings(
     environ = os.environ if environ is None else environ
     settings = Settings()
     path = config_path or environ.get(ENV_CONFIG)
+    from_file: dict[str, Any] = {}
     if path:
         try:
             with Path(path).open("rb") as handle:
-                data = tomllib.load(handle)
+                from_file = tomllib.load(handle)
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
-        settings = _apply(settings, data, str(path))
-    settings = _apply(settings, _env_updates(environ), "environment")
+        settings = _apply(settings, from_file, str(path))
+    from_environment = _env_updates(environ)
+    for section, values in from_environment.items():
+        for key in sorted(set(values) & set(from_file.get(section) or {})):
+            # one place for each setting: a value in both is a trap (an example env file's
+            # placeholder destination silently replaced the TOML's real one), so say which wins
+            log.warning(
+                "event=config_overridden setting=%s.%s file=%s (the environment's value is used)",
+                section,
+                key,
+                path,
+            )
+    settings = _apply(settings, from_environment, "environment")
     if overrides:
         cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
         settings = _apply(settings, {s: v for s, v in cleaned.items() if v}, "command line")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -114,7 +115,7 @@ def test_units_have_the_expected_policy(name: str) -> None:
         "PrivateTmp": "yes",
         "NoNewPrivileges": "yes",
         "ProtectHome": "yes",
-        "EnvironmentFile": "/etc/bodycomp/bodycomp.env",
+        "EnvironmentFile": "-/etc/bodycomp/bodycomp.env",  # optional: settings live in the TOML
     }.items():
         assert unit.get(key) == [value], (key, unit.get(key))
     command = unit["ExecStart"][0].split()
@@ -128,15 +129,32 @@ def test_units_have_the_expected_policy(name: str) -> None:
         assert unit["CapabilityBoundingSet"] == [""]
 
 
-def test_example_settings_files_are_valid_bodycomp_settings() -> None:
-    """The EnvironmentFile and TOML examples load (unknown keys would be errors)."""
+def test_example_settings_files_are_valid_bodycomp_settings(caplog: pytest.LogCaptureFixture) -> None:
+    """The EnvironmentFile and TOML examples load (unknown keys would be errors), and every
+    setting has one place: the environment file's placeholder destination once silently replaced
+    the TOML's (#24), so it sets no BODYCOMP_* variable at all."""
     env = env_file(SYSTEMD / "bodycomp.env.example")
-    settings = load_settings(SYSTEMD / "bodycomp.toml.example", environ=env)
+    assert not [name for name in env if name.startswith("BODYCOMP_")], env
+    with caplog.at_level(logging.WARNING, logger="bodycomp.config"):
+        settings = load_settings(SYSTEMD / "bodycomp.toml.example", environ=env)
+    assert "config_overridden" not in caplog.text
     node = settings.node
     assert str(node.data_dir) == "/srv/bodycomp" and node.host == "0.0.0.0"
     assert node.metrics_port == 9464 and node.metrics_host == "127.0.0.1"
     assert [str(d) for d in node.destination_list()] == ["PACS@10.0.0.5:104"]
     assert node.allow_ae == ("PACS",) and node.broker_is_embedded
+
+
+def test_an_environment_variable_overriding_the_file_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "bodycomp.toml"
+    config.write_text('[node]\ndestinations = ["PACS@10.1.1.1:104"]\nport = 104\n')
+    with caplog.at_level(logging.WARNING, logger="bodycomp.config"):
+        node = load_settings(config, environ={"BODYCOMP_DESTINATION": "OTHER@10.0.0.5:104"}).node
+    assert node.destinations == ("OTHER@10.0.0.5:104",), "the environment wins, as documented"
+    [line] = [r.getMessage() for r in caplog.records if "config_overridden" in r.getMessage()]
+    assert "setting=node.destinations" in line and str(config) in line
 
 
 # -- compose -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ fresh clone has.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -23,7 +24,9 @@ from node import metrics
 from node.config import ConfigError, NodeSettings, load_settings
 from node.index import Index
 from node.scp import serve
-from tests.test_node_support import BODYCOMP
+from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
+from tests.orthanc import running_orthanc
+from tests.test_node_support import BODYCOMP, storescu
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,3 +161,31 @@ def test_status_reads_without_writing(open_dir: Path) -> None:
     assert run.returncode == 0, run
     assert "studies: none" in run.stdout
     assert sorted(p.name for p in data.iterdir()) == before, "status created files in the data directory"
+
+
+def _orthanc_json(path: Path) -> dict[str, object]:
+    """Orthanc's configuration format: JSON with // comments."""
+    text = "\n".join(
+        line.split("//", 1)[0] if line.strip().startswith("//") else line
+        for line in path.read_text().splitlines()
+    )
+    return dict(json.loads(text))
+
+
+def test_the_production_orthanc_snippet_adds_routing_and_nothing_else() -> None:
+    """Merged into a real Orthanc as the docs say, DicomAlwaysAllowStore false refused every
+    modality the site had not declared."""
+    keys = _orthanc_json(REPO / "deploy" / "orthanc" / "orthanc.json")
+    assert set(keys) == {"DicomModalities", "LuaScripts"}, sorted(keys)
+
+
+def test_the_demo_orthanc_accepts_the_documented_test_send(tmp_path: Path) -> None:
+    """The compose demo PACS refused the README's `storescu -aec ORTHANC …` ("This AET is not
+    listed in DicomModalities"). Its store policy, in a real Orthanc, takes a send from any AE."""
+    demo = _orthanc_json(REPO / "deploy" / "compose" / "orthanc" / "orthanc.json")
+    policy = {k: demo[k] for k in ("DicomAlwaysAllowStore", "DicomCheckModalityHost")}
+    g = axial_geometry(n_slices=3)
+    files = write_series(tmp_path / "ct", sample(block_phantom(), g), g, SeriesOptions())
+    with running_orthanc(tmp_path / "orthanc", **policy) as orthanc:
+        out = storescu(orthanc.dicom_port, files, calling="STORESCU", called=orthanc.ae_title)
+    assert out.count("Received Store Response (Success)") == len(files), out
