@@ -365,7 +365,7 @@ def serve(
     handlers += connection.handlers(settings.network_timeout)  # after the handshake: bounds per socket
 
     def listening(address: tuple[str, int]) -> None:
-        log.warning(
+        log.info(
             "event=listening ae=%s address=%s:%d data_dir=%s tls=%s",
             settings.ae_title,
             address[0],

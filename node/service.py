@@ -224,7 +224,7 @@ class Node:
             self._start_worker()
         republished = republish(self.index, node, self.publish, held=node.broker_is_embedded)
         pending = len(self.index.changed_studies())
-        log.warning(
+        log.info(
             "event=node_started broker=%s workers=%d republished_jobs=%d studies_waiting=%d destinations=%s",
             "embedded" if node.broker_is_embedded else node.broker_url.split("://")[0],
             node.workers_to_start,
@@ -268,7 +268,7 @@ class Node:
         if self.stopping.is_set() and self.server is None:
             return
         self.stopping.set()
-        log.warning("event=node_stopping")
+        log.info("event=node_stopping")
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -295,7 +295,7 @@ class Node:
                 proc.wait()
         if self.index is not None:
             self.index.close()
-        log.warning("event=node_stopped")
+        log.info("event=node_stopped")
 
     # -- pieces ----------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ def run_worker(settings: Settings) -> int:
         log.warning("event=broker_unavailable reason=%s: %s", type(exc).__name__, exc)
     # Before the pool forks: every analysis child inherits these modules (workers.warmup).
     preload_seconds = preload()
-    log.warning(
+    log.info(
         "event=worker_starting broker=%s data_dir=%s concurrency=%d preload_s=%.2f",
         "embedded" if node.broker_is_embedded else node.broker_url.split("://")[0],
         node.data_dir,
@@ -69,6 +69,7 @@ def run_worker(settings: Settings) -> int:
         [
             "worker",
             "--loglevel=INFO",
+            "--quiet",  # no ASCII-art banner in the service log (event=worker_starting says it all)
             f"--concurrency={node.concurrency}",
             f"--queues={node.queue}",
             f"--hostname=bodycomp-{os.getpid()}@{socket.gethostname()}",

@@ -64,13 +64,14 @@ def test_port_0_listens_on_a_chosen_port_and_logs_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = NodeSettings(port=0, data_dir=tmp_path / "data")
-    with caplog.at_level(logging.WARNING, logger="bodycomp"):
+    with caplog.at_level(logging.INFO, logger="bodycomp"):
         server = serve(settings, block=False)
     try:
         port = int(server.server_address[1])
         assert port > 0
-        [line] = [r.getMessage() for r in caplog.records if "event=listening" in r.getMessage()]
-        assert f"address=127.0.0.1:{port} " in line, line
+        [line] = [r for r in caplog.records if "event=listening" in r.getMessage()]
+        assert f"address=127.0.0.1:{port} " in line.getMessage(), line
+        assert line.levelno == logging.INFO, "start-up is not a warning (#24: levels should mean something)"
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
     finally:
