@@ -67,9 +67,9 @@ def run_worker(settings: Settings) -> int:
     return celery_worker(
         app,
         [
+            "--quiet",  # (celery's global option) no ASCII-art banner: event=worker_starting says it all
             "worker",
             "--loglevel=INFO",
-            "--quiet",  # no ASCII-art banner in the service log (event=worker_starting says it all)
             f"--concurrency={node.concurrency}",
             f"--queues={node.queue}",
             f"--hostname=bodycomp-{os.getpid()}@{socket.gethostname()}",
