@@ -326,6 +326,9 @@ def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_echo(args: argparse.Namespace, settings: Settings) -> int:
     from node.status import echo
 
+    if not getattr(args, "verbose", False):  # our one line says what failed; pynetdicom's repeat it
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+
     ok, message = echo(args.target, settings.node.ae_title, settings=settings.node)
     print(message, file=sys.stdout if ok else sys.stderr)
     return EXIT_OK if ok else 1

@@ -174,7 +174,10 @@ def render_overlay(
         det = metrics.get(key) or {}
         det_value = det.get("value")
         status = det.get("status") or ("present" if det_value else "absent" if det_value is False else "n/a")
-        line(f"{label}: {status}", (255, 220, 120) if det.get("value") else (255, 255, 255))
+        line(
+            f"{label}: {str(status).replace('_', ' ')}",
+            (255, 220, 120) if det.get("value") else (255, 255, 255),
+        )
         if det.get("rule_set"):
             line(f"   rule set {det.get('rule_set')}", (200, 200, 200))
     preset = s.get("hu_preset") or {}
