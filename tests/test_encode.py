@@ -384,3 +384,16 @@ def test_every_object_names_its_maker(encoded: tuple[EncodeInput, dict[str, Path
         assert ds.Manufacturer == "bodycomp"
         assert ds.ManufacturerModelName and ds.SoftwareVersions == data.version
         assert ds.SeriesDescription.startswith("bodycomp L3")
+
+
+def test_a_one_component_patient_name_is_copied_without_a_warning(example_ct_dicom: Path) -> None:
+    """highdicom warned in several lines on every study whose PatientName has one component (#24)."""
+    import warnings
+
+    volume = load_series(example_ct_dicom)
+    volume.headers[10].PatientName = "HCC_048"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, outputs = encode_slice(volume, 10)
+    assert not [w for w in caught if "person name" in str(w.message)], [str(w.message) for w in caught]
+    assert str(outputs.seg.PatientName) == "HCC_048"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,15 @@ def _parseable(ds: Dataset) -> Dataset:
     return fixed
 
 
+#: highdicom warns, in several lines per object, when the patient's name it copies from the source
+#: has one component ("HCC_048"): the name is the PACS's, copied unchanged as DICOM requires, and the
+#: warning said nothing an operator could act on, on every study (#24).
+_COPIED_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
+
+
 def encode_all(data: EncodeInput) -> EncodedOutputs:
     data = dataclasses.replace(data, source_slices=[_parseable(ds) for ds in data.source_slices])
-    seg = build_segmentation(data)
-    return EncodedOutputs(seg=seg, sr=build_report(data, seg), overlay=build_overlay_sc(data))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_COPIED_NAME_WARNING, category=UserWarning)
+        seg = build_segmentation(data)
+        return EncodedOutputs(seg=seg, sr=build_report(data, seg), overlay=build_overlay_sc(data))
