@@ -159,9 +159,11 @@ def _add_node_commands(sub: Any) -> None:
     export.add_argument(
         "--csv",
         type=Path,
-        required=True,
+        nargs="?",
+        const=Path("-"),
+        default=Path("-"),
         metavar="FILE",
-        help="CSV file to write (mode 0600), or - for standard output",
+        help="CSV file to write (mode 0600); without FILE, or -: standard output",
     )
     export.add_argument("-v", "--verbose", action="store_true")
 

@@ -204,6 +204,10 @@ def test_export_csv_neutralises_formulas_is_private_and_can_go_to_stdout(
     check_export(written.out, study_uid)
     assert "1 analysed studies written to standard output" in written.err
     assert not (tmp_path / "-").exists()
+    # no file name at all is standard output too (#24: --csv required one)
+    for args in (["--csv"], []):
+        assert main(["export", "--data-dir", str(node.data_dir), *args]) == 0
+        check_export(capsys.readouterr().out, study_uid)
 
 
 @pytest.mark.parametrize(
