@@ -397,3 +397,14 @@ def test_a_one_component_patient_name_is_copied_without_a_warning(example_ct_dic
         _, outputs = encode_slice(volume, 10)
     assert not [w for w in caught if "person name" in str(w.message)], [str(w.message) for w in caught]
     assert str(outputs.seg.PatientName) == "HCC_048"
+
+
+def test_the_two_groups_of_a_tissue_say_which_is_which(encoded: tuple[EncodeInput, dict[str, Path]]) -> None:
+    """Every tissue has a drawable group (for OHIF) and a SEG-referencing group (for Slicer) with
+    the same values: their Activity Session says so, in dsrdump too (#21)."""
+    _, paths = encoded
+    dump = subprocess.run(
+        ["/usr/bin/dsrdump", "+Pl", str(paths["sr"])], capture_output=True, text=True
+    ).stdout
+    assert dump.count("outline for viewers: the same values as the segment group of this tissue") == 4
+    assert dump.count("the tissue's measurements, referencing its SEG segment") == 4

@@ -50,6 +50,10 @@ from workers.encode.inputs import MANUFACTURER, MODEL_NAME, EncodeInput
 from workers.encode.seg import ALGORITHM_NAME
 
 OHIF_FREEHAND = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+#: The "Activity Session" text of the two groups of each tissue, so that a reader of the SR's
+#: content (dsrdump, a research harvest) can tell them apart and counts each tissue once (#21).
+DISPLAY_SESSION = "outline for viewers: the same values as the segment group of this tissue"
+SEGMENT_SESSION = "the tissue's measurements, referencing its SEG segment"
 
 
 def _number(value: Any) -> float | None:
@@ -187,6 +191,7 @@ def _tissue_groups(
                     finding_type=tissue.type,
                     finding_sites=l3,
                     algorithm_id=algorithm,
+                    session=DISPLAY_SESSION,
                     measurements=outlined.measurements,
                     qualitative_evaluations=outlined.missing or None,
                 )
@@ -211,6 +216,7 @@ def _tissue_groups(
                 finding_type=tissue.type,
                 finding_sites=l3,
                 algorithm_id=algorithm,
+                session=SEGMENT_SESSION,
                 measurements=group.measurements,
                 qualitative_evaluations=group.missing or None,
             )
