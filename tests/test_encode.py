@@ -184,14 +184,22 @@ def test_sr_holds_the_result_numbers_and_required_items(encoded: tuple[EncodeInp
         round(float(i.MeasuredValueSequence[0].NumericValue), 1) for i in _num(items, "112031", "373098007")
     }
     assert {38.1, -70.5, -95.2, -100.3} <= means
-    # Finding site L3 on every tissue group; SCOORD outlines for OHIF under the area.
-    assert any(i.get("ValueType") == "SCOORD" and i.GraphicType == "POLYLINE" for i in items)
+    # Finding site L3 on every tissue group; for viewers a labelled point under the area, whose
+    # label (a Comment) carries the report's own values (#21: an outline's stats get recomputed)
+    assert sum(i.get("ValueType") == "SCOORD" and i.GraphicType == "POINT" for i in items) >= 8
+    comments = [
+        i.TextValue
+        for i in items
+        if i.get("ValueType") == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"
+    ]
+    assert "Skeletal muscle: 150.20 cm2, mean 38.1 HU" in comments, comments
+    assert "Visceral adipose tissue: 80.40 cm2, mean -95.2 HU" in comments, comments
     trackers = [
         i.TextValue
         for i in items
         if i.get("ValueType") == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "112039"
     ]
-    assert "L3 SM" in trackers and "Cornerstone3DTools@^0.1.0:PlanarFreehandROI" in trackers
+    assert "L3 SM" in trackers and "Cornerstone3DTools@^0.1.0:ArrowAnnotate" in trackers
     # SMI cannot be computed (no height): stated as such, not left out.
     assert not _num(items, "SMI")
     assert evaluations_of(items)["SMI"].startswith("Not computable: height")
@@ -406,5 +414,5 @@ def test_the_two_groups_of_a_tissue_say_which_is_which(encoded: tuple[EncodeInpu
     dump = subprocess.run(
         ["/usr/bin/dsrdump", "+Pl", str(paths["sr"])], capture_output=True, text=True
     ).stdout
-    assert dump.count("outline for viewers: the same values as the segment group of this tissue") == 4
+    assert dump.count("label for viewers: the same values as the segment group of this tissue") == 4
     assert dump.count("the tissue's measurements, referencing its SEG segment") == 4

@@ -222,13 +222,20 @@ def test_ohif_shows_seg_sr_and_overlay_over_the_right_anatomy(
             drawn = " ".join(page.locator("svg text").all_text_contents())
             for tissue in TISSUES:
                 assert f"Area: {result['tissues'][tissue.key]['area_cm2']:.2f} cm2" in drawn, drawn
-            # Then "track measurements": hydrated into live (editable) OHIF measurements.
+            # Then "track measurements": hydrated into live OHIF measurements. Each tissue is a
+            # labelled point (ArrowAnnotate) whose text is the report's own values: an outline would
+            # have its area and mean recomputed by OHIF from the one contour it drew (#21).
             hydrate.click()
             _wait(page, "() => window.services.measurementService.getMeasurements().length >= 4")
             live = page.evaluate(
-                "() => window.services.measurementService.getMeasurements().map(m => m.toolName)"
+                """() => window.services.measurementService.getMeasurements()
+                    .map(m => ({tool: m.toolName, label: m.label || ''}))"""
             )
-            assert live.count("PlanarFreehandROI") >= 4
+            assert {m["tool"] for m in live} == {"ArrowAnnotate"}, live
+            for tissue in TISSUES:
+                measured = result["tissues"][tissue.key]
+                label = f"{measured['area_cm2']:.2f} cm2, mean {measured['mean_hu']:.1f} HU"
+                assert any(label in m["label"] for m in live), (label, live)
             report = page.evaluate(
                 """() => window.services.displaySetService.getActiveDisplaySets()
                     .filter(d => d.Modality === 'SR')
@@ -246,6 +253,11 @@ def test_ohif_shows_seg_sr_and_overlay_over_the_right_anatomy(
             page.locator('[data-cy="trackedMeasurements-btn"]').click()
             page.wait_for_timeout(2000)
             page.screenshot(path=str(shots / "ohif-sr-measurements.png"))
+            # every number the panel shows is the report's: no area or mean of OHIF's own
+            panel = page.inner_text("body")
+            assert "mm²" not in panel and "mm2" not in panel, panel
+            for tissue in TISSUES:
+                assert f"{result['tissues'][tissue.key]['area_cm2']:.2f} cm2" in panel, panel
 
             # The overlay picture (secondary capture) in the viewport.
             page.locator('[data-cy="study-browser-thumbnail"]', has_text="OT").dblclick()

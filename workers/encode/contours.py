@@ -43,3 +43,18 @@ def largest_outline(mask: npt.NDArray[np.bool_], tolerance_px: float = 0.7) -> n
 def polyline_length_mm(points_rc: npt.NDArray[np.float64], spacing_rc_mm: tuple[float, float]) -> float:
     steps = np.diff(points_rc, axis=0) * np.asarray(spacing_rc_mm)[None, :]
     return float(np.sum(np.hypot(steps[:, 0], steps[:, 1])))
+
+
+def deepest_point(mask: npt.NDArray[np.bool_]) -> tuple[int, int] | None:
+    """The pixel (row, col) of the largest piece of ``mask`` farthest from its edge; None if empty.
+
+    Where a viewer's label points: well inside the tissue, whatever its shape (a ring of muscle,
+    a crescent of fat), never on a hole or outside it as a centroid can be.
+    """
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    depth = ndimage.distance_transform_edt(labels == int(np.argmax(sizes)) + 1)
+    r, c = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return int(r), int(c)

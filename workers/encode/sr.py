@@ -1,30 +1,29 @@
 """The TID 1500 Imaging Measurement Report (Comprehensive 3D SR) of the L3 measurements.
 
-Two groups per tissue, on purpose:
+Two groups per tissue, on purpose, told apart by their Activity Session text:
 
 * a planar ROI group that references the tissue's SEG segment (3D Slicer's Quantitative
   Reporting tabulates these), and
-* a measurement group whose area carries the tissue's outline as a SCOORD on the CT image
-  (TID 300 "inferred from" coordinates) with a Cornerstone tracking identifier: OHIF draws only
-  measurements with spatial coordinates, and only in this form yields live, labelled
-  measurements.
+* a measurement group for viewers: area and mean HU "inferred from" a point deep inside the tissue
+  (TID 300), a Comment with the label to show ("Skeletal muscle: 135.36 cm2, mean 49.5 HU") and
+  the Cornerstone tracking identifier of an arrow annotation.
 
 OHIF 3.13 reads a TID 1500 report only if *every* measurement it assembles has spatial
 coordinates: a group without any (a SEG-only group, a group of derived numbers) makes its SR loader
 fail on ``coords[0]`` and the whole viewer falls into its error page (found by
 tests/test_viewer_ohif.py). OHIF assembles measurements by Tracking Unique Identifier, so the two
 groups of a tissue share one Tracking UID (the segment's, also in the SEG): OHIF merges them into
-one measurement that has the outline, and Slicer still finds the segment reference. The OHIF group
-comes first (OHIF takes the first Tracking Identifier, and only the Cornerstone one can be
-"hydrated" into live measurements) and carries the mean HU as well as the area, both inferred from
-the outline, so both values reach OHIF's labels. The SEG-referencing group cannot carry SCOORDs
-itself (TID 1410 forbids coordinates under its measurements). The derived numbers that were
-measured on the image (SMI, VAT/SAT, IMAT %, body perimeter) are inferred from the outline of the
-analysed cross-section (all tissues), which gives that group coordinates too.
+one measurement that has the point, and Slicer still finds the segment reference. The viewer group
+comes first (OHIF takes the first Tracking Identifier and the first numeric item's coordinates).
 
-Note that once hydrated, OHIF *recomputes* area and mean from the polygon it draws (the outline of
-the largest piece of the tissue): those live numbers are not the report's; the report's values are
-the ones in the measurement labels and in Slicer.
+Why a labelled point and not the tissue's outline: once a reader "tracks" the measurements, OHIF
+turns each into one of its tools and shows that tool's numbers. An outline became a freehand ROI
+whose area and mean OHIF recomputed from the single contour it drew ("Skeletal muscle 6764 mm2"
+for a report of 135.36 cm2, #21). An arrow annotation has no geometry to measure: OHIF shows its
+label, which is the report's values, read-only and tracked alike. The SEG shows the outlines.
+The derived numbers that were measured on the image (SMI, VAT/SAT, IMAT %, body perimeter) are
+inferred from the outline of the analysed cross-section (all tissues), which gives that group
+coordinates too.
 
 A derived group (TID 1501) holds SMI, BMI, VAT/SAT ratio, IMAT %, the body perimeter, the patient
 inputs used and the qualitative evaluations (low skeletal muscle mass, myosteatosis) with the
@@ -45,14 +44,16 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from workers.encode import codes as c
-from workers.encode.contours import largest_outline, polyline_length_mm, to_scoord
+from workers.encode.contours import deepest_point, largest_outline, polyline_length_mm, to_scoord
 from workers.encode.inputs import MANUFACTURER, MODEL_NAME, EncodeInput
 from workers.encode.seg import ALGORITHM_NAME
 
-OHIF_FREEHAND = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+OHIF_ARROW = "Cornerstone3DTools@^0.1.0:ArrowAnnotate"
 #: The "Activity Session" text of the two groups of each tissue, so that a reader of the SR's
 #: content (dsrdump, a research harvest) can tell them apart and counts each tissue once (#21).
-DISPLAY_SESSION = "outline for viewers: the same values as the segment group of this tissue"
+DISPLAY_SESSION = "label for viewers: the same values as the segment group of this tissue"
+#: (121106, DCM, "Comment"): OHIF takes a measurement's label from it
+COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 SEGMENT_SESSION = "the tissue's measurements, referencing its SEG segment"
 
 
@@ -151,6 +152,33 @@ def _segment_frame(seg: hd.seg.Segmentation, segment_number: int, ct_uid: str) -
     raise ValueError(f"SEG has no frame for segment {segment_number} on {ct_uid}")
 
 
+def _marker(
+    data: EncodeInput, point_rc: tuple[float, float] | None
+) -> list[hd.sr.CoordinatesForMeasurement] | None:
+    """A point on the analysed CT image, as TID 300 "inferred from" coordinates (where a label goes;
+    viewers draw a pointer there with the label beside it)."""
+    if point_rc is None:
+        return None
+    central = data.central
+    return [
+        hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POINT,
+            graphic_data=to_scoord([point_rc]),
+            source_image=hd.sr.SourceImageForRegion(str(central.SOPClassUID), str(central.SOPInstanceUID)),
+        )
+    ]
+
+
+def _labelled(group: Any, text: str) -> Any:
+    """Add the viewer's label (a Comment, which OHIF shows as the measurement's text) to a group."""
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+    )
+    return group
+
+
 def _region(data: EncodeInput, mask: Any) -> list[hd.sr.CoordinatesForMeasurement] | None:
     """The outline of ``mask`` on the analysed CT image, as TID 300 "inferred from" coordinates."""
     outline = largest_outline(mask)
@@ -174,26 +202,29 @@ def _tissue_groups(
     l3 = [hd.sr.FindingSite(c.L3_VERTEBRA)]
     tissues: Mapping[str, Any] = data.result.get("tissues", {})
     groups: list[Any] = []
-    cross_section = _region(data, data.labels[data.central_index] > 0)
+    labels = data.labels[data.central_index]
     for tissue in c.TISSUES:
         values = tissues.get(tissue.key, {})
         area, mean, sd = (_number(values.get(k)) for k in ("area_cm2", "mean_hu", "sd_hu"))
         empty = "no pixels of this tissue"
-        region = _region(data, data.labels[data.central_index] == tissue.label) or cross_section
+        marker = _marker(data, deepest_point(labels == tissue.label) or deepest_point(labels > 0))
         tracking_uid = data.identity.uid(f"tracking/{tissue.key}")
-        if region is not None and (area is not None or mean is not None):
-            outlined = _Group()
-            outlined.add(c.AREA, area, c.UNIT_CM2, sites=l3, coordinates=region)
-            outlined.add(c.ATTENUATION, mean, c.UNIT_HU, derivation=c.MEAN, sites=l3, coordinates=region)
+        if marker is not None and (area is not None or mean is not None):
+            labelled = _Group()
+            labelled.add(c.AREA, area, c.UNIT_CM2, sites=l3, coordinates=marker)
+            labelled.add(c.ATTENUATION, mean, c.UNIT_HU, derivation=c.MEAN, sites=l3, coordinates=marker)
             groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=OHIF_FREEHAND),
-                    finding_type=tissue.type,
-                    finding_sites=l3,
-                    algorithm_id=algorithm,
-                    session=DISPLAY_SESSION,
-                    measurements=outlined.measurements,
-                    qualitative_evaluations=outlined.missing or None,
+                _labelled(
+                    hd.sr.MeasurementsAndQualitativeEvaluations(
+                        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=OHIF_ARROW),
+                        finding_type=tissue.type,
+                        finding_sites=l3,
+                        algorithm_id=algorithm,
+                        session=DISPLAY_SESSION,
+                        measurements=labelled.measurements,
+                        qualitative_evaluations=labelled.missing or None,
+                    ),
+                    viewer_label(tissue.name, area, mean),
                 )
             )
         group = _Group()
@@ -224,30 +255,42 @@ def _tissue_groups(
     contour = data.peritoneal_contour_px
     if contour is not None and len(contour) >= 2:
         spacing = tuple(float(v) for v in central.PixelSpacing)
-        line = hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=to_scoord(contour),
-            source_image=hd.sr.SourceImageForRegion(ct_class, ct_uid),
-        )
+        length = round(polyline_length_mm(np.asarray(contour), (spacing[0], spacing[1])), 1)
+        anterior = tuple(float(v) for v in np.asarray(contour)[int(np.argmin(np.asarray(contour)[:, 0]))])
         groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=data.identity.uid("ohif/peritoneal-line"), identifier=OHIF_FREEHAND
+            _labelled(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=data.identity.uid("ohif/peritoneal-line"), identifier=OHIF_ARROW
+                    ),
+                    finding_type=c.PERITONEAL_LINE,
+                    finding_sites=l3,
+                    algorithm_id=algorithm,
+                    measurements=[
+                        hd.sr.Measurement(
+                            name=c.LENGTH,
+                            value=length,
+                            unit=c.UNIT_MM,
+                            referenced_coordinates=_marker(data, (anterior[0], anterior[1])),
+                        )
+                    ],
                 ),
-                finding_type=c.PERITONEAL_LINE,
-                finding_sites=l3,
-                algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=c.LENGTH,
-                        value=round(polyline_length_mm(np.asarray(contour), (spacing[0], spacing[1])), 1),
-                        unit=c.UNIT_MM,
-                        referenced_coordinates=[line],
-                    )
-                ],
+                f"{c.PERITONEAL_LINE.meaning}: {length:.1f} mm long",
             )
         )
     return groups
+
+
+def viewer_label(name: str, area_cm2: float | None, mean_hu: float | None) -> str:
+    """The text a viewer shows for a tissue: the report's own values, never the viewer's.
+
+    Why: once a reader "tracks" the measurements, OHIF recomputes the statistics of any outline it
+    can draw from the geometry it drew (the largest contour of the tissue: "Skeletal muscle 6764 mm2"
+    for 135.36 cm2, #21). A labelled point has no geometry to measure: OHIF shows this text.
+    """
+    area = "n/a" if area_cm2 is None else f"{area_cm2:.2f} cm2"
+    mean = "n/a" if mean_hu is None else f"{mean_hu:.1f} HU"
+    return f"{name}: {area}, mean {mean}"
 
 
 def patient_inputs(result: Mapping[str, Any]) -> dict[str, Any]:
