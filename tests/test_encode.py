@@ -192,8 +192,8 @@ def test_sr_holds_the_result_numbers_and_required_items(encoded: tuple[EncodeInp
         for i in items
         if i.get("ValueType") == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"
     ]
-    assert "Skeletal muscle: 150.20 cm2, mean 38.1 HU" in comments, comments
-    assert "Visceral adipose tissue: 80.40 cm2, mean -95.2 HU" in comments, comments
+    assert "Skeletal muscle: 150.20 cm2, mean 38.1 HU (QC: review)" in comments, comments
+    assert "Visceral adipose tissue: 80.40 cm2, mean -95.2 HU (QC: review)" in comments, comments
     trackers = [
         i.TextValue
         for i in items

@@ -258,6 +258,8 @@ def test_ohif_shows_seg_sr_and_overlay_over_the_right_anatomy(
             assert "mm²" not in panel and "mm2" not in panel, panel
             for tissue in TISSUES:
                 assert f"{result['tissues'][tissue.key]['area_cm2']:.2f} cm2" in panel, panel
+            # and the QC verdict, from the SR alone (#21: only the overlay picture said it)
+            assert result["qc"]["status"] == "review" and "(QC: review)" in panel, panel
 
             # The overlay picture (secondary capture) in the viewport.
             page.locator('[data-cy="study-browser-thumbnail"]', has_text="OT").dblclick()

@@ -203,6 +203,7 @@ def _tissue_groups(
     tissues: Mapping[str, Any] = data.result.get("tissues", {})
     groups: list[Any] = []
     labels = data.labels[data.central_index]
+    needs_review = (data.result.get("qc") or {}).get("status", "review") != "ok"
     for tissue in c.TISSUES:
         values = tissues.get(tissue.key, {})
         area, mean, sd = (_number(values.get(k)) for k in ("area_cm2", "mean_hu", "sd_hu"))
@@ -224,7 +225,7 @@ def _tissue_groups(
                         measurements=labelled.measurements,
                         qualitative_evaluations=labelled.missing or None,
                     ),
-                    viewer_label(tissue.name, area, mean),
+                    viewer_label(tissue.name, area, mean, review=needs_review),
                 )
             )
         group = _Group()
@@ -281,8 +282,10 @@ def _tissue_groups(
     return groups
 
 
-def viewer_label(name: str, area_cm2: float | None, mean_hu: float | None) -> str:
-    """The text a viewer shows for a tissue: the report's own values, never the viewer's.
+def viewer_label(name: str, area_cm2: float | None, mean_hu: float | None, review: bool = False) -> str:
+    """The text a viewer shows for a tissue: the report's own values, never the viewer's, and
+    "QC: review" when the analysis asks for it (the reasons are in the report's Qualitative
+    Evaluations and on the overlay: a viewer that shows only labels still shows the verdict).
 
     Why: once a reader "tracks" the measurements, OHIF recomputes the statistics of any outline it
     can draw from the geometry it drew (the largest contour of the tissue: "Skeletal muscle 6764 mm2"
@@ -290,7 +293,7 @@ def viewer_label(name: str, area_cm2: float | None, mean_hu: float | None) -> st
     """
     area = "n/a" if area_cm2 is None else f"{area_cm2:.2f} cm2"
     mean = "n/a" if mean_hu is None else f"{mean_hu:.1f} HU"
-    return f"{name}: {area}, mean {mean}"
+    return f"{name}: {area}, mean {mean}" + (" (QC: review)" if review else "")
 
 
 def patient_inputs(result: Mapping[str, Any]) -> dict[str, Any]:
