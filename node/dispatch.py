@@ -202,13 +202,9 @@ def publish_waiting(index: Index, settings: NodeSettings, publish: Publish) -> i
     for job in order:
         try:
             spec = job_spec(index, settings, job)
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            DISK.pause(f"rebuilding job {job['id']}: {exc}", hold=True)
+        except DiskFullError:
             break
         if spec is None:
-            index.update_job(job["id"], state="failed", reason="job folder missing")
             continue
         if not enqueue(index, job["id"], spec, publish):
             break  # the broker is down: the other jobs wait for it too
@@ -218,13 +214,27 @@ def publish_waiting(index: Index, settings: NodeSettings, publish: Publish) -> i
     return count
 
 
-def job_spec(index: Index, settings: NodeSettings, job: sqlite3.Row) -> dict[str, Any] | None:
-    """The job's ``job.json``, its folder prepared again if a dispatch was cut short; None: gone.
+class DiskFullError(Exception):
+    """The data disk is full: publishing stops for this round (:class:`DiskGuard` has said so)."""
 
-    Raises on a full disk (the caller waits, see :class:`DiskGuard`).
+
+def job_spec(index: Index, settings: NodeSettings, job: sqlite3.Row) -> dict[str, Any] | None:
+    """The job's ``job.json``, its folder prepared again if a dispatch was cut short.
+
+    None when the folder cannot be prepared (its input changed): the job is failed with the
+    reason. Raises :class:`DiskFullError`, after pausing analyses, when the disk is full.
     """
-    spec = read_json(settings.data_dir / job["result_dir"] / JOB)
-    return spec if spec is not None else rebuild_job_dir(index, settings, job)
+    try:
+        spec = read_json(settings.data_dir / job["result_dir"] / JOB)
+        spec = spec if spec is not None else rebuild_job_dir(index, settings, job)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        DISK.pause(f"rebuilding job {job['id']}: {exc}", hold=True)
+        raise DiskFullError(str(exc)) from exc
+    if spec is None:
+        index.update_job(job["id"], state="failed", reason="job folder missing")
+    return spec
 
 
 class BrokerHealth:

@@ -22,7 +22,7 @@ from typing import Any
 
 from node import privacy
 from node.config import NodeSettings
-from node.dispatch import BROKER, DISK, Publish, enqueue, is_disk_full, job_spec, publish_waiting
+from node.dispatch import BROKER, DiskFullError, Publish, enqueue, job_spec, publish_waiting
 from node.index import Index
 from node.outbox import queue_results
 from node.quarantine import quarantine_series
@@ -134,13 +134,9 @@ def republish(
             continue
         try:
             spec = job_spec(index, settings, job)
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            DISK.pause(f"rebuilding job {job['id']}: {exc}", hold=True)
+        except DiskFullError:
             return count
         if spec is None:
-            index.update_job(job["id"], state="failed", reason="job folder missing")
             continue
         if enqueue(index, job["id"], spec, publish):
             log.info("event=job_republished job=%d", job["id"])

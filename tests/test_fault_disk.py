@@ -366,7 +366,6 @@ def scheduler_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Node,
     """A node's scheduler (no SCP, no worker) with its own DiskGuard and a recording publish."""
     guard = DiskGuard()
     monkeypatch.setattr(dispatch, "DISK", guard)
-    monkeypatch.setattr(results, "DISK", guard)
     monkeypatch.setattr(service, "DISK", guard)
     monkeypatch.setattr(dispatch, "BROKER", BrokerHealth())
     monkeypatch.setattr(results, "BROKER", dispatch.BROKER)
