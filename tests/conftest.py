@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +30,20 @@ def validation_script() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def _umask_kept() -> Iterator[None]:
+    """Each test leaves the process umask as it found it.
+
+    Why: the CLI sets the service's private umask (077) when a test calls it in-process, and every
+    later subprocess inherited it: ``./scripts/run.sh`` then reinstalled bodycomp with files only
+    root could read, and a test running a command as another user failed on the import.
+    """
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
 
 
 def _require(path: Path) -> Path:

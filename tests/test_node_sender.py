@@ -242,12 +242,13 @@ def test_resend_queues_dead_letters_again_and_the_sender_delivers_them(tmp_path:
         status = cli("status", "--data-dir", str(tmp_path))
         assert "dead letter:" in status.stdout and "bodycomp resend" in status.stdout, status
         other = resend("--study", "1.2.3.4", "--destination", destination)
-        assert other.returncode == 0 and "no dead-lettered results of study 1.2.3.4" in other.stdout, other
+        assert other.returncode == 2 and "no study 1.2.3.4 in the node's index" in other.stderr, other
         assert states(index) == ["dead"] * 3
         typo = resend("--destination", "PACS@127.0.0.1")
         assert typo.returncode == 2 and "configuration error" in typo.stderr, typo
+        # (with --study: the study's current results, dead or delivered, #21)
         done = resend("--study", study, "--destination", destination)
-        assert done.returncode == 0 and done.stdout.startswith("3 dead-lettered result(s) of study"), done
+        assert done.returncode == 0 and done.stdout.startswith("3 result(s) of study"), done
         rows = index.outbox_rows()
         assert states(index) == ["pending"] * 3 and {r["attempts"] for r in rows} == {0}
         assert all(r["created"] > time.time() - 30 for r in rows), "a new give-up window"

@@ -119,7 +119,8 @@ def _as_other_user(command: list[str]) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
     """A folder the other user can reach (pytest's own are private to us)."""
-    folder = Path(tempfile.mkdtemp(prefix="bodycomp-pilot-"))
+    # (in /tmp itself: TMPDIR may be a private folder the other user cannot enter, as in CI)
+    folder = Path(tempfile.mkdtemp(prefix="bodycomp-pilot-", dir="/tmp"))
     folder.chmod(0o755)
     try:
         yield folder
@@ -150,6 +151,8 @@ def test_a_user_who_cannot_read_the_data_directory_gets_one_line_and_exit_2(
     assert run.returncode == 2, run
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "sudo -u" in run.stderr and "service user" in run.stderr, run.stderr
+    assert f"the node's index {data}" in run.stderr, "refused for another reason"
+    assert "Permission denied" in run.stderr or "unable to open database file" in run.stderr, run.stderr
 
 
 def test_status_reads_without_writing(open_dir: Path) -> None:
