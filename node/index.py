@@ -639,13 +639,17 @@ class Index:
         They are due at once and get a whole new ``send_give_up_hours`` (``created`` and
         ``attempts`` start over); ``last_error`` stays until the next attempt replaces it.
         """
-        where, params = ["state='dead'"], []
-        if study_uid is not None:
-            where.append("study_uid=?")
-            params.append(study_uid)
-        if destination is not None:
-            where.append("destination=?")
-            params.append(destination)
+        return self._requeue(("dead",), study_uid, destination)
+
+    def _requeue(self, states: tuple[str, ...], study_uid: str | None, destination: str | None) -> int:
+        """Outbox rows in ``states`` (of one study, to one destination) back to ``pending``, due
+        now, with ``attempts`` and the give-up window (``created``) started over."""
+        where = [f"state IN ({', '.join('?' * len(states))})"]
+        params: list[Any] = list(states)
+        for column, value in (("study_uid", study_uid), ("destination", destination)):
+            if value is not None:
+                where.append(f"{column}=?")
+                params.append(value)
         now = time.time()
         sql = "UPDATE outbox SET state='pending', attempts=0, next_try=?, created=? WHERE " + " AND ".join(
             where
@@ -668,16 +672,7 @@ class Index:
 
     def requeue_sent(self, study_uid: str, destination: str | None = None) -> int:
         """Delivered and dead results of one study (to one destination) back to ``pending``."""
-        where, params = ["study_uid=?", "state IN ('delivered', 'dead')"], [study_uid]
-        if destination is not None:
-            where.append("destination=?")
-            params.append(destination)
-        now = time.time()
-        sql = "UPDATE outbox SET state='pending', attempts=0, next_try=?, created=? WHERE " + " AND ".join(
-            where
-        )
-        with self.transaction() as db:
-            return int(db.execute(sql, (now, now, *params)).rowcount)
+        return self._requeue(("delivered", "dead"), study_uid, destination)
 
     # -- reporting -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import pytest
 from tests.orthanc import Orthanc, running_orthanc
 from tests.test_node_support import (
     BODYCOMP,
+    NodeProc,
     copy_study,
     free_port,
     start_node,
@@ -48,6 +49,20 @@ def modalities_in_study(orthanc: Orthanc, study_uid: str) -> list[str]:
 def instance_count(orthanc: Orthanc, study_uid: str, modality: str) -> int:
     query = {"StudyInstanceUID": study_uid, "Modality": modality}
     return len(orthanc.post("/tools/find", {"Level": "Instance", "Query": query}))
+
+
+def late_copy_resends_the_series(orthanc: Orthanc, node: NodeProc, files: list[Path]) -> None:
+    """Send Orthanc a late copy of one instance: its series is stable again and Orthanc routes it
+    whole to the node, which holds every instance already; wait past the node's stable time."""
+    before = node.text().count("outcome=duplicate")
+    assert "Failed" not in storescu(orthanc.dicom_port, files[:1], called=orthanc.ae_title)
+    wait_for(
+        "Orthanc to re-send the series",
+        lambda: node.text().count("outcome=duplicate") - before >= len(files),
+        60,
+        node.log,
+    )
+    time.sleep(1.5 + 3)
 
 
 @pytest.mark.parametrize("broker", list(BROKERS))
@@ -87,15 +102,7 @@ def test_orthanc_routes_stable_series_and_gets_results_back(
             assert modalities_in_study(orthanc, study_uid) == ["CT", "OT", "SEG", "SR"]
 
             # A late copy of an instance: Orthanc's series is stable again and re-sent whole.
-            before = node.text().count("outcome=duplicate")
-            assert "Failed" not in storescu(orthanc.dicom_port, files[:1], called=orthanc.ae_title)
-            wait_for(
-                "Orthanc to re-send the series",
-                lambda: node.text().count("outcome=duplicate") - before >= len(files),
-                60,
-                node.log,
-            )
-            time.sleep(1.5 + 3)  # past the node's stable time
+            late_copy_resends_the_series(orthanc, node, files)
             study = study_status(data, study_uid)
             assert study is not None and len(study["jobs"]) == 1, study["jobs"]
             assert study["outbox"] == {"delivered": 3}
@@ -155,15 +162,7 @@ def test_results_reach_a_destination_configured_after_the_first_receipt(
             assert node.text().count("event=job_started") == 0
 
             # routed again (a late copy at Orthanc re-sends the series): nothing twice
-            before = node.text().count("outcome=duplicate")
-            assert "Failed" not in storescu(orthanc.dicom_port, files[:1], called=orthanc.ae_title)
-            wait_for(
-                "Orthanc to re-send the series",
-                lambda: node.text().count("outcome=duplicate") - before >= len(files),
-                60,
-                node.log,
-            )
-            time.sleep(1.5 + 3)  # past the node's stable time
+            late_copy_resends_the_series(orthanc, node, files)
             assert node.text().count("event=delivered") == 3
             for modality in ("SEG", "SR", "OT"):
                 assert instance_count(orthanc, study_uid, modality) == 1

@@ -159,11 +159,18 @@ def _marker(
     viewers draw a pointer there with the label beside it)."""
     if point_rc is None:
         return None
+    return _on_image(data, hd.sr.GraphicTypeValues.POINT, [point_rc])
+
+
+def _on_image(
+    data: EncodeInput, graphic_type: hd.sr.GraphicTypeValues, points_rc: Any
+) -> list[hd.sr.CoordinatesForMeasurement]:
+    """``points_rc`` (row, col) on the analysed CT image, as TID 300 "inferred from" coordinates."""
     central = data.central
     return [
         hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POINT,
-            graphic_data=to_scoord([point_rc]),
+            graphic_type=graphic_type,
+            graphic_data=to_scoord(points_rc),
             source_image=hd.sr.SourceImageForRegion(str(central.SOPClassUID), str(central.SOPInstanceUID)),
         )
     ]
@@ -182,16 +189,7 @@ def _labelled(group: Any, text: str) -> Any:
 def _region(data: EncodeInput, mask: Any) -> list[hd.sr.CoordinatesForMeasurement] | None:
     """The outline of ``mask`` on the analysed CT image, as TID 300 "inferred from" coordinates."""
     outline = largest_outline(mask)
-    if outline is None:
-        return None
-    central = data.central
-    return [
-        hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=to_scoord(outline),
-            source_image=hd.sr.SourceImageForRegion(str(central.SOPClassUID), str(central.SOPInstanceUID)),
-        )
-    ]
+    return None if outline is None else _on_image(data, hd.sr.GraphicTypeValues.POLYLINE, outline)
 
 
 def _tissue_groups(
