@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,18 @@ def instance_count(orthanc: Orthanc, study_uid: str, modality: str) -> int:
     return len(orthanc.post("/tools/find", {"Level": "Instance", "Query": query}))
 
 
+def routing_orthanc(tmp_path: Path, node_port: int) -> AbstractContextManager[Orthanc]:
+    """Orthanc with the deploy/ routing script, sending stable series to the node on ``node_port``
+    (stable after 2 s; a late copy of an instance replaces it, so the series is routed again)."""
+    return running_orthanc(
+        tmp_path / "orthanc",
+        modalities={"bodycomp": ["BODYCOMP", "127.0.0.1", node_port]},
+        LuaScripts=[str(LUA)],
+        StableAge=2,
+        OverwriteInstances=True,
+    )
+
+
 def late_copy_resends_the_series(orthanc: Orthanc, node: NodeProc, files: list[Path]) -> None:
     """Send Orthanc a late copy of one instance: its series is stable again and Orthanc routes it
     whole to the node, which holds every instance already; wait past the node's stable time."""
@@ -74,13 +87,7 @@ def test_orthanc_routes_stable_series_and_gets_results_back(
     data = tmp_path / "data"
     broker_url = BROKERS[broker]
     env = {"BODYCOMP_QUEUE": f"bodycomp-test-{uuid.uuid4().hex[:8]}"}  # the servers are shared
-    with running_orthanc(
-        tmp_path / "orthanc",
-        modalities={"bodycomp": ["BODYCOMP", "127.0.0.1", node_port]},
-        LuaScripts=[str(LUA)],
-        StableAge=2,
-        OverwriteInstances=True,
-    ) as orthanc:
+    with routing_orthanc(tmp_path, node_port) as orthanc:
         args = ["--destination", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--allow-ae", "ORTHANC"]
         worker = None
         if broker_url:
@@ -139,13 +146,7 @@ def test_results_reach_a_destination_configured_after_the_first_receipt(
         assert (study_status(data, study_uid) or {})["outbox"] == {}, "no destination: nothing to send"
     finally:
         node.stop()
-    with running_orthanc(
-        tmp_path / "orthanc",
-        modalities={"bodycomp": ["BODYCOMP", "127.0.0.1", node_port]},
-        LuaScripts=[str(LUA)],
-        StableAge=2,
-        OverwriteInstances=True,
-    ) as orthanc:
+    with routing_orthanc(tmp_path, node_port) as orthanc:
         destination = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
         node = start_node(data, "--destination", destination, port=node_port, log_name="serve2.log")
         try:
