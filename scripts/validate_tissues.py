@@ -520,9 +520,9 @@ DOC_INTRO = """\
 **What is compared.** example_ct (3 mm, unenhanced) crop slices 0-18 (= example_ct slices 82-100, L2 to
 T12; crop slices 19-29 contain lung and are excluded as "above the diaphragm"). The reference masks are
 TotalSegmentator model output, not manual truth, and they have their own conventions (listed below).
-Our engine is `classical@0.3`; nothing was trained on these slices, but its constants were chosen while
+Our engine is `classical@0.4`; nothing was trained on these slices, but its constants were chosen while
 looking at them (see *Risk of overfitting* below). Every tuned number of the engine, with its unit and
-why it has its value, is in one versioned table, `workers/tissues/params.py` (`classical-tissues@2`),
+why it has its value, is in one versioned table, `workers/tissues/params.py` (`classical-tissues@3`),
 and every result names it (`segmentation.parameters` in result.json).
 """
 

@@ -54,8 +54,8 @@ def test_output_contract_and_context_is_optional() -> None:
     assert c.ndim == 2 and c.shape[1] == 2 and len(c) > 20
     assert a.body_mask.dtype == bool
     j = a.to_json()
-    assert j["segmenter"] == "classical@0.3" and j["hu_preset"] == "tomovision-l3@1"
-    assert j["parameters"] == "classical-tissues@2"
+    assert j["segmenter"] == "classical@0.4" and j["hu_preset"] == "tomovision-l3@1"
+    assert j["parameters"] == "classical-tissues@3"
 
 
 def test_uniform_fat_preset_changes_vat_only_window() -> None:

@@ -6,10 +6,11 @@ README.md: conventions and the uncertainty per tissue, SM +-1 %, VAT +-2 %, SAT 
 read here only, never by the engine. The slice is loaded by the product's own loader, whose canonical
 order is the DICOM pixel order for this series (checked below), so labels compare pixel for pixel.
 
-IMAT is held to a regression guard only (at most 2x the reader's, whose IMAT uncertainty is +-20 %):
+IMAT is held to a regression guard only (at most 1.8x the reader's, whose IMAT uncertainty is +-20 %):
 the fat between the wall and an organ lying on it is now preperitoneal (workers/tissues/fascia.py;
-IMAT was 2.9-3.5x the reader's before), the rest of the excess is fat between the wall's layers and
-beside the spine, an open part of #20.
+IMAT was 2.9-3.5x the reader's before; oral contrast taken for a rib no longer drags the wall's
+inner edge through the fat on the stomach, 1.4-1.7x now), the rest of the excess is fat between
+the wall's layers and beside the spine, an open part of #20.
 """
 
 from __future__ import annotations
@@ -89,6 +90,6 @@ def test_nothing_in_front_of_the_vertebral_body_is_taken_for_psoas(k: int) -> No
 
 
 @pytest.mark.parametrize("k", INDICES)
-def test_imat_stays_below_twice_the_readers(k: int) -> None:
+def test_imat_stays_below_1_8_times_the_readers(k: int) -> None:
     ours, ref, _ = _pair(k)
-    assert 0 < (ours == LABEL_IMAT).sum() <= 2.0 * (ref == 2).sum(), k
+    assert 0 < (ours == LABEL_IMAT).sum() <= 1.8 * (ref == 2).sum(), k

@@ -228,6 +228,52 @@ def _front_of_aorta_cut(
     return top + i + 1 if med[i] < P.body_run_hu else top
 
 
+@dataclass(frozen=True)
+class _MidlineStrip:
+    """The vertebra's midline profile at one column and the body run found on it."""
+
+    mid: int
+    lo_c: int
+    hi_c: int
+    col: npt.NDArray[Any]  # median of the smoothed strip
+    raw_col: npt.NDArray[Any]  # maximum of the raw strip
+    v_top: int
+    run: tuple[int, int] | None  # (front, back) rows of the vertebral body, the aorta cut off
+
+
+def _midline_strip(
+    hu: npt.NDArray[Any],
+    sm: npt.NDArray[Any],
+    vert: BoolArray,
+    body: BoolArray,
+    mid: int,
+    half: int,
+    spacing_yx_mm: Sequence[float],
+    lamina_half_width_mm: float = 3.0,
+) -> _MidlineStrip:
+    """The body run on the ±``half``-pixel strip around column ``mid`` (see ``_body_run``); the
+    lamina behind the canal is looked for within ``lamina_half_width_mm`` of the midline."""
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    lo_c, hi_c = max(mid - half, 0), mid + half + 1
+    # median across the ±3 mm strip: one noisy bright pixel in the canal must not bridge it
+    col = np.median(sm[:, lo_c:hi_c], axis=1)
+    raw_col = hu[:, lo_c:hi_c].max(axis=1)
+    lam = max(round(lamina_half_width_mm / dx), half)
+    lamina_col = hu[:, max(mid - lam, 0) : mid + lam + 1].max(axis=1)
+    ys = np.flatnonzero(vert.any(axis=1))
+    on_vert = np.flatnonzero(vert[:, lo_c:hi_c].any(axis=1))
+    v_top = int(on_vert[0]) if on_vert.size else int(ys.min())
+    v_bot = int(on_vert[-1]) if on_vert.size else int(ys.max())
+    run = _body_run(col, lamina_col, body[:, mid], v_top, v_bot, dy)
+    if run is None:
+        # disc level: the smoothed bone component is only the posterior arch, so its front lies a
+        # canal's depth behind the disc's back and the disc can reach ~60 mm in front of it
+        run = _body_run(col, lamina_col, body[:, mid], v_top, v_bot, dy, P.disc_search_front_mm)
+    if run is not None:
+        run = (_front_of_aorta_cut(hu, vert, run[0], run[1], lo_c, hi_c, spacing_yx_mm), run[1])
+    return _MidlineStrip(mid, lo_c, hi_c, col, raw_col, v_top, run)
+
+
 def _vertebral_body(
     hu: npt.NDArray[Any], vert: BoolArray, body: BoolArray, spacing_yx_mm: Sequence[float]
 ) -> BoolArray:
@@ -242,7 +288,7 @@ def _vertebral_body(
     """
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
     sm = ndi.gaussian_filter(np.clip(hu, -200, 1000).astype(np.float32), (1.0 / dy, 1.0 / dx))
-    ys, xs = np.nonzero(vert)
+    xs = np.nonzero(vert)[1]
     mid = round(float(np.median(xs)))
     half = max(round(3.0 / dx), 0)
     # midline = median column of dense cortical bone (an enhanced aorta glued to the vertebra
@@ -250,21 +296,29 @@ def _vertebral_body(
     dense = vert & (hu > 200)
     if dense.sum() >= 5:
         mid = round(float(np.median(np.nonzero(dense)[1])))
-    lo_c, hi_c = max(mid - half, 0), mid + half + 1
-    # median across the ±3 mm strip: one noisy bright pixel in the canal must not bridge it
-    col = np.median(sm[:, lo_c:hi_c], axis=1)
-    raw_col = hu[:, lo_c:hi_c].max(axis=1)
-    on_vert = np.flatnonzero(vert[:, lo_c:hi_c].any(axis=1))
-    v_top = int(on_vert[0]) if on_vert.size else int(ys.min())
-    v_bot = int(on_vert[-1]) if on_vert.size else int(ys.max())
-    run = _body_run(col, raw_col, body[:, mid], v_top, v_bot, dy)
-    if run is None:
-        # disc level: the smoothed bone component is only the posterior arch, so its front lies a
-        # canal's depth behind the disc's back and the disc can reach ~60 mm in front of it
-        run = _body_run(col, raw_col, body[:, mid], v_top, v_bot, dy, P.disc_search_front_mm)
+    strip = _midline_strip(hu, sm, vert, body, mid, half, spacing_yx_mm)
+    if strip.run is not None and (strip.run[1] - strip.run[0]) * dy > P.vb_max_depth_mm:
+        # deeper than any vertebral body: the strip ran beside the canal through a pedicle (one
+        # long transverse process, the other out of the cut, pulls the median aside); the body is
+        # symmetric, so its own front half gives the midline
+        dys, dxs = np.nonzero(dense)
+        front = dys <= dys.min() + 0.5 * (dys.max() - dys.min())
+        if front.sum() >= 5:
+            # the laminae meet behind the canal in a V whose arms may pass beside the strip
+            alt_mid = round(float(np.median(dxs[front])))
+            alt = _midline_strip(hu, sm, vert, body, alt_mid, half, spacing_yx_mm, P.lamina_half_width_mm)
+            # (the same body, found shorter: not a run somewhere in front of it)
+            if (
+                alt.run is not None
+                and (alt.run[1] - alt.run[0]) * dy <= P.vb_max_depth_mm
+                and strip.run[0] <= alt.run[1]
+                and alt.run[0] <= strip.run[1]
+            ):
+                strip = alt
+    mid, col, raw_col, run = strip.mid, strip.col, strip.raw_col, strip.run
+    v_top = strip.v_top
     if run is not None:
         top, back = run
-        top = _front_of_aorta_cut(hu, vert, top, back, lo_c, hi_c, spacing_yx_mm)
     else:
         top = v_top
         cortex = np.flatnonzero(raw_col[top : top + int(30.0 / dy) + 1] > 200)

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from workers.presets import WindowPreset
+from workers.presets import HUWindow, WindowPreset
 from workers.tissues.body import BodyResult, find_body
 from workers.tissues.bone import SpineResult, find_spine
 from workers.tissues.bowel import find_bowel_lumen
@@ -50,10 +50,10 @@ P = TISSUE_PARAMS.classical
 
 
 class ClassicalSegmenter:
-    """Default engine (``classical@0.3``); see module docstring."""
+    """Default engine (``classical@0.4``); see module docstring."""
 
     name = "classical"
-    version = "0.3"
+    version = "0.4"
 
     def segment(
         self,
@@ -84,7 +84,7 @@ class ClassicalSegmenter:
         masks = {k: turn.back(m.astype(np.uint8)).astype(bool) & body.mask for k, m in seg.masks.items()}
         # The compartments come back, not the labels: each original pixel is labelled by its own HU
         # (the upright slice is interpolated, which blurs tissue borders into no window at all).
-        labels = _labels_in_zones(h, masks, _skin(h, body.mask, sp), preset)
+        labels = _labels_in_zones(h, masks, _skin(h, body.mask, sp, preset.sat), preset)
         notes = [
             *seg.qc_notes,
             f"patient turned by {frame.angle_deg:.0f} degrees on the table: compartments found in "
@@ -295,7 +295,7 @@ class ClassicalSegmenter:
             ZONE_VAT: vat_zone & ~superficial,
             ZONE_SAT: outside | to_sat | superficial,
         }
-        labels = _labels_in_zones(h, zones, _skin(h, bmask, sp), preset)
+        labels = _labels_in_zones(h, zones, _skin(h, bmask, sp, preset.sat), preset)
         masks = {
             **zones,
             "inside_outer": inside_outer,
@@ -339,11 +339,26 @@ def _body_box(body: npt.NDArray[np.bool_], pad: int = 4) -> tuple[slice, slice]:
 
 
 def _skin(
-    h: npt.NDArray[np.float32], bmask: npt.NDArray[np.bool_], sp: tuple[float, float]
+    h: npt.NDArray[np.float32],
+    bmask: npt.NDArray[np.bool_],
+    sp: tuple[float, float],
+    fat: HUWindow,
 ) -> npt.NDArray[np.bool_]:
-    """Skin and the air/skin partial volume at the surface: never SAT (see P.skin_mm)."""
-    depth = ndi.distance_transform_edt(bmask, sampling=sp) - 0.5 * min(sp)
+    """Skin and the air/skin partial volume at the surface: never SAT (see P.skin_mm).
+
+    A pixel whose centre lies within the skin band is skin, and so is the outermost pixel at any
+    pixel size, unless it is wider than the band and holds pure fat (P.skin_pure_fat_hu): on 2.5-3 mm
+    pixels the outermost ring holds half of the first millimetres of fat, and without this the SAT
+    area would depend on the pixel size."""
+    edt = ndi.distance_transform_edt(bmask, sampling=sp)
+    depth = edt - 0.5 * min(sp)
     skin = bmask & ((depth < P.skin_mm) | ~ndi.binary_erosion(bmask))
+    reaches_below_skin = skin & (edt > P.skin_mm)
+    if reaches_below_skin.any():
+        deep_fat = bmask & (edt > P.fat_reference_depth_mm) & fat.contains(h)
+        if deep_fat.any():
+            fat_hu = float(np.median(h[deep_fat]))
+            skin &= ~(reaches_below_skin & (np.abs(h - fat_hu) <= P.skin_pure_fat_hu))
     # the next pixel ring is skin/fat partial volume when it is brighter than fat
     rim = ndi.binary_dilation(skin, structure=np.ones((3, 3), bool)) & ~skin
     out: npt.NDArray[np.bool_] = skin | (rim & (h > P.dermis_pv_hu))

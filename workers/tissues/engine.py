@@ -6,7 +6,7 @@ a learned model must be able to replace it later without touching metrics, overl
 Input convention: ``hu[y, x]`` with axis 0 anterior→posterior and axis 1 patient right→left
 (radiological display), ``spacing_yx_mm = (dy, dx)``. ``context`` optionally holds neighbouring
 slices ``(n, y, x)`` with the analysed slice in the middle; engines must work without it
-(``classical@0.3`` accepts and ignores it).
+(``classical@0.4`` accepts and ignores it).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class TissueSegmentation:
     masks: dict[str, BoolArray] = field(default_factory=dict)
     segmenter: str = ""
     preset_id: str = ""
-    parameters: str = ""  # the segmenter's versioned parameter table (e.g. classical-tissues@2)
+    parameters: str = ""  # the segmenter's versioned parameter table (e.g. classical-tissues@3)
 
     def to_json(self) -> dict[str, Any]:
         """Summary for result.json (arrays are written separately by the caller)."""

@@ -196,12 +196,14 @@ def cast_wall(
         outer = int(outer_idx[k])
         if not posterior[k]:
             # ribs inside the outer edge belong to the wall (intercostal muscles, diaphragm)
-            seg_b = (
-                boneprof[k, max(outer - n_rib, 0) : outer + 1] & bprof[k, max(outer - n_rib, 0) : outer + 1]
-            )
+            # ... but only bone reached through the wall: past a fat layer wider than the wall's own
+            # clefts, or past gas, lies the cavity (oral contrast in the stomach or colon is as dense
+            # as a rib and, taken for one, moved the edge 15 mm deep under the fat on the bowel)
+            lo = _wall_reach(p, boneprof[k], outer, n_rib, n_gap)
+            seg_b = boneprof[k, lo : outer + 1] & bprof[k, lo : outer + 1]
             hits = np.flatnonzero(seg_b)
             if hits.size:
-                deepest = max(outer - n_rib, 0) + int(hits[0])
+                deepest = lo + int(hits[0])
                 rib_depth[k] = s[outer] - s[deepest]
         # --- inner edge: continue inward through muscle
         cap = P.cap_posterior_mm if posterior[k] else P.cap_lateral_mm
@@ -344,6 +346,27 @@ def cast_wall(
         posterior=posterior,
         stop_reason=stop_reason,
     )
+
+
+def _wall_reach(p: FloatArray, bone: npt.NDArray[np.bool_], outer: int, n_max: int, n_gap: int) -> int:
+    """The deepest profile index (at most ``n_max`` samples inward from ``outer``) reached without
+    leaving the wall: a fat run longer than ``n_gap`` (wider than a cleft between the wall's layers)
+    or a gas sample ends it."""
+    gap = 0
+    j = outer
+    lo = max(outer - n_max, 0)
+    while j > lo:
+        v = float(p[j])
+        if v < P.air_hu and not bone[j]:
+            return j + 1
+        if v <= P.fat_hi and not bone[j]:
+            gap += 1
+            if gap > n_gap:
+                return j + gap
+        else:
+            gap = 0
+        j -= 1
+    return lo
 
 
 def _before_plane(edge: int, plane_outer: int, plane_inner: int, n_organ_wall: int) -> int:
