@@ -130,7 +130,43 @@ def _find_canal(
         # the body and the lamina, inside the vertebra, across the canal's half-width
         band = (yy >= start) & (yy < lamina) & (np.abs(xx - vc[1]) * dx <= P.canal_half_width_mm)
         disk = disk | (band & vert)
-    return disk & ~vbody & (hu < 150)
+    disk &= ~vbody & (hu < 150)
+    # the rest of the canal inside the bony ring: the parts of it that the disk's soft tissue reaches
+    # without crossing bone (not the multifidus between the laminae and the spinous process)
+    ring = _inside_the_bony_ring(hu, vbody, (mid_r, vc[1]), start, spacing_yx_mm) & ~vbody & (hu < 150)
+    # (a lamina's partial-volumed pixels below 150 HU must not connect: pass at a pixel from bone)
+    square = np.ones((3, 3), bool)
+    core = (ring | disk) & ~ndi.binary_dilation(hu >= 150, structure=square)
+    lab, _n = ndi.label(core)
+    ids = np.unique(lab[disk & core])
+    reached = ndi.binary_dilation(np.isin(lab, ids[ids > 0]), structure=square)
+    return disk | (reached & ring)
+
+
+def _inside_the_bony_ring(
+    hu: npt.NDArray[Any],
+    vbody: BoolArray,
+    centre_rc: tuple[float, float],
+    body_back_row: int,
+    spacing_yx_mm: Sequence[float],
+) -> BoolArray:
+    """Everything inside the ring of the body's back, pedicles and laminae around the canal.
+
+    Why: at L3 the canal is a triangle (lateral recesses, a dorsal apex between the laminae) that a
+    disk does not cover; the thecal sac (0-40 HU, in the muscle window) and the epidural fat in its
+    corners were muscle and intermuscular fat (hcc_tace_seg_048 upper L3: 2 cm²). The ring's bone
+    near the canal has a convex hull whose inside, less the bone, is canal; the processes further
+    out (transverse, spinous) are left out by the radius so that the psoas and multifidus beside
+    them stay outside.
+    """
+    dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
+    h, w = hu.shape
+    yy, xx = np.ogrid[:h, :w]
+    near = ((yy - centre_rc[0]) * dy) ** 2 + ((xx - centre_rc[1]) * dx) ** 2 <= P.canal_ring_mm**2
+    ring = near & ((hu > P.canal_ring_bone_hu) | vbody)
+    if ring.sum() < 3:
+        return np.zeros_like(vbody)
+    return _convex_hull(ring) & (yy >= body_back_row)
 
 
 def _convex_hull(mask: BoolArray) -> BoolArray:

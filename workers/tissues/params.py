@@ -82,6 +82,12 @@ class BoneParams:
     disc_max_bone_mm2: float = 300.0
     #: the spinal canal is 15-25 mm wide at L3: its search band reaches 10 mm either side of the midline
     canal_half_width_mm: float = 10.0
+    #: the bony ring around the canal (body back, pedicles, laminae) lies within 16 mm of the canal's
+    #: centre at L3 (canal 15-25 mm wide, 15-20 mm deep); the transverse and spinous processes reach
+    #: further and are left out of its hull
+    canal_ring_mm: float = 16.0
+    #: cortical bone of that ring
+    canal_ring_bone_hu: float = 150.0
     #: A lumbar body is less deep (antero-posterior) than it is wide (L3: ~35 x 45-50 mm). A midline run
     #: deeper than its width has taken in what lies on the body's front: the aorta (enhanced, ~165 HU,
     #: with a calcified back wall) on hcc_tace_seg_048, 53 mm of "body" 49 mm wide. The run is then cut
