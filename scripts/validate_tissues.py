@@ -638,7 +638,12 @@ the reference on every slice; per slice about 240 false and 65 missed muscle pix
   without the 25 mm depth limit also took the posterior pararenal fat beside the right kidney at ct
   83 and the kidney's back as wall band, which the depth limit stops. Tried: no interpolation on
   posterior rays (SAT wedges cut into the cavity: VAT min Dice 0.76); the outermost muscle along
-  each ray as the fascia (rays through the gap between wall and quadratus pushed it deep).
+  each ray as the fascia (rays through the gap between wall and quadratus pushed it deep); a second,
+  wider neck (4.5 mm opening, 2026-12-07): it took ct 68's right pocket (15 cm², symmetric with the
+  left side's SAT in the picture) and 1-4 cm² at ct 74-78, but at 1 mm pixels found the mid-L3
+  pocket on the upright slice and not on any turned copy (VAT 130 against 134-136 cm²), so it was
+  not kept: a pocket found by the width of a gap is fragile; the line from the wall band's end to the
+  quadratus's lateral border (the aponeurosis itself) would be the next thing to try.
 * **Colon against the left lateral wall (ct 82-90) and posterior liver at T12 (ct 97-99).** The
   descending colon's wall continues the wall's inner layer; the posterior right lobe of the liver
   touches the posterior wall and the quadratus behind the body's back line (45-55 HU against

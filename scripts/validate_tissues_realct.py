@@ -291,7 +291,11 @@ def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
         "L3 it is a triangle, and the thecal sac in its corners (0-40 HU) was muscle (2 cm² on the upper "
         "slice). Now the canal is also whatever soft tissue the disk reaches inside the convex hull of "
         "the bony ring within 16 mm of its centre without crossing bone (example_ct L1-L3: 61 instead "
-        "of 135 of TotalSegmentator's 823 spinal-cord pixels are muscle, none at mid-L3). Earlier "
+        "of 135 of TotalSegmentator's 823 spinal-cord pixels are muscle, none at mid-L3). A large psoas "
+        "reaches beyond the 30 mm zone around the vertebral body where the posterior block is looked "
+        "for: on the lower slice a crescent of its lateral edge (2-2.5 cm² a side, down to the "
+        "quadratus) was cavity; tissue attached to it within 45 mm of the body and within 20 HU of the "
+        "psoas's median density is now psoas (lower L3 SM −1.9 % → −0.3 %). Earlier "
         "rounds: the skin band; a vertebral body deeper than it is wide is cut at the fat plane in front "
         "of it (the aorta on its front had moved it 17 mm forward, and the right crus joined the psoas)."
     )

@@ -231,6 +231,7 @@ class ClassicalSegmenter:
             thin &= (np.arange(shape[0]) < spine.body_center_rc[0])[:, None]
         block = block & ~thin
         block = _drop_kidney_pole(h, block, spine, psoas_zone, preset, sp)
+        block = _psoas_beyond_zone(h, block, spine, psoas_zone, cavity_poly, preset, sp)
         # thin wall muscle next to the outer edge (latissimus, obliques reaching the back) is lost by
         # the block's opening: add soft tissue of a shallow band that touches the block
         band = cavity_poly & post_px & (depth_in <= P.wall_band_mm) & preset.sm.contains(h)
@@ -508,6 +509,45 @@ def _drop_kidney_pole(
     out: npt.NDArray[np.bool_] = (
         dilate_mm(attached, max(1.01 * max(sp), 1.5 * P.kidney_smooth_mm), sp) & block
     )
+    return out
+
+
+def _psoas_beyond_zone(
+    h: npt.NDArray[np.float32],
+    block: npt.NDArray[np.bool_],
+    spine: SpineResult,
+    psoas_zone: npt.NDArray[np.bool_],
+    cavity_poly: npt.NDArray[np.bool_],
+    preset: WindowPreset,
+    sp: tuple[float, float],
+) -> npt.NDArray[np.bool_]:
+    """Add the lateral edge of a large psoas that reaches beyond the psoas zone.
+
+    Why: the block is looked for within P.psoas_zone_mm of the vertebral body so that kidney and
+    bowel beside it stay out; a large psoas at L3 (hcc_tace_seg_048's lower L3) reaches 35-45 mm and
+    lost a crescent of 2-2.5 cm² a side along that arc, down to the quadratus. Beyond the zone (up to
+    P.psoas_reach_mm), muscle-window tissue attached to the psoas (the block beside the body) whose
+    smoothed HU lies within P.psoas_match_hu of the psoas's median is psoas; an unenhanced kidney is
+    darker, an enhanced one brighter (example_ct's kidney test holds).
+    """
+    vb = spine.vertebral_body
+    if not vb.any():
+        return block
+    rows = np.arange(h.shape[0])[:, None]
+    beside = rows <= int(np.flatnonzero(vb.any(axis=1))[-1])
+    psoas = block & psoas_zone & ~spine.vertebra & beside
+    vals = h[psoas & preset.sm.contains(h)]
+    if vals.size < 10:
+        return block
+    psoas_hu = float(np.median(vals))
+    smooth = ndi.gaussian_filter(h, (P.kidney_smooth_mm / sp[0], P.kidney_smooth_mm / sp[1]))
+    reach = dilate_mm(vb, P.psoas_reach_mm, sp) & ~psoas_zone & cavity_poly
+    cand = reach & preset.sm.contains(h) & (np.abs(smooth - psoas_hu) <= P.psoas_match_hu)
+    if not cand.any():
+        return block
+    lab, _n = ndi.label(cand | psoas)
+    ids = np.unique(lab[psoas])
+    out: npt.NDArray[np.bool_] = block | (np.isin(lab, ids[ids > 0]) & cand)
     return out
 
 

@@ -345,6 +345,13 @@ class ClassicalParams:
     #: the kidney-pole test reads a 2 mm-smoothed image (renal parenchyma vs psoas is a regional
     #: difference)
     kidney_smooth_mm: float = 2.0
+    #: a large psoas reaches this far from the vertebral body (35-45 mm at L3-L4 in a muscular
+    #: patient); beyond psoas_zone_mm only tissue of the psoas's own density is added
+    psoas_reach_mm: float = 45.0
+    #: ...within this of the psoas's median density (smoothed as for the kidney pole): its lateral edge
+    #: on hcc_tace_seg_048 is ~15 HU below the median (12 HU took a third of the crescent); enhanced
+    #: kidney is far brighter, and no example_ct kidney pixel (unenhanced) joined at 20 HU
+    psoas_match_hu: float = 20.0
     #: a separated piece this large and of psoas density is psoas
     kidney_keep_min_mm2: float = 150.0
     #: a piece cut off by the kidney test stays psoas if its median is within 15 HU of the psoas
