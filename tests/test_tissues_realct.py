@@ -279,3 +279,18 @@ def test_the_spinal_canal_is_not_muscle_from_l1_to_l3() -> None:
         labelled += wrong
     assert in_canal > 300  # ~30 slices of ~20 pixels
     assert labelled <= 0.10 * in_canal, (labelled, in_canal)
+
+
+def test_the_fat_outside_the_back_of_the_wall_is_subcutaneous_at_l3_l4() -> None:
+    """example_ct ct 68 (L3/L4), the patient's right: the lateral wall's band ends and its aponeurosis
+    runs to the quadratus; the fat between that band and the skin is subcutaneous (the left side's
+    fat in the same place is, and nothing but the band separates it from the subcutaneous fat). The
+    box was drawn on the picture (rows 70-80, cols 20-40 of the canonical slice); 15 % of its fat
+    was SAT before the pocket rule asked the sector and the depth separately (#20)."""
+    ct, _ = _data()
+    sl = ct[68]
+    labels = get_segmenter().segment(sl, SPACING, get_preset()).labels
+    box = (slice(70, 80), slice(20, 40))
+    fat = get_preset().sat.contains(sl[box])
+    assert fat.sum() > 100
+    assert ((labels[box] == LABEL_SAT) & fat).sum() >= 0.9 * fat.sum()

@@ -285,10 +285,10 @@ class ClassicalSegmenter:
         else:
             to_sat = to_cav = loose
         vat_zone = ((cavity & ~lumen) | to_cav | preperitoneal) & ~excluded
-        # behind the spine's front, fat outside the back of the wall is subcutaneous (the rays' outer
+        # in the posterior sector, fat outside the back of the wall is subcutaneous (the rays' outer
         # edge can run through the SAT there)
         superficial = outside_deep_fascia(
-            vat_zone & preset.any_fat.contains(h), outside | to_sat, post_px & behind, depth_in, sp
+            vat_zone & preset.any_fat.contains(h), outside | to_sat, post_px, depth_in, sp
         )
         zones = {
             ZONE_IMAT: outline,

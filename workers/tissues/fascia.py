@@ -4,7 +4,7 @@ The wall's edges come from rays (workers/tissues/wall.py) and are interpolated w
 be trusted; an interpolated edge can run through fat and put it in the wrong compartment. Two cases
 are repaired here by the fat's own shape and neighbours:
 
-* **Behind the spine's front: a subcutaneous pocket.** Where the lateral wall muscles end at the back
+* **At the back: a subcutaneous pocket.** Where the lateral wall muscles end at the back
   (their aponeurosis runs to the quadratus lumborum's lateral border) the subcutaneous fat looks
   thick along a ray and the outer edge is interpolated through it; the fat between that edge and the
   muscles (under the back of the lateral wall, behind the quadratus) is enclosed with the cavity and
@@ -47,8 +47,8 @@ def outside_deep_fascia(
 ) -> BoolArray:
     """Pixels of ``fat`` (the visceral zone's fat) that lie outside the wall's deep fascia.
 
-    ``sat`` is the subcutaneous zone; ``region`` where a pocket may lie (behind the front of the
-    vertebral body, in the posterior sector); ``depth_mm`` each pixel's distance under the wall's
+    ``sat`` is the subcutaneous zone; ``region`` where a pocket may lie (the posterior sector, whose
+    rays turn with the patient); ``depth_mm`` each pixel's distance under the wall's
     outer edge (a pocket lies under the edge, between it and the muscle; fat deeper than any wall
     is retroperitoneal, e.g. around a kidney where the closing cut the fat apart).
     """
@@ -64,13 +64,17 @@ def outside_deep_fascia(
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     sizes[0] = 0
     main = int(np.argmax(sizes))
-    in_region = np.bincount(lab[region & (depth_mm <= P.pocket_max_depth_mm)], minlength=n + 1)
+    # (the sector and the depth are each asked of most of the pocket, not together of all of it: a
+    # pocket turned by a few degrees moves partly out of one and deeper than the other)
+    in_region = np.bincount(lab[region], minlength=n + 1)
+    shallow = np.bincount(lab[depth_mm <= P.pocket_max_depth_mm], minlength=n + 1)
     # contact with the subcutaneous zone: pixels of each component next to it
     rim = ndi.binary_dilation(sat, structure=FOUR)
     contact = np.bincount(lab[rim & opened], minlength=n + 1) * np.sqrt(dy * dx)
     pocket = (
         (np.arange(n + 1) != main)
         & (in_region >= P.pocket_in_region * np.maximum(sizes, 1))
+        & (shallow >= P.pocket_in_region * np.maximum(sizes, 1))
         & (contact >= P.contact_min_mm)
     )
     pocket[0] = False
