@@ -669,7 +669,10 @@ the reference on every slice; per slice about 240 false and 65 missed muscle pix
   slice (177 at +10°, where the pocket is still missed), and 15 % → 99 % of the pocket's fat is SAT
   (tests/test_tissues_realct.py). The same rule takes the fat lateral to the iliac wings at L5
   (ct 54-57, 22-41 cm², one side), where that fat lies outside the gluteal muscles; no slice from L2
-  up changed.
+  up changed. Tried next and not kept: the shortest line through fat between two pieces of tissue
+  within 15 mm of the outer edge, as the aponeurosis: at mid-L3 the shortest line joins the band's
+  upper end to the block and leaves the pocket open below it (ct 74 unchanged, ±1-3 cm² elsewhere).
+  Mid-L3's right pocket (2 cm² at 3 mm, 4-5 cm² at 1 mm) stays VAT.
 * **Colon against the left lateral wall (ct 82-90) and posterior liver at T12 (ct 97-99).** The
   descending colon's wall continues the wall's inner layer; the posterior right lobe of the liver
   touches the posterior wall and the quadratus behind the body's back line (45-55 HU against
