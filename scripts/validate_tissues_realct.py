@@ -271,7 +271,7 @@ def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
         )
     add("")
     add(
-        "SM, VAT and SAT meet the targets. **IMAT** is 1.4-1.7 times the reader's (2.9-3.5 times two "
+        "SM, VAT and SAT meet the targets. **IMAT** is 1.3-1.7 times the reader's (2.9-3.5 times two "
         "rounds ago). Most of the old excess (1.5-3 cm² per slice) was fat between the anterior wall and "
         "the stomach or colon lying on it, which the reader calls VAT (preperitoneal fat). Ring fat "
         "thicker than the widest cleft between the wall's layers (4.5 mm) that lies open to the cavity is "
@@ -282,7 +282,9 @@ def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
         "rib, whose inner surface the wall's inner edge may not lie outside of: the edge was pushed 15 mm "
         "deep, through the fat and the stomach wall (3 cm² of that fat IMAT, 1.6 cm² of stomach wall "
         "muscle). A rib now counts only when reached through the wall, before a fat layer wider than the "
-        "wall's clefts or gas. On the same slice the vertebral body ran through a pedicle into the "
+        "wall's clefts or gas, and only as a small dense section (≤ 5 cm² above 120 HU; contrast fills "
+        "tens of cm²): on the mid slice the fat on the stomach was just 4.5 mm thick. On the upper slice "
+        "the vertebral body ran through a pedicle into the "
         "laminae (one long transverse process pulled the midline 6 mm aside): the canal disk sat behind "
         "the laminae, and psoas and multifidus in the body's hull were lost (SM −4 %, now 0 %); a body "
         "run deeper than 45 mm is now retried on the body's own midline (workers/tissues/bone.py). The "

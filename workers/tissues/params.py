@@ -208,6 +208,11 @@ class WallParams:
     weak_max_hu: float = 15.0
     #: ribs this close under the outer edge lie in the wall (lateral wall above L2)
     rib_search_mm: float = 25.0
+    #: a rib's section is a region above this HU (cortex and marrow) ...
+    rib_region_hu: float = 120.0
+    #: ... of at most this area (a lower rib's section is 1-3 cm²; contrast-filled stomach or colon
+    #: is tens of cm²)
+    rib_max_area_mm2: float = 500.0
     #: rays (20°, ~50 mm of wall at a 15 cm radius): spacing of rib sections in a 3 mm cut
     rib_gap_rays: int = 20
 

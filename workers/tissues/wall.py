@@ -97,6 +97,7 @@ def cast_wall(
     bprof &= inside
     vprof = ndi.map_coordinates(vertebral_body.astype(np.uint8), coords, order=0, mode="constant") > 0
     boneprof = ndi.map_coordinates(bone.astype(np.uint8), coords, order=0, mode="constant") > 0
+    ribprof = ndi.map_coordinates(_rib_sections(hu, bone, (dy, dx)).astype(np.uint8), coords, order=0) > 0
     if stop_mask is not None:
         sprof = ndi.map_coordinates(stop_mask.astype(np.uint8), coords, order=0, mode="constant") > 0
     else:
@@ -200,7 +201,7 @@ def cast_wall(
             # clefts, or past gas, lies the cavity (oral contrast in the stomach or colon is as dense
             # as a rib and, taken for one, moved the edge 15 mm deep under the fat on the bowel)
             lo = _wall_reach(p, boneprof[k], outer, n_rib, n_gap)
-            seg_b = boneprof[k, lo : outer + 1] & bprof[k, lo : outer + 1]
+            seg_b = ribprof[k, lo : outer + 1] & bprof[k, lo : outer + 1]
             hits = np.flatnonzero(seg_b)
             if hits.size:
                 deepest = lo + int(hits[0])
@@ -346,6 +347,23 @@ def cast_wall(
         posterior=posterior,
         stop_reason=stop_reason,
     )
+
+
+def _rib_sections(hu: npt.NDArray[np.float32], bone: BoolArray, spacing: tuple[float, float]) -> BoolArray:
+    """Dense bone in a small dense region: a rib's section (cortex and marrow, at most a few cm²).
+
+    Why: oral contrast in the stomach or colon (150-250 HU, patchy above 200) is as dense as a rib
+    at 3 mm (their maxima overlap, 180-480 HU), but it fills a region of tens of cm² above
+    ``P.rib_region_hu``; a rib's section is small.
+    """
+    lab, n = ndi.label(hu > P.rib_region_hu)
+    if n == 0:
+        return np.zeros_like(bone)
+    area = np.bincount(lab.ravel(), minlength=n + 1) * spacing[0] * spacing[1]
+    small = area <= P.rib_max_area_mm2
+    small[0] = False
+    out: BoolArray = bone & small[lab]
+    return out
 
 
 def _wall_reach(p: FloatArray, bone: npt.NDArray[np.bool_], outer: int, n_max: int, n_gap: int) -> int:
