@@ -411,41 +411,40 @@ def write_doc(
         v = [r[f"dice_{key}"] for r in rows]
         after[f"after_{key}"] = f"{min(v):.3f} / {float(np.mean(v)):.3f}"
     add(DOC_DISAGREEMENT.format(**after))
-    fine = ndi.zoom(load_ct()[L3_SLICE].astype(np.float32), 3, order=1, grid_mode=True, mode="nearest")
-    pocket = realct.posterolateral_picture(
-        path.parent / "img" / "example-mid-l3-posterolateral.png",
-        np.pad(fine, 40, constant_values=-1024),
-        1.0,
-        "example_ct mid-L3 (ct 74) upsampled to 1 mm, posterolateral corners at 2x "
-        "(SM red, IMAT blue, VAT green, SAT yellow)",
-    )
-    add("")
-    add(f"![example_ct mid-L3 posterolateral corners]({pocket.relative_to(path.parent)})")
-    add("")
-    add(
-        "What I saw at 2x: on the patient's left (right tile) the SAT now reaches the wall's band, which "
-        "runs (grey, unlabelled) from the lateral wall to the quadratus's lateral border, and the "
-        "posterior pararenal fat inside it stays VAT. On the patient's right (left tile) the pocket "
-        "under the band's lower part is still green (VAT) between the red band and the yellow SAT: it stays "
-        "joined to the retroperitoneal fat through a gap wider than 6 mm, so VAT is overstated there."
-    )
-    fine68 = ndi.zoom(load_ct()[68].astype(np.float32), 3, order=1, grid_mode=True, mode="nearest")
-    pocket68 = realct.posterolateral_picture(
-        path.parent / "img" / "example-l3-l4-posterolateral.png",
-        np.pad(fine68, 40, constant_values=-1024),
-        1.0,
-        "example_ct L3/L4 (ct 68) upsampled to 1 mm, posterolateral corners at 2x "
-        "(SM red, IMAT blue, VAT green, SAT yellow)",
-    )
-    add("")
-    add(f"![example_ct L3/L4 posterolateral corners]({pocket68.relative_to(path.parent)})")
-    add("")
-    add(
-        "What I saw at 2x (ct 68, 2026-12-07): on the patient's right (left tile) the wall's red band "
-        "ends under the SAT and a grey band (its aponeurosis) runs from there to the quadratus; the fat "
-        "between that grey band and the skin is yellow (SAT), as on the patient's left, and the "
-        "pararenal fat inside the band stays green. Before this round that right-hand fat was green."
-    )
+    for k, name, title, seen in (
+        (
+            L3_SLICE,
+            "example-mid-l3-posterolateral.png",
+            "mid-L3",
+            "What I saw at 2x: on the patient's left (right tile) the SAT now reaches the wall's band, which "
+            "runs (grey, unlabelled) from the lateral wall to the quadratus's lateral border, and the "
+            "posterior pararenal fat inside it stays VAT. On the patient's right (left tile) the pocket "
+            "under the band's lower part is still green (VAT) between the red band and the yellow SAT: it "
+            "stays joined to the retroperitoneal fat through a gap wider than 6 mm, so VAT is overstated "
+            "there.",
+        ),
+        (
+            68,
+            "example-l3-l4-posterolateral.png",
+            "L3/L4",
+            "What I saw at 2x (ct 68, 2026-12-07): on the patient's right (left tile) the wall's red band "
+            "ends under the SAT and a grey band (its aponeurosis) runs from there to the quadratus; the fat "
+            "between that grey band and the skin is yellow (SAT), as on the patient's left, and the "
+            "pararenal fat inside the band stays green. Before this round that right-hand fat was green.",
+        ),
+    ):
+        fine = ndi.zoom(load_ct()[k].astype(np.float32), 3, order=1, grid_mode=True, mode="nearest")
+        picture = realct.posterolateral_picture(
+            path.parent / "img" / name,
+            np.pad(fine, 40, constant_values=-1024),
+            1.0,
+            f"example_ct {title} (ct {k}) upsampled to 1 mm, posterolateral corners at 2x "
+            "(SM red, IMAT blue, VAT green, SAT yellow)",
+        )
+        add("")
+        add(f"![example_ct {title} posterolateral corners]({picture.relative_to(path.parent)})")
+        add("")
+        add(seen)
     add("## Second patient at native resolution (example_ct_dicom, 0.98 mm pixels)")
     add("")
     add(DOC_NATIVE)
