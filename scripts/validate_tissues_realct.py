@@ -271,7 +271,7 @@ def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
         )
     add("")
     add(
-        "SM, VAT and SAT meet the targets. **IMAT** is 1.3-1.7 times the reader's (2.9-3.5 times two "
+        "SM, VAT and SAT meet the targets. **IMAT** is 1.3-1.6 times the reader's (2.9-3.5 times two "
         "rounds ago). Most of the old excess (1.5-3 cm² per slice) was fat between the anterior wall and "
         "the stomach or colon lying on it, which the reader calls VAT (preperitoneal fat). Ring fat "
         "thicker than the widest cleft between the wall's layers (4.5 mm) that lies open to the cavity is "
@@ -297,7 +297,9 @@ def doc_lines(img_rel: str, example_l3: npt.NDArray[Any]) -> list[str]:
         "reaches beyond the 30 mm zone around the vertebral body where the posterior block is looked "
         "for: on the lower slice a crescent of its lateral edge (2-2.5 cm² a side, down to the "
         "quadratus) was cavity; tissue attached to it within 45 mm of the body and within 20 HU of the "
-        "psoas's median density is now psoas (lower L3 SM −1.9 % → −0.3 %). Earlier "
+        "psoas's median density is now psoas (lower L3 SM −1.9 % → −0.3 %). Fat within 10 mm of the "
+        "canal and level with it (lateral recess, neural foramen: fat around the nerve roots) is "
+        "neither IMAT nor VAT (lower L3: a 6 mm strip beside the left pedicle was IMAT). Earlier "
         "rounds: the skin band; a vertebral body deeper than it is wide is cut at the fat plane in front "
         "of it (the aorta on its front had moved it 17 mm forward, and the right crus joined the psoas)."
     )

@@ -9,8 +9,8 @@ order is the DICOM pixel order for this series (checked below), so labels compar
 IMAT is held to a regression guard only (at most 1.8x the reader's, whose IMAT uncertainty is +-20 %):
 the fat between the wall and an organ lying on it is now preperitoneal (workers/tissues/fascia.py;
 IMAT was 2.9-3.5x the reader's before; oral contrast taken for a rib no longer drags the wall's
-inner edge through the fat on the stomach, 1.3-1.7x now), the rest of the excess is fat between
-the wall's layers and beside the spine, an open part of #20.
+inner edge through the fat on the stomach, and foraminal fat is not IMAT: 1.3-1.6x now), the rest
+of the excess is fat between the wall's layers and beside the spine, an open part of #20.
 """
 
 from __future__ import annotations

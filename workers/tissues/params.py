@@ -322,6 +322,9 @@ class ClassicalParams:
     #: closing of the muscle mask whose holes are IMAT: fat gaps up to ~6 mm between muscle are
     #: intermuscular
     imat_close_mm: float = 3.0
+    #: the neural foramina open 5-10 mm lateral of the canal: fat there, level with the canal, is not
+    #: intermuscular
+    foramen_mm: float = 10.0
     #: in front of the body only muscle at least 12 mm thick (opening radius 6 mm) is psoas; crura and
     #: vessels are thinner
     psoas_min_half_thickness_mm: float = 6.0
