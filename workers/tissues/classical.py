@@ -265,10 +265,10 @@ class ClassicalSegmenter:
         # IMAT: fat enclosed by muscle (holes, narrow clefts); other fat in the ring (partial volume at
         # the wall's edges, fat planes between muscles) goes to whichever side (SAT/cavity) is nearer
         outline = ndi.binary_fill_holes(close_mm(muscle_px, P.imat_close_mm, sp)) & ring & ~excluded
-        # (fat pixels touching bone are bone/fat partial volume at the cortex, not intermuscular fat)
         # fat beside the canal, level with it, is epidural or foraminal fat around the nerve roots:
         # neither intermuscular nor visceral
         excluded |= _foraminal_zone(spine.canal, sp) & ring & ~muscle_px & preset.any_fat.contains(h)
+        # (fat pixels touching bone are bone/fat partial volume at the cortex, not intermuscular fat)
         near_bone = ndi.binary_dilation(excluded, structure=np.ones((3, 3), bool))
         outline &= ~near_bone | muscle_px
         # fat lying on the cavity in the front of the wall, too thick to be a cleft between its layers,
@@ -477,12 +477,9 @@ def _drop_kidney_pole(
     is cut off; only the parts still attached to the vertebra (plus the edge the smoothing darkened)
     are kept. Enhanced kidneys are brighter and already removed by the block's organ test.
     """
-    vb = spine.vertebral_body
-    if not vb.any():
+    cand = _psoas_beside_body(block, spine, psoas_zone)
+    if not cand.any():
         return block
-    vb_back = int(np.flatnonzero(vb.any(axis=1))[-1])
-    rows = np.arange(h.shape[0])[:, None]
-    cand = block & psoas_zone & ~spine.vertebra & (rows <= vb_back)
     psoas_hu = _psoas_hu(h, cand, preset)
     if psoas_hu is None:
         return block
@@ -515,6 +512,20 @@ def _drop_kidney_pole(
     return out
 
 
+def _psoas_beside_body(
+    block: npt.NDArray[np.bool_], spine: SpineResult, psoas_zone: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """The block within the psoas zone beside (not behind) the vertebral body: the psoas."""
+    vb = spine.vertebral_body
+    if not vb.any():
+        return np.zeros_like(block)
+    rows = np.arange(block.shape[0])[:, None]
+    out: npt.NDArray[np.bool_] = (
+        block & psoas_zone & ~spine.vertebra & (rows <= int(np.flatnonzero(vb.any(axis=1))[-1]))
+    )
+    return out
+
+
 def _psoas_beyond_zone(
     h: npt.NDArray[np.float32],
     block: npt.NDArray[np.bool_],
@@ -534,11 +545,7 @@ def _psoas_beyond_zone(
     darker, an enhanced one brighter (example_ct's kidney test holds).
     """
     vb = spine.vertebral_body
-    if not vb.any():
-        return block
-    rows = np.arange(h.shape[0])[:, None]
-    beside = rows <= int(np.flatnonzero(vb.any(axis=1))[-1])
-    psoas = block & psoas_zone & ~spine.vertebra & beside
+    psoas = _psoas_beside_body(block, spine, psoas_zone)
     vals = h[psoas & preset.sm.contains(h)]
     if vals.size < 10:
         return block
