@@ -78,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--dicom", action="store_true", help="also write DIR/dicom/seg.dcm, sr.dcm, overlay.dcm"
     )
     _add_common(analyze)
+
+    batch = sub.add_parser(
+        "batch", help="analyse every study under a folder: DIR/results.csv and a QC gallery (resumable)"
+    )
+    batch.add_argument("root", type=Path, metavar="ROOT", help="the cohort: DICOM in any layout, NIfTI files")
+    batch.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created 0700)")
+    batch.add_argument("--jobs", type=int, metavar="N", help="analyses at once (default: one per core)")
+    batch.add_argument(
+        "--heights", type=Path, metavar="FILE.csv", help="heights/weights by patient_id or accession_number"
+    )
+    batch.add_argument(
+        "--corrections",
+        type=Path,
+        metavar="FILE.csv",
+        help="the gallery's export: studies marked wrong level are measured at the reader's slice",
+    )
+    batch.add_argument(
+        "--pseudonymise", action="store_true", help="keyed pseudonyms instead of PatientID, accession, UIDs"
+    )
+    batch.add_argument("--dicom", action="store_true", help="also write the DICOM SEG, SR and overlay")
+    batch.add_argument("--config", help="TOML settings file (default: $BODYCOMP_CONFIG)")
+    batch.add_argument("--no-derived", action="store_true", help="never analyse DERIVED series")
+    batch.add_argument("-v", "--verbose", action="store_true")
+    batch.set_defaults(series=None)
     return parser
 
 
@@ -370,9 +394,63 @@ def cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when every study has a result (L3 outside the field of view is a result), 1 when
+    some failed (each has a row with its error in results.csv), 130 when interrupted."""
+    from workers.batch.run import BatchOptions, run_batch
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: at least 1")
+    os.umask(SERVICE_UMASK)  # results, pictures and the table are PHI, as the node's data directory
+    analysis = settings.analysis
+    options = BatchOptions(
+        root=args.root,
+        out=args.out,
+        analysis=AnalysisOptions(
+            selection=settings.selection,
+            stack=settings.stack,
+            localiser=analysis.localiser,
+            segmenter=analysis.segmenter,
+            preset=analysis.preset,
+            rule_set=analysis.rule_set,
+            slices=analysis.slices,
+        ),
+        jobs=args.jobs or 0,
+        heights=args.heights,
+        corrections=args.corrections,
+        pseudonymise=args.pseudonymise,
+        dicom=args.dicom,
+        verbose=args.verbose,
+    )
+    try:
+        summary = run_batch(options)
+    except KeyboardInterrupt:  # while reading headers: nothing analysed yet
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(summary.files_skipped.items()))
+    status = summary.by_status
+    print(
+        f"{summary.studies} stud{'y' if summary.studies == 1 else 'ies'} in {summary.files_seen} files"
+        + (f" (skipped: {skipped})" if skipped else "")
+        + f": {summary.analysed} analysed now, {summary.skipped} already done"
+    )
+    print(
+        f"cohort: {status.get('done', 0)} measured, {status.get('l3_not_found', 0)} without L3 in the "
+        f"field of view, {status.get('failed', 0)} failed, {status.get('pending', 0)} pending "
+        f"({summary.seconds:.0f} s)"
+    )
+    tables = f"{summary.results_csv}" + (f" and {summary.results_parquet}" if summary.results_parquet else "")
+    print(f"table: {tables}\ngallery: {summary.gallery}")
+    if summary.interrupted:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return EXIT_OK if not status.get("failed") else 1
+
+
 COMMANDS = {
     "inspect": cmd_inspect,
     "analyze": cmd_analyze,
+    "batch": cmd_batch,
     "serve": cmd_serve,
     "worker": cmd_worker,
     "status": cmd_status,

@@ -58,11 +58,14 @@ CONTEXT_SLICES = 2
 
 @dataclass(frozen=True)
 class PatientOverrides:
-    """Values a user types on the command line; they replace the DICOM header's."""
+    """Values given outside the DICOM header (the command line, a heights file); they replace
+    the header's."""
 
     height_m: float | None = None
     weight_kg: float | None = None
     sex: str | None = None
+    source: str = "command line"
+    """Where the values come from, as ``result.json`` records it (``bodycomp batch``: ``heights-file``)."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,7 @@ def _patient_inputs(volume: Volume, overrides: PatientOverrides) -> PatientInput
         ("sex", overrides.sex, header.sex),
     ):
         if typed is not None:
-            values[key], sources[key] = typed, "command line"
+            values[key], sources[key] = typed, overrides.source
         elif stored is not None:
             values[key], sources[key] = stored, header.source
         else:
