@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from workers.picture_text import default_font as _font
+from workers.picture_text import drawable
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT
 
 __all__ = ["TISSUE_COLOURS", "render_overlay"]
@@ -31,7 +33,7 @@ def qc_lines(reasons: Sequence[str]) -> list[str]:
     (a reason cut in the middle once hid what a reader needed: "contrast agent recorded (…): mu…")."""
     lines = []
     for reason in reasons[:QC_LINES]:
-        for k, part in enumerate(textwrap.wrap(reason, QC_CHARS - 5, break_on_hyphens=False)):
+        for k, part in enumerate(textwrap.wrap(drawable(reason), QC_CHARS - 5, break_on_hyphens=False)):
             lines.append(f"{'   ' if k == 0 else '     '}{part}")
     if len(reasons) > QC_LINES:
         lines.append(f"   (+{len(reasons) - QC_LINES} more in result.json and the SR)")
@@ -56,13 +58,6 @@ ALPHA = 0.5
 WINDOW_W, WINDOW_L = 400.0, 40.0
 PANEL_W = 360
 TARGET_PX = 640  # longest side of the image part
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # very old Pillow without sized default font
-        return ImageFont.load_default()
 
 
 def _fmt(x: Any, nd: int = 1) -> str:

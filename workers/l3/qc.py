@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from workers.l3.cues import CUE_RIB, CUE_TP, RUDIMENTARY_RIB, Cue
 from workers.l3.result import L3Result
+from workers.picture_text import default_font as _font
+from workers.picture_text import drawable
 
 SERIOUS_FLAGS = {
     "anchors_disagree",
@@ -32,13 +34,6 @@ SERIOUS_FLAGS = {
 }
 PX_MM = 1.0  # reformat pixel size
 WINDOW = (-250.0, 1100.0)  # wide bone/soft-tissue window: discs, bodies, ribs all readable
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
 
 
 def _spine_path(
@@ -302,7 +297,7 @@ def _wrap(
     """Greedy word wrap so long reasons stay readable instead of running off the picture."""
     lines: list[str] = []
     cur = ""
-    for word in text.split(" "):
+    for word in drawable(text).split(" "):
         trial = word if not cur else f"{cur} {word}"
         if cur and draw.textlength(trial, font=font) > width:
             lines.append(cur)
