@@ -161,6 +161,12 @@ def _add_node_commands(sub: Any) -> None:
         default=None,
         help="require callers to present a certificate signed by --tls-ca",
     )
+    serve.add_argument(
+        "--hl7-port", type=int, metavar="P", help="HL7 v2 (MLLP) listener for height and weight (default off)"
+    )
+    serve.add_argument(
+        "--site-table", type=Path, metavar="CSV", help="heights and weights of the site (re-read on change)"
+    )
     serve.add_argument("-v", "--verbose", action="store_true")
 
     worker = sub.add_parser("worker", help="run a Celery worker (with an external broker)")
@@ -207,6 +213,23 @@ def _add_node_commands(sub: Any) -> None:
     )
     resend.add_argument("-v", "--verbose", action="store_true")
 
+    reanalyze = sub.add_parser(
+        "reanalyze",
+        help="correct a study's result: another slice, or other patient values; the running node "
+        "analyses it and sends a superseding SEG, SR and overlay",
+    )
+    reanalyze.add_argument("--config", help=config_help)
+    reanalyze.add_argument("--data-dir", type=Path, help="the node's data directory")
+    reanalyze.add_argument("--study", dest="correct_study", metavar="UID", required=True)
+    where = reanalyze.add_mutually_exclusive_group()
+    where.add_argument("--slice-uid", metavar="SOP", help="analyse this CT instance (method manual)")
+    where.add_argument("--z", type=float, metavar="MM", help="analyse the slice nearest this z (mm)")
+    reanalyze.add_argument("--height-m", type=float, help="height in metres")
+    reanalyze.add_argument("--weight-kg", type=float, help="weight in kilograms")
+    reanalyze.add_argument("--sex", choices=["M", "F"], help="sex for the cut-offs")
+    reanalyze.add_argument("--reason", default="", help="why (kept in the new SR and result)")
+    reanalyze.add_argument("-v", "--verbose", action="store_true")
+
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer: bodycomp echo AE@HOST:PORT")
     echo.add_argument("target", metavar="AE@HOST:PORT")
     echo.add_argument("--config", help=config_help)
@@ -214,7 +237,7 @@ def _add_node_commands(sub: Any) -> None:
     echo.add_argument("-v", "--verbose", action="store_true")
 
 
-NODE_COMMANDS = ("serve", "worker", "status", "export", "resend", "echo")
+NODE_COMMANDS = ("serve", "worker", "status", "export", "resend", "echo", "reanalyze")
 NODE_FLAGS = (
     "data_dir",
     "ae_title",
@@ -234,6 +257,8 @@ NODE_FLAGS = (
     "tls_ca",
     "tls_crl",
     "tls_verify_client",
+    "hl7_port",
+    "site_table",
 )
 
 #: ``serve`` and ``worker`` create files readable by the service user only: the spool, the index,
@@ -349,6 +374,27 @@ def cmd_resend(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_reanalyze(args: argparse.Namespace, settings: Settings) -> int:
+    from node.corrections import Correction, reanalyze
+
+    os.umask(SERVICE_UMASK)  # the job folder it writes is the node's: private, as serve's
+    correction = Correction(
+        slice_sop_uid=args.slice_uid,
+        z_mm=args.z,
+        height_m=args.height_m,
+        weight_kg=args.weight_kg,
+        sex=args.sex,
+        reason=args.reason,
+        source="bodycomp reanalyze",
+    )
+    job_id, new = reanalyze(settings.node, args.correct_study, correction)
+    if new:
+        print(f"correction queued as job {job_id} (the running node analyses it and sends the new results)")
+    else:
+        print(f"the same correction was asked before: job {job_id} (see bodycomp status); nothing queued")
+    return EXIT_OK
+
+
 def cmd_echo(args: argparse.Namespace, settings: Settings) -> int:
     from node.status import echo
 
@@ -457,6 +503,7 @@ COMMANDS = {
     "export": cmd_export,
     "resend": cmd_resend,
     "echo": cmd_echo,
+    "reanalyze": cmd_reanalyze,
 }
 
 

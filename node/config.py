@@ -34,6 +34,8 @@ from workers.stack import StackPolicy
 
 ENV_PREFIX = "BODYCOMP_"
 ENV_CONFIG = "BODYCOMP_CONFIG"
+#: Not a setting: arms a crash of the process for the crash tests (:mod:`node.failpoints`).
+ENV_FAILPOINT = "BODYCOMP_FAILPOINT"
 
 
 class ConfigError(ValueError):
@@ -158,6 +160,21 @@ class NodeSettings:
     tls_check_hostname: bool = True
     """A ``+tls`` destination's certificate must name its HOST (DNS or IP subject alternative
     name); turn off only for a PACS whose certificate does not, and rely on ``tls_ca`` then."""
+    hl7_port: int | None = None
+    """Port of the HL7 v2 listener (MLLP) that takes height and weight from ADT^A08/A31 and
+    ORM^O01/OMI^O23 messages (:mod:`node.hl7.listener`); None: off."""
+    hl7_host: str = "127.0.0.1"
+    """Address the HL7 listener binds to (loopback unless the interface engine is on another host)."""
+    hl7_max_age_days: float = 365.0
+    """A height or weight observed (OBX-14) longer than this before receipt is refused, and one
+    observed longer than this before or after a study's date is not used for that study."""
+    hl7_destinations: tuple[str, ...] = ()
+    """``HOST:PORT`` of the HL7 v2 receivers (MLLP) that get an ORU^R01 per analysed study."""
+    site_table: Path | None = None
+    """CSV of heights and weights (the columns of ``bodycomp batch --heights``), re-read when it
+    changes; used where the header and the HL7 feed have no value."""
+    site_table_key: str = "patient_id"
+    """Which column of ``site_table`` identifies a study: ``patient_id`` or ``accession_number``."""
 
     @property
     def spool_dir(self) -> Path:
@@ -234,6 +251,15 @@ def parse_destination(text: str) -> Destination:
     if not 0 < int(port) < 65536:
         raise ConfigError(f"destination {text!r}: port out of range")
     return Destination(ae, host, int(port), tls)
+
+
+def parse_hl7_destination(text: str) -> tuple[str, int]:
+    """Parse an HL7 destination ``HOST:PORT`` (IPv6 hosts in brackets: ``[::1]:2575``)."""
+    host, colon, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"HL7 destination {text!r} is not HOST:PORT")
+    return host, int(port)
 
 
 #: Flat ``BODYCOMP_<FLAG>`` names whose flag differs from the ``[node]`` key (repeated flags).
@@ -326,7 +352,7 @@ def _env_updates(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     flat: dict[str, str] = {}
     sectioned: dict[str, dict[str, str]] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
+        if not name.startswith(ENV_PREFIX) or name in (ENV_CONFIG, ENV_FAILPOINT):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         if "__" in rest:
@@ -400,6 +426,8 @@ BOUNDS: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "send_retry_seconds": (0.1, 86400),
         "send_retry_max_seconds": (0.1, 30 * 86400),
         "send_give_up_hours": (0.01, 24 * 365),
+        "hl7_port": (0, 65535),
+        "hl7_max_age_days": (1, 36500),
     },
     "selection": {"min_slices": (1, None), "max_axial_angle_deg": (0, 90)},
     "stack": {
@@ -452,3 +480,9 @@ def validate(settings: Settings) -> None:
         raise ConfigError("node.tls_cert and node.tls_key go together (the certificate and its key)")
     if node.tls_verify_client and (node.tls_cert is None or node.tls_ca is None):
         raise ConfigError("node.tls_verify_client needs tls_cert, tls_key (the listener's) and tls_ca")
+    for text in node.hl7_destinations:
+        parse_hl7_destination(text)
+    if node.hl7_port is not None and node.hl7_port != 0 and node.hl7_port == node.port:
+        raise ConfigError("node.hl7_port must differ from node.port (the DICOM port)")
+    if node.site_table_key not in ("patient_id", "accession_number"):
+        raise ConfigError("node.site_table_key must be patient_id or accession_number")

@@ -32,6 +32,7 @@ from node.config import NodeSettings
 from node.fairness import admission_order, published_per_sender
 from node.index import Index, input_hash
 from node.outbox import queue_results
+from node.patient_sources import fallbacks_for
 from node.stability import StableStudy
 from workers.deflate import DEFAULT_MAX_INFLATED_BYTES
 from workers.dicom_scan import scan_dicom
@@ -78,6 +79,11 @@ def plan_study(
 def job_flags(index: Index, study_uid: str, series_uid: str) -> list[str]:
     """What the node knows about a series' input that the result must say (see module docstring)."""
     return [SERIES_UID_SHARED] if index.studies_sharing_series(study_uid, series_uid) else []
+
+
+def patient_fallbacks(index: Index, settings: NodeSettings, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """Height/weight of the sources after the DICOM header, for ``job.json`` (node.patient_sources)."""
+    return [f.to_json() for f in fallbacks_for(index, settings, str(rows[0]["path"]))] if rows else []
 
 
 def job_dir_for(study_uid: str, series_uid: str, digest: str) -> str:
@@ -166,6 +172,8 @@ def dispatch_study(
             "job_dir": rel_dir,
             "instances": len(rows),
             "flags": flags,
+            # height/weight after the header: HL7 feed, site table (node.patient_sources)
+            "patient_fallbacks": patient_fallbacks(index, settings, rows),
         }
         prepare_job_dir(settings.data_dir / rel_dir, [r["path"] for r in rows], spec)
         log.info(
@@ -181,6 +189,10 @@ def dispatch_study(
         index.set_study_state(study.study_uid, "failed", "; ".join(refused))
         return []
     index.set_study_state(study.study_uid, "queued")
+    # a reader's SR marking L3 or edited SEG in the study asks for a correction (issue #23)
+    from node.reader_objects import reader_corrections  # (it builds on this module)
+
+    new_jobs += reader_corrections(index, settings, study.study_uid)
     index.refresh_study_state(study.study_uid)
     if new_jobs:
         publish_waiting(index, settings, publish)
@@ -405,6 +417,7 @@ def rebuild_job_dir(index: Index, settings: NodeSettings, job: sqlite3.Row) -> d
         "job_dir": job["result_dir"],
         "instances": len(rows),
         "flags": job_flags(index, job["study_uid"], job["series_uid"]),
+        "patient_fallbacks": patient_fallbacks(index, settings, rows),
     }
     prepare_job_dir(settings.data_dir / job["result_dir"], [r["path"] for r in rows], spec)
     log.warning("event=job_folder_rebuilt job=%d study=%s", job["id"], job["study_uid"])

@@ -102,6 +102,39 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (sop_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_try);
+CREATE TABLE IF NOT EXISTS patient_observations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_id TEXT NOT NULL,
+    accession TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL,
+    value REAL NOT NULL,
+    observed REAL NOT NULL,
+    received REAL NOT NULL,
+    source TEXT NOT NULL,
+    control_id TEXT NOT NULL DEFAULT '',
+    UNIQUE (source, control_id, kind)
+);
+CREATE INDEX IF NOT EXISTS patient_observations_patient ON patient_observations(patient_id, kind);
+CREATE TABLE IF NOT EXISTS hl7_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    study_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    control_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL,
+    created REAL NOT NULL,
+    delivered REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    UNIQUE (control_id, destination)
+);
+CREATE INDEX IF NOT EXISTS hl7_outbox_due ON hl7_outbox(state, next_try);
+CREATE TABLE IF NOT EXISTS journal_segments (
+    name TEXT PRIMARY KEY,
+    synced INTEGER NOT NULL
+);
 """
 
 #: ``PRAGMA user_version`` of the schema above. 1: a series is identified by (study, series) -- a
@@ -222,7 +255,12 @@ def input_hash(pairs: Iterable[tuple[str, str]]) -> str:
 class Index:
     """The SQLite index; one connection guarded by a lock, shared by the node's threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, receive_journal: bool = False) -> None:
+        """``receive_journal``: this connection commits received instances whose durability the
+        receive journal already holds (:mod:`node.journal`): ``synchronous=NORMAL`` (a commit
+        writes the write-ahead log without flushing it; the journal's syncer flushes it with its
+        own ``synchronous=FULL`` commit) and no checkpoints of its own (the node's other
+        connections do them), so the C-STORE handler waits for no flush here."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -239,7 +277,9 @@ class Index:
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL" if receive_journal else "PRAGMA synchronous=FULL")
+        if receive_journal:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
         with self.transaction() as db:
@@ -329,7 +369,7 @@ class Index:
 
     # -- receiving -------------------------------------------------------------------------------
 
-    def record_instance(self, rec: InstanceRecord, now: float | None = None) -> str:
+    def record_instance(self, rec: InstanceRecord, now: float | None = None, replay: bool = False) -> str:
         """Record a durably stored instance; return ``new``, ``duplicate``, ``replaced`` or ``conflict``.
 
         A duplicate (same SOP Instance UID and digest) changes nothing, not even the study's last-
@@ -337,7 +377,9 @@ class Index:
         instances cannot hold a study back; of a study already ``done`` it only asks for the study
         to be looked at again, so that its results reach destinations that lack them. ``replaced``:
         same SOP Instance UID in the same series, different content (a corrected instance re-sent);
-        the new content wins and the study is analysed again. ``conflict``: the SOP Instance UID is
+        the new content wins and the study is analysed again. ``replay`` (:func:`node.journal.replay`):
+        a duplicate is one the node recorded before a crash, not a re-send: nothing at all changes.
+        ``conflict``: the SOP Instance UID is
         already recorded in *another* study or series; nothing is recorded (the caller refuses it).
         A UID identifies one instance for ever, so a second study claiming it is a UID collision or
         a mis-filed instance, perhaps of another patient: merging it silently could put one
@@ -351,6 +393,8 @@ class Index:
             if old is not None and (old["study_uid"], old["series_uid"]) != (rec.study_uid, rec.series_uid):
                 return "conflict"  # nothing written: see the docstring
             outcome = "new" if old is None else "duplicate" if old["digest"] == rec.digest else "replaced"
+            if outcome == "duplicate" and replay:
+                return outcome
             if outcome == "duplicate":
                 # nothing changes, not even the study's stable timer: a sender that repeats
                 # instances must not keep a study from ever being analysed. A finished study sent
@@ -362,11 +406,14 @@ class Index:
                     (rec.calling_ae, now, rec.study_uid),
                 )
                 return outcome
+            # A new study starts 'received' and changed; a known one becomes so again (one statement).
             db.execute(
                 """INSERT INTO studies (study_uid, calling_ae, patient_id, study_date, first_received,
                        last_received, changed, state, updated)
                    VALUES (?, ?, ?, ?, ?, ?, 1, 'received', ?)
-                   ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received""",
+                   ON CONFLICT(study_uid) DO UPDATE SET last_received=excluded.last_received,
+                       changed=1, state='received', reason='', calling_ae=excluded.calling_ae,
+                       updated=excluded.updated""",
                 (rec.study_uid, rec.calling_ae, rec.patient_id, rec.study_date, now, now, now),
             )
             db.execute(
@@ -393,12 +440,28 @@ class Index:
                     rec.patient_id,
                 ),
             )
-            db.execute(
-                """UPDATE studies SET changed=1, state='received', reason='', calling_ae=?, updated=?
-                   WHERE study_uid=?""",
-                (rec.calling_ae, now, rec.study_uid),
-            )
         return outcome
+
+    # -- the receive journal (node.journal) --------------------------------------------------------
+
+    def mark_journal_synced(self, marks: dict[str, int]) -> None:
+        """Record how far each journal segment is synced (its files and index rows durable). The
+        commit flushes the write-ahead log, and with it the receivers' unflushed commits."""
+        with self.transaction() as db:
+            db.executemany(
+                """INSERT INTO journal_segments (name, synced) VALUES (?, ?)
+                   ON CONFLICT(name) DO UPDATE SET synced=MAX(synced, excluded.synced)""",
+                list(marks.items()),
+            )
+
+    def journal_synced(self) -> dict[str, int]:
+        return {
+            row["name"]: int(row["synced"]) for row in self.query("SELECT name, synced FROM journal_segments")
+        }
+
+    def forget_journal_segments(self, names: list[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM journal_segments WHERE name=?", [(name,) for name in names])
 
     def instance_location(self, sop_uid: str) -> tuple[str, str] | None:
         """(study UID, series UID) of an instance already recorded, or None."""
@@ -528,6 +591,31 @@ class Index:
                 )
             return job_id, True
 
+    def jobs_of(self, study_uid: str) -> list[sqlite3.Row]:
+        """All the study's jobs, oldest first (superseded ones too: a study's history)."""
+        return self.query("SELECT * FROM jobs WHERE study_uid=? ORDER BY id", (study_uid,))
+
+    def study_objects(self, study_uid: str, sop_classes: tuple[str, ...]) -> list[sqlite3.Row]:
+        """The study's instances of ``sop_classes`` (reader SRs and SEGs, :mod:`node.reader_objects`)."""
+        marks = ", ".join("?" * len(sop_classes))
+        return self.query(
+            f"SELECT * FROM instances WHERE study_uid=? AND sop_class_uid IN ({marks}) ORDER BY received",
+            (study_uid, *sop_classes),
+        )
+
+    def is_own_output(self, sop_uid: str) -> bool:
+        """Whether the node queued this instance as one of its results (it is in the outbox)."""
+        return bool(self.query("SELECT 1 FROM outbox WHERE sop_uid=? LIMIT 1", (sop_uid,)))
+
+    def reopen_for_correction(self, study_uid: str) -> None:
+        """A correction job was created: the study (``done`` or ``failed``) is ``queued`` again, unless
+        instances are arriving (then its next stable period decides, as for any study)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE studies SET state='queued', reason='', updated=? WHERE study_uid=? AND changed=0",
+                (time.time(), study_uid),
+            )
+
     def has_current_jobs(self, study_uid: str) -> bool:
         """Whether the study has a job that is not superseded (queued, running, done or failed)."""
         return bool(self.query("SELECT 1 FROM jobs WHERE study_uid=? AND state<>'superseded'", (study_uid,)))
@@ -599,39 +687,44 @@ class Index:
         return added
 
     def due_outbox(self, now: float | None = None, limit: int = 500) -> list[sqlite3.Row]:
-        now = time.time() if now is None else now
-        return self.query(
-            "SELECT * FROM outbox WHERE state='pending' AND next_try<=? ORDER BY next_try, id LIMIT ?",
-            (now, limit),
-        )
+        return self._due("outbox", now, limit)
 
     def next_outbox_time(self) -> float | None:
         rows = self.query("SELECT MIN(next_try) AS t FROM outbox WHERE state='pending'")
         return float(rows[0]["t"]) if rows and rows[0]["t"] is not None else None
 
     def outbox_delivered(self, row_id: int, note: str = "") -> None:
-        with self.transaction() as db:
-            db.execute(
-                """UPDATE outbox SET state='delivered', delivered=?, attempts=attempts+1, last_error=?
-                   WHERE id=?""",
-                (time.time(), note, row_id),
-            )
+        self._delivered("outbox", row_id, note)
 
     def outbox_failed(self, row_id: int, error: str, next_try: float | None) -> None:
         """Record a failed attempt; ``next_try`` None dead-letters the row."""
+        self._failed("outbox", row_id, error, next_try)
+
+    # Both outboxes (DICOM ``outbox``, HL7 ``hl7_outbox``) share their life cycle. ``table`` is
+    # one of those two names, never a caller's value.
+
+    def _due(self, table: str, now: float | None, limit: int) -> list[sqlite3.Row]:
+        now = time.time() if now is None else now
+        return self.query(
+            f"SELECT * FROM {table} WHERE state='pending' AND next_try<=? ORDER BY next_try, id LIMIT ?",
+            (now, limit),
+        )
+
+    def _delivered(self, table: str, row_id: int, note: str) -> None:
         with self.transaction() as db:
-            if next_try is None:
-                db.execute(
-                    """UPDATE outbox SET state='dead', attempts=attempts+1, last_error=?
-                       WHERE id=? AND state='pending'""",
-                    (error, row_id),
-                )
-            else:
-                db.execute(
-                    """UPDATE outbox SET attempts=attempts+1, last_error=?, next_try=?
-                       WHERE id=? AND state='pending'""",
-                    (error, next_try, row_id),
-                )
+            db.execute(
+                f"""UPDATE {table} SET state='delivered', delivered=?, attempts=attempts+1, last_error=?
+                    WHERE id=?""",
+                (time.time(), note, row_id),
+            )
+
+    def _failed(self, table: str, row_id: int, error: str, next_try: float | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                f"""UPDATE {table} SET state=?, attempts=attempts+1, last_error=?,
+                        next_try=COALESCE(?, next_try) WHERE id=? AND state='pending'""",
+                ("dead" if next_try is None else "pending", error, next_try, row_id),
+            )
 
     def requeue_dead(self, study_uid: str | None = None, destination: str | None = None) -> int:
         """Dead letters (of one study, to one destination) back to ``pending``; return how many.
@@ -673,6 +766,85 @@ class Index:
     def requeue_sent(self, study_uid: str, destination: str | None = None) -> int:
         """Delivered and dead results of one study (to one destination) back to ``pending``."""
         return self._requeue(("delivered", "dead"), study_uid, destination)
+
+    # -- patient observations (HL7 feed) and the HL7 outbox --------------------------------------
+
+    def add_observations(self, rows: Iterable[tuple[str, str, str, float, float, str, str]]) -> int:
+        """Store (patient ID, accession, kind, value, observed time, source, control ID) rows in one
+        transaction (a message is stored whole or not at all); a message received twice (same
+        source and control ID) is stored once. Returns the rows added."""
+        now = time.time()
+        added = 0
+        with self.transaction() as db:
+            for patient_id, accession, kind, value, observed, source, control_id in rows:
+                cursor = db.execute(
+                    """INSERT INTO patient_observations (patient_id, accession, kind, value, observed,
+                           received, source, control_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(source, control_id, kind) DO NOTHING""",
+                    (patient_id, accession, kind, value, observed, now, source, control_id),
+                )
+                added += cursor.rowcount
+        return added
+
+    def observations_for(self, patient_id: str, accession: str) -> list[sqlite3.Row]:
+        """Observations of this patient (or of this accession number), newest observed first."""
+        return self.query(
+            """SELECT * FROM patient_observations
+               WHERE (patient_id=? AND patient_id<>'') OR (accession=? AND accession<>'')
+               ORDER BY observed DESC, id DESC""",
+            (patient_id, accession),
+        )
+
+    def done_jobs_of_patient(self, patient_id: str) -> list[sqlite3.Row]:
+        """The current (done) jobs of a patient's studies, with the study's date (late heights)."""
+        return self.query(
+            """SELECT jobs.*, studies.study_date FROM jobs JOIN studies USING (study_uid)
+               WHERE studies.patient_id=? AND studies.patient_id<>'' AND jobs.state='done'
+               ORDER BY jobs.id""",
+            (patient_id,),
+        )
+
+    def study_patient(self, study_uid: str) -> tuple[str, str] | None:
+        """(PatientID, StudyDate) of a study, as the SCP recorded them."""
+        rows = self.query("SELECT patient_id, study_date FROM studies WHERE study_uid=?", (study_uid,))
+        return (str(rows[0]["patient_id"]), str(rows[0]["study_date"])) if rows else None
+
+    def add_hl7_outbox(
+        self, job_id: int, study_uid: str, path: str, control_id: str, destinations: Iterable[str]
+    ) -> int:
+        """Queue one ORU message file for each HL7 destination; return the rows added."""
+        now = time.time()
+        added = 0
+        with self.transaction() as db:
+            for dest in destinations:
+                cursor = db.execute(
+                    """INSERT INTO hl7_outbox (job_id, study_uid, path, control_id, destination,
+                           next_try, created) VALUES (?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(control_id, destination) DO NOTHING""",
+                    (job_id, study_uid, path, control_id, dest, now, now),
+                )
+                added += cursor.rowcount
+        return added
+
+    def due_hl7_outbox(self, now: float | None = None, limit: int = 100) -> list[sqlite3.Row]:
+        return self._due("hl7_outbox", now, limit)
+
+    def hl7_outbox_delivered(self, row_id: int, note: str = "") -> None:
+        self._delivered("hl7_outbox", row_id, note)
+
+    def hl7_outbox_failed(self, row_id: int, error: str, next_try: float | None) -> None:
+        """Record a failed attempt; ``next_try`` None dead-letters the row."""
+        self._failed("hl7_outbox", row_id, error, next_try)
+
+    def hl7_outbox_rows(self, state: str | None = None, limit: int = 20) -> list[sqlite3.Row]:
+        """HL7 outbox rows (in one state), newest first (``bodycomp status``)."""
+        if state is None:
+            return self.query("SELECT * FROM hl7_outbox ORDER BY id DESC LIMIT ?", (limit,))
+        return self.query("SELECT * FROM hl7_outbox WHERE state=? ORDER BY id DESC LIMIT ?", (state, limit))
+
+    def hl7_outbox_counts(self) -> dict[str, int]:
+        rows = self.query("SELECT state, COUNT(*) AS n FROM hl7_outbox GROUP BY state")
+        return {str(r["state"]): int(r["n"]) for r in rows}
 
     # -- reporting -------------------------------------------------------------------------------
 

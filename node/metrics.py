@@ -178,11 +178,12 @@ def association_rejected(reason: str) -> None:
 
 
 def counted(handler: Callable[[Any], int]) -> Callable[[Any], int]:
-    """Wrap the C-STORE handler so each status it returns is counted."""
+    """Wrap the C-STORE handler so each status it returns is counted (after the response is sent)."""
+    from node.reactor import after_response
 
     def handle(event: Any) -> int:
-        status = handler(event)
-        store_status(int(status))
+        status = int(handler(event))
+        after_response(event.assoc, lambda: store_status(status))
         return status
 
     return handle

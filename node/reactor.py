@@ -21,6 +21,11 @@ Both waits still time out (:data:`IDLE_WAIT`) so that timers (ARTIM, the network
 are checked as before. Everything else — the state machine, negotiation, events, handlers — is
 pynetdicom's. :func:`make_server` returns a stock server class when the installed pynetdicom is
 not the 3.0 series these loops were copied from, so an upgrade degrades to polling, never breaks.
+
+One addition: :func:`after_response`. A handler hands it the work its peer need not wait for (the
+C-STORE handler's log line, the scheduler's hint, the metrics), and the association thread runs it
+once the response is queued for sending, before it serves the next request: the sender waits only
+for what the status depends on.
 """
 
 from __future__ import annotations
@@ -169,11 +174,27 @@ class WakeableDUL(DULServiceProvider):
             sleep = False
 
 
+def after_response(assoc: Any, action: Callable[[], None]) -> None:
+    """Run ``action`` after the response to the request being served is queued for sending.
+
+    With a :class:`WakeableAssociation` the association thread runs it right after the service
+    class queued the response, before it serves the association's next request (so the actions of
+    one association run in order, each before the next request's handler); with pynetdicom's own
+    association class (``event_driven = false``, another pynetdicom) it runs at once.
+    """
+    defer = getattr(assoc, "defer_until_responded", None)
+    if defer is None:
+        action()
+    else:
+        defer(action)
+
+
 class WakeableAssociation(Association):
     """pynetdicom's acceptor association whose reactor waits for messages instead of polling."""
 
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
+        self._after_response: list[Callable[[], None]] = []
         self._wake = threading.Event()
         self.dul = WakeableDUL(self)  # replaces the (never started) polling one
         # The timeout setters configure the DUL's timers: apply them to the new one.
@@ -185,6 +206,22 @@ class WakeableAssociation(Association):
     def wake(self) -> None:
         """End the reactor's current idle wait."""
         self._wake.set()
+
+    def defer_until_responded(self, action: Callable[[], None]) -> None:
+        """See :func:`after_response`."""
+        self._after_response.append(action)
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """pynetdicom's, then the actions its handler deferred (the response is queued by then)."""
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            actions, self._after_response = self._after_response, []
+            for action in actions:
+                try:
+                    action()
+                except Exception:  # the instance is stored and answered: log, never end the association
+                    log.exception("event=after_response_error")
 
     def kill(self) -> None:
         self._wake.set()

@@ -95,6 +95,7 @@ def _child(settings: NodeSettings, slot: int, reports: Any, verbose: bool) -> No
             on_stored=stored,
             on_released=lambda: reports.put(("released", "", "")),
             reuse_port=True,
+            slot=slot,
         )
     except Exception as exc:  # the node process logs the exit and starts it again later
         log.error("event=receiver_failed receiver=%d error=%s: %s", slot, type(exc).__name__, exc)

@@ -24,8 +24,10 @@ from node import privacy
 from node.config import NodeSettings
 from node.dispatch import BROKER, DiskFullError, Publish, enqueue, job_spec, publish_waiting
 from node.index import Index
+from node.late_height import supersede_for_patient
 from node.outbox import queue_results
 from node.quarantine import quarantine_series
+from node.report_out import write_reports
 from workers.tasks import INPUT, OUTCOME, STARTED, read_json
 
 log = logging.getLogger("bodycomp.results")
@@ -48,6 +50,10 @@ def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outco
         folder = quarantine_series(index, settings, job, str(outcome.get("reason", "")))
         index.update_job(job["id"], reason=f"{privacy.redact(str(outcome.get('reason', '')))} ({folder})")
     if state == "done":
+        try:  # FHIR and ORU: a failure here must not leave the job unrecorded
+            write_reports(index, settings, job)
+        except Exception:
+            log.exception("event=reports_error job=%d", job["id"])
         added = queue_results(index, settings, job, job["calling_ae"], outcome)
         log.info(
             "event=job_done study=%s series=%s job=%d results=%d deliveries=%d",
@@ -57,6 +63,15 @@ def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outco
             len(outcome.get("outputs", [])),
             added,
         )
+        if settings.hl7_port is not None:
+            # a height the HL7 feed received while this study was analysed: a superseding result
+            # (its own undelivered results are cancelled by the new job, node.index.create_job)
+            try:
+                patient = index.study_patient(job["study_uid"])
+                if patient is not None and patient[0]:
+                    supersede_for_patient(index, settings, patient[0])
+            except Exception:
+                log.exception("event=late_height_error job=%d", job["id"])
     else:
         log.warning(
             "event=job_failed study=%s series=%s job=%d reason=%s",

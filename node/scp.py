@@ -8,37 +8,52 @@ connects from the wrong host "Not authorised" (0x0124), so the sender keeps its 
 Logs carry UIDs, never patient names or IDs.
 
 With ``stream_to_disk`` (default) pynetdicom writes each incoming dataset to a temporary file
-(``STORE_RECV_CHUNKED_DATASET``) and the handler reads only its header and copies it into the
-spool in blocks, so a 1 GB Enhanced CT or ten concurrent associations never sit in memory. The
-content digest that recognises a re-sent instance covers the dataset bytes as received (not the
-File Meta Information) and is the same in both modes.
+(``STORE_RECV_CHUNKED_DATASET``) in the node's private receive folder; the handler maps it into
+memory once (:class:`ReceivedFile`), parses its header from there (values longer than
+:data:`DEFER_SIZE`, the pixels, are skipped), takes the digest from the same mapping and moves the
+file into the spool, so a 1 GB Enhanced CT or ten concurrent associations never sit in the
+process' memory. The content digest that recognises a re-sent instance covers the dataset bytes
+as received (not the File Meta Information) and is the same in both modes.
+
+Before the response only what the status depends on runs: the checks, the spool's flushes and the
+index commit. The ``event=stored`` log line, the ``on_stored`` hint and the metrics follow it
+(:func:`node.reactor.after_response`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import mmap
 import os
 import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import connection, metrics, privacy, reactor, tls
+from node import connection, failpoints, metrics, privacy, reactor, tls
 from node.config import NodeSettings
 from node.index import Index, InstanceRecord, digest_bytes
 from node.instance_check import Refusal, check_instance
+from node.journal import INLINE_BYTES, Payload, ReceiveJournal, replay
 from node.spool import InvalidUIDError, Spool, SpoolFullError, checked_uid
 from node.uid_locks import UidLocks
-from workers.deflate import DEFLATED, InflateLimitError, InflateTooLargeError, inflate_to_file, inflated_size
+from workers.deflate import (
+    DEFLATED,
+    InflateLimitError,
+    InflateTooLargeError,
+    dataset_offset,
+    inflate_to_file,
+    inflated_size,
+)
 
 log = logging.getLogger("bodycomp.scp")
 
@@ -142,15 +157,73 @@ def _text(ds: Any, keyword: str) -> str:
     return str(value if value is not None else "").strip()
 
 
+class ReceivedFile:
+    """The temporary file pynetdicom's chunked receive wrote (preamble, File Meta Information and
+    the dataset as received), mapped into memory once: the header is parsed from the mapping and
+    the content digest taken from it, so each instance is read once, from the page cache.
+
+    Why: parsing the file, parsing its File Meta Information again to find where the dataset
+    starts (``split_dataset``) and reading it a third time for the digest was most of the
+    handler's own CPU time (docs/benchmarks.md). A mapping is not a copy: a 1 GB Enhanced CT is
+    never held in the process' own memory.
+    """
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self.size = os.fstat(fd).st_size
+            # (an empty file cannot be mapped; pynetdicom never writes one: "undecodable")
+            self.data = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)  # the mapping keeps its own reference
+        try:
+            #: Where the dataset starts: after the preamble, ``DICM`` and the File Meta
+            #: Information, which pynetdicom wrote itself, its group length first.
+            self.dataset_offset = dataset_offset(self.data[:1024])
+        except BaseException:
+            self.data.close()
+            raise
+
+    def digest(self) -> str:
+        """SHA-256 of the dataset as received (after the File Meta Information), as
+        :func:`node.index.digest_file` gives for the spooled file."""
+        with memoryview(self.data) as view, view[self.dataset_offset :] as dataset:
+            return hashlib.sha256(dataset).hexdigest()
+
+    def close(self) -> None:
+        self.data.close()
+
+
 def make_store_handler(
-    spool: Spool, index: Index, settings: NodeSettings, on_stored: Callable[[str, str], None] | None = None
+    spool: Spool,
+    index: Index,
+    journal: ReceiveJournal,
+    settings: NodeSettings,
+    on_stored: Callable[[str, str], None] | None = None,
 ) -> Any:
+    """The C-STORE handler. ``index`` is a receive-journal connection (``Index(...,
+    receive_journal=True)``): Success waits for one flush, the journal's (:mod:`node.journal`)."""
     # Two associations (perhaps in two receiving processes) sending one UID at once must not
     # leave the spool file of one and the index digest of the other.
     locks = UidLocks(spool.root / "uid.lock")
     limit = settings.max_inflated_mb << 20
 
     def handle_store(event: Any) -> int:
+        """Success only once the instance is durable in the spool and committed to the index;
+        the log line and the ``on_stored`` hint follow the response (:func:`reactor.after_response`)."""
+        received: ReceivedFile | None = None
+        try:
+            if getattr(event.request, "_dataset_path", None) is not None:
+                try:
+                    received = ReceivedFile(event.dataset_path)
+                except (OSError, ValueError) as exc:  # refused below, like any undecodable dataset
+                    log.debug("received file not mapped: %s", type(exc).__name__)
+            return store(event, received)
+        finally:
+            if received is not None:
+                received.close()
+
+    def store(event: Any, received: ReceivedFile | None) -> int:
         calling = event.assoc.requestor.ae_title
         request = event.request
         sop_hint = _loggable_uid(request.AffectedSOPInstanceUID)
@@ -160,8 +233,10 @@ def make_store_handler(
         inflated: Path | None = None
         try:
             chunked = getattr(request, "_dataset_path", None) is not None
+            if chunked and received is None:
+                raise InvalidDicomError("the received file cannot be read")
             transfer_syntax = str(event.context.transfer_syntax)
-            size = event.dataset_path.stat().st_size if chunked else _received_size(request)
+            size = received.size if received is not None else _received_size(request)
             if transfer_syntax == DEFLATED:
                 # never inflated whole in memory: streamed to a file, or counted, under the ceiling
                 if chunked:
@@ -173,10 +248,12 @@ def make_store_handler(
                     size = inflated.stat().st_size
                 else:
                     size = inflated_size(io.BytesIO(request.DataSet.getvalue()), limit)
-            # Chunked: the dataset is in a temporary file; parse its structure, but values above
-            # DEFER_SIZE (the pixels) are skipped, only their lengths read.
-            if chunked:
-                ds = pydicom.dcmread(inflated or event.dataset_path, defer_size=DEFER_SIZE)
+            # The header is parsed once: chunked, from the mapped file (or the inflated copy),
+            # values above DEFER_SIZE (the pixels) skipped, only their lengths read; in memory,
+            # pynetdicom's own decoding of the received bytes.
+            if received is not None:
+                source = inflated if inflated is not None else cast(BinaryIO, received.data)  # file-like
+                ds = pydicom.dcmread(source, defer_size=DEFER_SIZE)
             else:
                 ds = event.dataset
             refusal = check_instance(
@@ -225,23 +302,22 @@ def make_store_handler(
                         *known,
                     )
                     return STATUS_UID_CONFLICT
-                if chunked:
-                    # Moved into the spool (copied across file systems); the digest covers the
-                    # dataset after the File Meta Information.
-                    source = event.dataset_path
-                    stored = spool.adopt_file(source, study, series, sop, hash_from=split_dataset(source)[1])
-                    digest = stored.digest
+                if received is not None:
+                    # the digest covers the dataset after the File Meta Information
+                    payload = Payload(received.size, path=event.dataset_path)
+                    hash_from, digest = received.dataset_offset, received.digest()
                 else:
-                    stored = spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
-                    digest = digest_bytes(event.encoded_dataset(include_meta=False))
-                unrecorded = stored.path if known is None else None  # removed if the index fails
+                    dataset = event.encoded_dataset(include_meta=False)
+                    encoded = event.encoded_dataset(include_meta=True)
+                    payload = Payload(len(encoded), data=encoded)
+                    hash_from, digest = len(encoded) - len(dataset), digest_bytes(dataset)
                 record = InstanceRecord(
-                    study_uid=stored.study_uid,
-                    series_uid=stored.series_uid,
-                    sop_uid=stored.sop_instance_uid,
+                    study_uid=study,
+                    series_uid=series,
+                    sop_uid=sop,
                     sop_class_uid=str(request.AffectedSOPClassUID),
-                    path=stored.path,
-                    size=stored.size,
+                    path=spool.path_for(study, series, sop),
+                    size=payload.size,
                     digest=digest,
                     calling_ae=calling,
                     modality=described["Modality"],
@@ -250,7 +326,38 @@ def make_store_handler(
                     patient_id=described["PatientID"],
                     study_date=described["StudyDate"],
                 )
-                outcome = index.record_instance(record)
+                spool.check_room(payload.size)
+                if payload.size <= INLINE_BYTES:
+                    # The one flush before Success: the record, bytes included, in the journal.
+                    # The spool file and the index row follow unflushed; the journal's syncer
+                    # flushes them in batches.
+                    ticket = journal.append(record, payload, hash_from)
+                    try:
+                        journal.flush(ticket)
+                        failpoints.reach("journal-flushed")
+                        if payload.path is not None:  # moved (copied across file systems)
+                            stored = spool.place_file(payload.path, study, series, sop, payload.size)
+                        else:
+                            stored = spool.place_bytes(encoded, study, series, sop)
+                        unrecorded = stored.path if known is None else None  # removed if the index fails
+                        outcome = index.record_instance(record)
+                    finally:
+                        journal.done(ticket)
+                else:
+                    # Large: flushed where it lives (its bytes written once), the index row
+                    # through the journal (see node.journal.INLINE_BYTES).
+                    if payload.path is not None:
+                        stored = spool.adopt_file(payload.path, study, series, sop, hash_from, digest)
+                    else:
+                        stored = spool.store(encoded, study, series, sop)
+                    unrecorded = stored.path if known is None else None
+                    ticket = journal.append(record, None, hash_from)
+                    try:
+                        journal.flush(ticket)
+                        failpoints.reach("journal-flushed")
+                        outcome = index.record_instance(record)
+                    finally:
+                        journal.done(ticket)
                 if outcome == "conflict":  # cannot happen under the lock; never trust one check
                     stored.path.unlink(missing_ok=True)
                     log.warning(
@@ -287,17 +394,22 @@ def make_store_handler(
         except Exception as exc:  # never raise: pynetdicom would answer 0xC211 and keep its temp file
             log.error("event=store_error sop=%s from=%s error=%s", sop_hint, calling, type(exc).__name__)
             return STATUS_PROCESSING_FAILURE
-        log.info(
-            "event=stored study=%s series=%s sop=%s bytes=%d from=%s outcome=%s",
-            stored.study_uid,
-            stored.series_uid,
-            stored.sop_instance_uid,
-            stored.size,
-            calling,
-            outcome,
-        )
-        if on_stored is not None:
-            on_stored(stored.study_uid, outcome)
+
+        def stored_log() -> None:
+            """After the response: the instance is durable and recorded whatever happens here."""
+            log.info(
+                "event=stored study=%s series=%s sop=%s bytes=%d from=%s outcome=%s",
+                stored.study_uid,
+                stored.series_uid,
+                stored.sop_instance_uid,
+                stored.size,
+                calling,
+                outcome,
+            )
+            if on_stored is not None:
+                on_stored(stored.study_uid, outcome)
+
+        reactor.after_response(event.assoc, stored_log)
         return STATUS_SUCCESS
 
     return handle_store
@@ -333,8 +445,16 @@ def serve(
     on_stored: Callable[[str, str], None] | None = None,
     on_released: Callable[[], None] | None = None,
     reuse_port: bool = False,
+    slot: int = 0,
+    receive_index: Index | None = None,
 ) -> Any:
     """Start the SCP; returns the running server when ``block`` is False (tests, embedding).
+
+    ``slot``: which of the node's receiving processes this is (``receivers``); its receive journal
+    is ``rx<slot>`` and what a dead process of the same slot left in it is replayed first.
+    ``index`` (the node's own connection, ``synchronous=FULL``) replays and syncs the journal; the
+    C-STORE handler commits through a connection of its own (:class:`Index` ``receive_journal``;
+    ``receive_index`` replaces it, e.g. with one that fails as on a full disk).
 
     ``on_stored(study_uid, outcome)`` runs after each committed instance and ``on_released()``
     after each association ends: the scheduler uses them as hints to look at the studies early.
@@ -342,7 +462,35 @@ def serve(
     """
     ssl_context = tls.server_context(settings)  # first: unusable certificates stop here (ConfigError)
     spool = Spool(settings.spool_dir, min_free_bytes=settings.min_free_mb * 1024 * 1024)
+    own_index = index is None
     index = index or Index(settings.index_path)
+    # This process' receive journal: what an earlier process of this slot left is applied first.
+    owner = f"rx{slot}"
+    replayed = replay(journal_dir(settings), spool, index, owner=owner)
+    if replayed.segments:
+        log.warning(
+            "event=journal_replayed receiver=%d segments=%d records=%d rewritten=%d recorded=%d torn=%d "
+            "absent=%d",
+            slot,
+            replayed.segments,
+            replayed.records,
+            replayed.rewritten,
+            replayed.recorded,
+            replayed.torn,
+            replayed.absent,
+        )
+    own_receive_index = receive_index is None
+    receive_index = receive_index or Index(settings.index_path, receive_journal=True)
+    journal = ReceiveJournal(journal_dir(settings), owner, spool, index)
+
+    def close() -> None:
+        """After the server: the journal's last sync (nothing left to replay), then the indexes."""
+        journal.close()
+        if own_receive_index:
+            receive_index.close()
+        if own_index:
+            index.close()
+
     # Process-wide in pynetdicom; the handler copes with either mode.
     _config.STORE_RECV_CHUNKED_DATASET = settings.stream_to_disk
     ae = build_ae(settings)
@@ -356,7 +504,10 @@ def serve(
         (evt.EVT_REJECTED, association_rejected),
         (evt.EVT_CONN_OPEN, _set_nodelay),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, metrics.counted(make_store_handler(spool, index, settings, on_stored))),
+        (
+            evt.EVT_C_STORE,
+            metrics.counted(make_store_handler(spool, receive_index, journal, settings, on_stored)),
+        ),
         (evt.EVT_RELEASED, released),
         (evt.EVT_ABORTED, released),
     ]
@@ -374,16 +525,37 @@ def serve(
             _tls_mode(settings, ssl_context is not None),
         )
 
-    return reactor.start_server(
-        ae,
-        (settings.host, settings.port),
-        block=block,
-        evt_handlers=handlers,
-        ssl_context=ssl_context,
-        reuse_port=reuse_port,
-        event_driven=settings.event_driven,
-        on_listening=listening,
-    )
+    try:
+        server = reactor.start_server(
+            ae,
+            (settings.host, settings.port),
+            block=block,
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+            reuse_port=reuse_port,
+            event_driven=settings.event_driven,
+            on_listening=listening,
+        )
+    except BaseException:
+        close()
+        raise
+    if server is None:  # blocking: served until shut down
+        close()
+        return None
+    # The caller stops the server with shutdown() and server_close(); the journal closes with it.
+    server_close = server.server_close
+
+    def close_all() -> None:
+        server_close()
+        close()
+
+    server.server_close = close_all  # type: ignore[method-assign]
+    return server
+
+
+def journal_dir(settings: NodeSettings) -> Path:
+    """Where the receive journal's segments are: beside the spool, on its file system."""
+    return settings.spool_dir / "journal"
 
 
 def _tls_mode(settings: NodeSettings, uses_tls: bool) -> str:

@@ -24,6 +24,7 @@ import socket
 import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pydicom
@@ -153,17 +154,35 @@ def send_to_destination(
     return delivered
 
 
-def deliver_due(index: Index, settings: NodeSettings, now: float | None = None) -> int:
-    """One round: every due outbox row, grouped by destination; return how many were delivered."""
+def deliver_by_destination(
+    rows: Iterable[sqlite3.Row],
+    send: Callable[[str, list[sqlite3.Row]], int],
+    fail: Callable[[sqlite3.Row, str], None],
+    error_event: str,
+) -> int:
+    """One round of an outbox (DICOM here, HL7 in :mod:`node.hl7.sender`): the due rows grouped by
+    destination, each group sent by ``send``; a destination whose sending raises has its rows
+    failed (retried later) and never stops the others or the thread. Returns how many were
+    delivered."""
     groups: dict[str, list[sqlite3.Row]] = defaultdict(list)
-    for row in index.due_outbox(now):
+    for row in rows:
         groups[row["destination"]].append(row)
     delivered = 0
-    for destination, rows in groups.items():
+    for destination, group in groups.items():
         try:
-            delivered += send_to_destination(index, settings, destination, rows)
-        except Exception as exc:  # never let one destination stop the others or the thread
-            log.exception("event=delivery_error destination=%s", destination)
-            for row in rows:
-                _fail(index, settings, row, f"{type(exc).__name__}: {exc}", time.time())
+            delivered += send(destination, group)
+        except Exception as exc:
+            log.exception("event=%s destination=%s", error_event, destination)
+            for row in group:
+                fail(row, f"{type(exc).__name__}: {exc}")
     return delivered
+
+
+def deliver_due(index: Index, settings: NodeSettings, now: float | None = None) -> int:
+    """One round: every due outbox row, grouped by destination; return how many were delivered."""
+    return deliver_by_destination(
+        index.due_outbox(now),
+        lambda destination, rows: send_to_destination(index, settings, destination, rows),
+        lambda row, error: _fail(index, settings, row, error, time.time()),
+        "delivery_error",
+    )

@@ -43,11 +43,17 @@ from pynetdicom import _config as pynetdicom_config
 from node import metrics
 from node.config import Settings
 from node.dispatch import DISK, dispatch_study, is_disk_full
+from node.hl7.listener import HL7Listener
+from node.hl7.sender import deliver_due_hl7
 from node.index import Index
+from node.journal import replay as replay_journal
+from node.late_height import supersede_for_patient
 from node.receivers import ReceiverPool, port_in_use
 from node.results import collect, republish
+from node.scp import journal_dir
 from node.scp import serve as start_scp
 from node.sender import deliver_due
+from node.spool import Spool
 from node.stability import StabilityTimer, Wakeup, claim_stable_studies
 from workers.app import configure_app, prepare_broker, purge_consumed
 
@@ -186,6 +192,7 @@ class Node:
         self.stability = StabilityTimer()
         self.metrics: metrics.MetricsServer | None = None
         self.receivers: ReceiverPool | None = None
+        self.hl7: HL7Listener | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -206,6 +213,19 @@ class Node:
         if received_leftovers:
             log.warning("event=receive_tmp_cleaned files=%d", received_leftovers)
         self.index = Index(node.index_path)
+        # Instances acknowledged before a crash whose spool file or index row may not have reached
+        # the disk: every receiving process' journal, before any of them starts (node.journal).
+        replayed = replay_journal(journal_dir(node), Spool(node.spool_dir, min_free_bytes=0), self.index)
+        if replayed.segments:
+            log.warning(
+                "event=journal_replayed segments=%d records=%d rewritten=%d recorded=%d torn=%d absent=%d",
+                replayed.segments,
+                replayed.records,
+                replayed.rewritten,
+                replayed.recorded,
+                replayed.torn,
+                replayed.absent,
+            )
         interrupted = self.index.reopen_interrupted_dispatches()
         if interrupted:
             log.warning("event=dispatch_resumed studies=%d", interrupted)
@@ -255,7 +275,12 @@ class Node:
                 verbose=logging.getLogger().isEnabledFor(logging.DEBUG),
             )
             self.receivers.start()
-        for name, target in (("scheduler", self._scheduler), ("sender", self._sender)):
+        if node.hl7_port is not None:
+            self._start_hl7()
+        loops = [("scheduler", self._scheduler), ("sender", self._sender)]
+        if node.hl7_destinations:
+            loops.append(("hl7-sender", self._hl7_sender))
+        for name, target in loops:
             thread = threading.Thread(target=target, name=f"bodycomp-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -276,6 +301,9 @@ class Node:
         if self.receivers is not None:
             self.receivers.stop()
             self.receivers = None
+        if self.hl7 is not None:
+            self.hl7.stop()
+            self.hl7 = None
         self.wakeup.poke()
         self.send_wakeup.poke()
         for thread in self.threads:
@@ -394,6 +422,34 @@ class Node:
                 else:
                     log.exception("event=scheduler_error")
             self.wakeup.wait(TICK_SECONDS)
+
+    def _start_hl7(self) -> None:
+        """The HL7 v2 listener (:mod:`node.hl7.listener`); a height for a patient whose done
+        studies had none asks for superseding results (:mod:`node.late_height`)."""
+        index, node, port = self.index, self.node, self.node.hl7_port
+        assert index is not None and port is not None
+
+        def late(patient_id: str) -> None:
+            if supersede_for_patient(index, node, patient_id):
+                self.wakeup.poke()
+
+        self.hl7 = HL7Listener(node.hl7_host, port, index, node.hl7_max_age_days, on_accepted=late)
+        try:
+            self.hl7.start()
+        except OSError as exc:
+            log.error("event=hl7_listen_failed host=%s port=%d reason=%s", node.hl7_host, port, exc)
+            self.hl7.stop()
+            self.hl7 = None
+            raise
+
+    def _hl7_sender(self) -> None:
+        assert self.index is not None
+        while not self.stopping.is_set():
+            try:
+                deliver_due_hl7(self.index, self.node)
+            except Exception:
+                log.exception("event=hl7_sender_error")
+            self.stopping.wait(TICK_SECONDS)
 
     def _sender(self) -> None:
         assert self.index is not None

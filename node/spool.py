@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +63,12 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.studies.mkdir(parents=True, exist_ok=True)
-        self._studies_resolved = self.studies.resolve()
+        self._studies_device = self.studies.stat().st_dev
+
+    @property
+    def device(self) -> int:
+        """The spool's file system (``st_dev``): a file there is moved into it, not copied."""
+        return self._studies_device
 
     def free_bytes(self) -> int:
         stats = os.statvfs(self.root)
@@ -74,9 +80,10 @@ class Spool:
             checked_uid(series_uid, "SeriesInstanceUID"),
             checked_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm",
         ]
-        path = self.studies.joinpath(*parts)
         # Belt and braces: the checked UIDs cannot contain separators, but never trust one check.
-        if self._studies_resolved not in path.resolve().parents:
+        # Checked on the names alone (no file system calls: this runs for every instance received).
+        path = self.studies.joinpath(*parts)
+        if path.parent.parent.parent != self.studies or ".." in path.parts[-3:]:
             raise InvalidUIDError("instance path escapes the spool")
         return path
 
@@ -126,6 +133,7 @@ class Spool:
         series_uid: str,
         sop_instance_uid: str,
         hash_from: int = 0,
+        digest: str | None = None,
     ) -> StoredInstance:
         """Like :meth:`store_file`, but *move* ``source`` into the spool when it is on the same
         file system (else copy it): the file is flushed to disk, renamed to its final name and the
@@ -135,24 +143,26 @@ class Spool:
         copying it again doubled the disk writes and cost ~0.5 ms per CT slice on the receive
         path (docs/benchmarks.md). ``source`` is gone afterwards when it was moved; the caller's
         clean-up of it must tolerate that (pynetdicom's does). The digest (SHA-256 from
-        ``hash_from``) is read from the page cache.
+        ``hash_from``) is read from the page cache, unless the caller, who has the bytes in
+        memory already, passes it as ``digest``.
         """
         target = self.path_for(study_uid, series_uid, sop_instance_uid)
         try:
-            same_device = source.stat().st_dev == self.studies.stat().st_dev
+            status = source.stat()
         except OSError:
-            same_device = False
-        if not same_device:
+            status = None
+        if status is None or status.st_dev != self._studies_device:
             return self.store_file(source, study_uid, series_uid, sop_instance_uid, hash_from=hash_from)
-        size = source.stat().st_size
         if self.free_bytes() < self.min_free_bytes:
             raise SpoolFullError(errno.ENOSPC, f"spool has less than {self.min_free_bytes} bytes free")
-        sha = hashlib.sha256()
         try:
             with source.open("rb") as handle:
-                handle.seek(hash_from)
-                while block := handle.read(1024 * 1024):
-                    sha.update(block)
+                if digest is None:
+                    sha = hashlib.sha256()
+                    handle.seek(hash_from)
+                    while block := handle.read(1024 * 1024):
+                        sha.update(block)
+                    digest = sha.hexdigest()
                 os.fsync(handle.fileno())
             target.parent.mkdir(parents=True, exist_ok=True)
             source.replace(target)
@@ -161,7 +171,83 @@ class Spool:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(exc.errno, str(exc)) from exc
             raise
-        return StoredInstance(target, study_uid, series_uid, sop_instance_uid, size, sha.hexdigest())
+        return StoredInstance(target, study_uid, series_uid, sop_instance_uid, status.st_size, digest)
+
+    def place_file(
+        self, source: Path, study_uid: str, series_uid: str, sop_instance_uid: str, size: int
+    ) -> StoredInstance:
+        """Move ``source`` to its spool path (copy it when it is on another file system) *without*
+        flushing anything (the caller checked :meth:`check_room`): only for an instance already
+        durable in the receive journal
+        (:mod:`node.journal`), whose syncer flushes the spool later and whose replay rewrites the
+        file after a crash. ``source`` is gone afterwards when it was moved."""
+        target = self.path_for(study_uid, series_uid, sop_instance_uid)
+        try:
+            try:
+                source.replace(target)
+            except FileNotFoundError:  # the series' first instance (one rename, not a mkdir, else)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._move_or_copy(source, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._move_or_copy(source, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(exc.errno, str(exc)) from exc
+            raise
+        return StoredInstance(target, study_uid, series_uid, sop_instance_uid, size)
+
+    def _move_or_copy(self, source: Path, target: Path) -> None:
+        """Rename ``source`` to ``target`` (its folder exists), or copy it across file systems."""
+        try:
+            source.replace(target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with source.open("rb") as src:
+                self._place(lambda handle: shutil.copyfileobj(src, handle, 1 << 20), target)
+
+    def place_bytes(
+        self, data: bytes, study_uid: str, series_uid: str, sop_instance_uid: str
+    ) -> StoredInstance:
+        """:meth:`place_file` for an instance received in memory (``stream_to_disk = false``)."""
+        target = self.path_for(study_uid, series_uid, sop_instance_uid)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._place(lambda handle: handle.write(data), target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(exc.errno, str(exc)) from exc
+            raise
+        return StoredInstance(target, study_uid, series_uid, sop_instance_uid, len(data))
+
+    def _place(self, write: Callable[[Any], object], target: Path) -> None:
+        """Write through a temporary name, renamed over ``target`` (readers never see half a file)."""
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="rx-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+            Path(tmp_name).replace(target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    def check_room(self, size: int) -> None:
+        """Raise :class:`SpoolFullError` unless ``size`` more bytes leave the reserve free."""
+        if self.free_bytes() - size < self.min_free_bytes:
+            raise SpoolFullError(errno.ENOSPC, f"spool has less than {self.min_free_bytes} bytes free")
+
+    def write_durably(
+        self,
+        write: Callable[[Any], object],
+        size: int,
+        study_uid: str,
+        series_uid: str,
+        sop_instance_uid: str,
+    ) -> StoredInstance:
+        """Write an instance with ``write(handle)`` durably (flushed, renamed, directory flushed)."""
+        return self._store(write, size, study_uid, series_uid, sop_instance_uid)
 
     def _store(
         self,

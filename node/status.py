@@ -108,6 +108,8 @@ def result_summary(result: dict[str, Any]) -> dict[str, Any]:
         "smi_cm2_m2": metrics.get("smi_cm2_m2"),
         "smi_missing_because": (metrics.get("reasons") or {}).get("smi_cm2_m2"),
         "analysis_s": round(sum(v for v in timings.values() if isinstance(v, int | float)), 2),
+        # a correction (issue #23): what was corrected, by whom, from which instance
+        "correction": (result.get("correction") or {}).get("description"),
     }
 
 
@@ -184,16 +186,32 @@ def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:
                 "SELECT * FROM outbox WHERE state='pending' AND attempts>0 ORDER BY id DESC LIMIT 20"
             )
         ]
+        hl7_counts, hl7_dead = _hl7_outbox(index)
         return {
             "data_dir": str(node.data_dir),
             "studies_by_state": counts,
             "outbox_by_state": outbox,
             "dead_letters": dead,
             "retrying": retrying,
+            "hl7_outbox_by_state": hl7_counts,
+            "hl7_dead_letters": hl7_dead,
             "studies": _with_results(node, index.recent_studies(limit)),
         }
     finally:
         index.close()
+
+
+def _hl7_outbox(index: Index) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """ORU deliveries by state and the dead letters (none for an index without the HL7 tables,
+    written by an older node and opened read-only)."""
+    try:
+        rows = index.hl7_outbox_rows("dead")
+        return index.hl7_outbox_counts(), [
+            {"control_id": r["control_id"], "destination": r["destination"], "error": r["last_error"]}
+            for r in rows
+        ]
+    except sqlite3.OperationalError:
+        return {}, []
 
 
 def _when(timestamp: float | None) -> str:
@@ -232,6 +250,8 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(
                 f"    job {j['id']}: {j['state']}{extra}, series {j['series_uid']}, attempts {j['attempts']}"
             )
+            if j.get("result") and j["result"].get("correction"):
+                lines.append(f"        corrects: {j['result']['correction']}")
             if j.get("result") and j["state"] != "superseded":
                 lines += [f"        {text}" for text in _result_lines(j)]
         for destination, states in sorted((s.get("deliveries") or {}).items()):
@@ -240,6 +260,10 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"dead letter: {d['sop_uid']} to {d['destination']}: {d['error']}")
     if report["dead_letters"]:
         lines.append("(after fixing the cause: bodycomp resend [--study UID] [--destination AE@HOST:PORT])")
+    if report.get("hl7_outbox_by_state"):
+        lines.append(f"HL7 results (ORU^R01): {counts('hl7_outbox_by_state')}")
+    for d in report.get("hl7_dead_letters", []):
+        lines.append(f"HL7 dead letter: {d['control_id']} to {d['destination']}: {d['error']}")
     for r in report.get("retrying", []):
         lines.append(
             f"retrying: {r['sop_uid']} to {r['destination']} (attempt {r['attempts']}, "
@@ -290,7 +314,16 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-EXPORT_FIRST = ["study_uid", "patient_id", "study_date", "series_uid", "job_id", "calling_ae", "analysed"]
+EXPORT_FIRST = [
+    "study_uid",
+    "patient_id",
+    "study_date",
+    "series_uid",
+    "job_id",
+    "calling_ae",
+    "analysed",
+    "history",
+]
 
 
 def export_rows(index: Index, data_dir: Path) -> list[dict[str, Any]]:
@@ -308,6 +341,10 @@ def export_rows(index: Index, data_dir: Path) -> list[dict[str, Any]]:
             "job_id": job["id"],
             "calling_ae": job["calling_ae"],
             "analysed": _when(job["finished"]),
+            # the results this one supersedes (corrections, issue #23), oldest first
+            "history": ";".join(
+                f"job {j['id']} {j['state']}" for j in index.jobs_of(job["study_uid"]) if j["id"] != job["id"]
+            ),
         }
         try:
             result = json.loads((data_dir / job["result_dir"] / "out" / "result.json").read_text())

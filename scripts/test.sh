@@ -17,6 +17,7 @@ need_apt=()
 command -v storescp >/dev/null 2>&1 && command -v dcmcjpeg >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)  # deploy tests: verify the units
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || need_apt+=(libfaketime)  # wall-clock steps
 # Broker fault tests (tests/servers.py) start private Redis and RabbitMQ instances on free ports.
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)

@@ -32,6 +32,20 @@ def validation_script() -> ModuleType:
     return module
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fast tier (``pytest -m "not slow"``, README) replaces the default ``-m 'not long'``:
+    a ``long`` or ``viewer`` test must therefore be ``slow`` too, or the fast tier would run it."""
+    loose = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("slow") is None
+        and (item.get_closest_marker("long") or item.get_closest_marker("viewer"))
+    ]
+    if loose:
+        raise pytest.UsageError(f"marked long or viewer but not slow: {', '.join(loose)}")
+
+
 @pytest.fixture(autouse=True)
 def _umask_kept() -> Iterator[None]:
     """Each test leaves the process umask as it found it.

@@ -41,6 +41,9 @@ from workers.batch import table
 from workers.batch.inputs import read_corrections
 from workers.load import load_series
 
+# Whole-cohort runs in worker processes (about a minute): the full suite only.
+pytestmark = pytest.mark.slow
+
 HCC = SHARED_DATA / "hcc_tace_seg_048"
 EXAMPLE_CT = SHARED_DATA / "example_ct" / "example_ct.nii.gz"
 EXAMPLE_CT_SM = SHARED_DATA / "example_ct" / "labels" / "example_ct_sm" / "example_ct_sm.nii.gz"

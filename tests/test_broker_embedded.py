@@ -47,6 +47,7 @@ def _open_at_once(url: str, barrier: Barrier, results: multiprocessing.Queue[str
         results.put(f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
+@pytest.mark.slow  # real processes
 def test_processes_opening_a_new_broker_together_all_succeed(tmp_path: Path) -> None:
     context = multiprocessing.get_context("fork")  # kombu and SQLAlchemy already imported
     failures: list[str] = []
@@ -77,6 +78,7 @@ def test_embedded_broker_file_from_url(tmp_path: Path) -> None:
     assert embedded_broker_file("amqp://guest:guest@127.0.0.1:5672//") is None
 
 
+@pytest.mark.slow  # real processes
 def test_worker_exit_code_says_whether_it_failed(tmp_path: Path) -> None:
     """A worker that cannot use its broker exits 1 (systemd's ``Restart=on-failure`` restarts it);
     one stopped by SIGTERM after a warm shutdown exits 0."""

@@ -65,10 +65,16 @@ def installed_units(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def systemd_analyze() -> str:
+    """The tool, or a failure (a missing tool fails the test, it never skips it)."""
+    if SYSTEMD_ANALYZE is None:
+        pytest.fail("systemd-analyze is not installed (Debian package systemd; scripts/test.sh installs it)")
+    return SYSTEMD_ANALYZE
+
+
 def verify(folder: Path, *units: str) -> subprocess.CompletedProcess[str]:
-    assert SYSTEMD_ANALYZE is not None
     return subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", "--man=no", *units],
+        [systemd_analyze(), "verify", "--man=no", *units],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -76,7 +82,6 @@ def verify(folder: Path, *units: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
 def test_systemd_analyze_verify_accepts_the_units(installed_units: Path) -> None:
     run = verify(installed_units, "bodycomp.service", "bodycomp-worker@1.service", "bodycomp-workers.target")
     assert run.returncode == 0 and run.stderr.strip() == "", run.stderr
@@ -87,12 +92,10 @@ def test_systemd_analyze_verify_accepts_the_units(installed_units: Path) -> None
     assert "Unknown key 'ProtectSytem'" in run.stderr, run.stderr
 
 
-@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
 @pytest.mark.parametrize("unit", ["bodycomp.service", "bodycomp-worker@1.service"])
 def test_systemd_hardening_exposure_is_low(installed_units: Path, unit: str) -> None:
-    assert SYSTEMD_ANALYZE is not None
     run = subprocess.run(
-        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(installed_units / unit)],
+        [systemd_analyze(), "security", "--offline=yes", "--no-pager", str(installed_units / unit)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -186,12 +189,19 @@ def yaml_to_json(text: str) -> Any:
         timeout=60,
     )
     if run.returncode != 0:
-        pytest.skip(f"no PyYAML in /usr/bin/python3 to read compose's output: {run.stderr.strip()[-200:]}")
+        pytest.fail(
+            "no PyYAML in /usr/bin/python3 to read compose's output (Debian package python3-yaml, a "
+            f"docker-compose dependency): {run.stderr.strip()[-200:]}"
+        )
     return json.loads(run.stdout)
 
 
 def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    assert COMPOSE_CMD is not None
+    if COMPOSE_CMD is None:
+        pytest.fail(
+            "neither `docker compose` nor `docker-compose` is installed "
+            "(Debian package docker-compose; scripts/test.sh installs it)"
+        )
     env_path = tmp_path / "compose.env"
     env_path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     return subprocess.run(
@@ -212,7 +222,6 @@ def compose_config(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedP
     )
 
 
-@pytest.mark.skipif(COMPOSE_CMD is None, reason="neither `docker compose` nor `docker-compose` is installed")
 def test_docker_compose_config_validates_the_stack(tmp_path: Path) -> None:
     run = compose_config(tmp_path, env_file(COMPOSE / "example.env"))
     assert run.returncode == 0, run.stderr
@@ -257,7 +266,6 @@ def _volume(value: Any) -> bool:
     )
 
 
-@pytest.mark.skipif(COMPOSE_CMD is None, reason="neither `docker compose` nor `docker-compose` is installed")
 def test_compose_refuses_to_start_without_passwords(tmp_path: Path) -> None:
     env = env_file(COMPOSE / "example.env")
     del env["RABBITMQ_PASSWORD"]

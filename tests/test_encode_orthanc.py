@@ -6,10 +6,14 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.orthanc import running_orthanc
 from tests.test_encode import encode_slice
 from workers.load import load_series
+
+# A real Orthanc: the full suite only (the encoders' own checks in test_encode.py are fast).
+pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
 def test_orthanc_files_the_three_objects_into_the_source_study(

@@ -50,6 +50,9 @@ from tests.test_node_support import (
 )
 from workers.series_selection import SelectionPolicy
 
+# Fault scenarios (private Redis and RabbitMQ servers): the full suite only, like every test_fault_*.
+pytestmark = pytest.mark.slow
+
 OUTAGE_SECONDS = 60.0
 STABLE_SECONDS = 3.0
 #: Seconds into the outage at which the studies that arrive during it are sent.
@@ -269,7 +272,7 @@ def test_broker_stopped_60s_while_studies_arrive_loses_nothing_and_drains(
     broker: str, example_ct_derived_dicom: Path, tmp_path: Path
 ) -> None:
     if broker == "rabbitmq" and not RabbitMQServer.installed():
-        pytest.skip("rabbitmq-server is not installed (scripts/test.sh installs it)")
+        pytest.fail("rabbitmq-server is not installed (scripts/test.sh installs it)")
     with recorded(f"broker ({broker}) stopped 60 s while studies arrive") as tally:
         broker_outage(broker, example_ct_derived_dicom, tmp_path, tally)
 
@@ -383,7 +386,7 @@ def test_celery_settings_for_broker_outages() -> None:
 def test_rabbitmq_publishes_with_confirms(tmp_path: Path) -> None:
     """The confirm_publish option really reaches the AMQP connection the node publishes on."""
     if not RabbitMQServer.installed():
-        pytest.skip("rabbitmq-server is not installed (scripts/test.sh installs it)")
+        pytest.fail("rabbitmq-server is not installed (scripts/test.sh installs it)")
     from workers.app import configure_app
 
     with RabbitMQServer(tmp_path / "rabbitmq") as server:

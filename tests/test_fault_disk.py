@@ -57,6 +57,9 @@ from tests.test_node_support import (
     wait_for,
 )
 
+# Fault scenarios (size-limited tmpfs mounts, as root): the full suite only, like every test_fault_*.
+pytestmark = pytest.mark.slow
+
 MB = 1024 * 1024
 VOLUME_MB = 48
 RESERVE_MB = 16
@@ -67,7 +70,8 @@ RESULT_TIMEOUT = 180.0
 
 @pytest.fixture()
 def small_volume(tmp_path: Path) -> Iterator[Path]:
-    """A 48 MB tmpfs mounted on a temporary folder (unmounted after the test), or a skip."""
+    """A 48 MB tmpfs mounted on a temporary folder (unmounted after the test); fails where none can
+    be mounted: the full-disk scenarios need root or CAP_SYS_ADMIN, they are not skipped without."""
     mount_point = tmp_path / "vol"
     mount_point.mkdir()
     try:
@@ -78,9 +82,9 @@ def small_volume(tmp_path: Path) -> Iterator[Path]:
             timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a size-limited tmpfs: {exc}")
+        pytest.fail(f"cannot mount a size-limited tmpfs: {exc}")
     if result.returncode != 0:
-        pytest.skip(
+        pytest.fail(
             f"cannot mount a size-limited tmpfs (needs root or CAP_SYS_ADMIN): {result.stderr.strip()}"
         )
     try:
@@ -336,7 +340,7 @@ def test_index_stays_usable_when_sqlite_hits_enospc(small_volume: Path) -> None:
 class IndexOnFullDisk(Index):
     """An index whose commit fails as SQLite does on a full disk (the spool write succeeded)."""
 
-    def record_instance(self, rec: InstanceRecord, now: float | None = None) -> str:
+    def record_instance(self, rec: InstanceRecord, now: float | None = None, replay: bool = False) -> str:
         raise sqlite3.OperationalError("database or disk is full")
 
 
@@ -348,7 +352,9 @@ def test_instance_the_index_cannot_record_is_refused_and_not_left_in_the_spool(
     left the instance's file under its final name in the spool, unrecorded: the next dispatch
     scan saw a file the index did not know. Now the file goes with the refusal."""
     settings = NodeSettings(port=free_port(), data_dir=tmp_path / "data", min_free_mb=0)
-    server = serve(settings, block=False, index=IndexOnFullDisk(settings.index_path))
+    server = serve(
+        settings, block=False, receive_index=IndexOnFullDisk(settings.index_path, receive_journal=True)
+    )
     try:
         output = storescu_all(settings.port, sorted(example_ct_dicom.iterdir())[:2])
         answers = store_responses(output)

@@ -31,7 +31,9 @@ from tests.test_node_support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.network, pytest.mark.slow]
+# The first test is the fast tier's one end-to-end test (`pytest -m "not slow"`, README); the
+# others are marked slow one by one and run with the full suite.
+pytestmark = pytest.mark.network
 
 SEG, SR, SC = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
 RESULT_TIMEOUT = 90  # stable time + analysis of example_ct (a few seconds) + delivery, with margin
@@ -144,6 +146,7 @@ def test_storescu_to_node_results_arrive_and_a_resent_study_gives_one_result_set
     assert "PHANTOM" not in node.text() and "Phantom" not in node.text(), "no patient names or IDs in logs"
 
 
+@pytest.mark.slow
 def test_two_studies_interleaved_over_two_concurrent_associations(
     example_ct_derived_dicom: Path, tmp_path: Path
 ) -> None:
@@ -181,6 +184,7 @@ def test_two_studies_interleaved_over_two_concurrent_associations(
             node.stop()
 
 
+@pytest.mark.slow
 def test_non_ct_study_is_accepted_and_ignored(tmp_path: Path) -> None:
     g = axial_geometry(n_slices=6)
     options = SeriesOptions(modality="MR")
@@ -206,6 +210,7 @@ def test_non_ct_study_is_accepted_and_ignored(tmp_path: Path) -> None:
         node.stop()
 
 
+@pytest.mark.slow
 def test_unknown_calling_ae_is_rejected(example_ct_dicom: Path, tmp_path: Path) -> None:
     files = sorted(example_ct_dicom.iterdir())[:2]
     node = start_node(tmp_path / "data", env={"BODYCOMP_ALLOW_AE": "PACS"})  # the flat env form
@@ -220,6 +225,7 @@ def test_unknown_calling_ae_is_rejected(example_ct_dicom: Path, tmp_path: Path) 
         node.stop()
 
 
+@pytest.mark.slow
 def test_restart_dispatches_stable_studies_and_resends_undelivered_results(
     example_ct_derived_dicom: Path, tmp_path: Path
 ) -> None:
@@ -270,6 +276,7 @@ def test_restart_dispatches_stable_studies_and_resends_undelivered_results(
             node.stop()
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_analysis_runs_again_and_sends_one_result_set(
     example_ct_derived_dicom: Path, tmp_path: Path
 ) -> None:
@@ -314,6 +321,7 @@ def test_worker_killed_mid_analysis_runs_again_and_sends_one_result_set(
             node.stop()
 
 
+@pytest.mark.slow
 def test_ct_without_l3_fails_with_the_reason_in_status(tmp_path: Path) -> None:
     """An input the analysis cannot use fails at once (no retries), with its reason shown."""
     g = axial_geometry(n_slices=8)

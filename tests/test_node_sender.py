@@ -222,6 +222,7 @@ def test_a_dispatch_interrupted_by_a_crash_is_resumed(tmp_path: Path) -> None:
     assert [s.study_uid for s in claim_after_idle(index, 1)] == ["1.2"]
 
 
+@pytest.mark.slow  # the real `bodycomp resend` process
 def test_resend_queues_dead_letters_again_and_the_sender_delivers_them(tmp_path: Path) -> None:
     """``bodycomp resend`` (the real command, in its own process, as an operator runs it after
     fixing the PACS): dead letters of the chosen study/destination go back to pending with a new

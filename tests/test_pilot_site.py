@@ -28,6 +28,9 @@ from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sa
 from tests.orthanc import running_orthanc
 from tests.test_node_support import BODYCOMP, storescu
 
+# The pilot's commands as real processes, and Orthanc: the full suite only.
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -179,3 +179,62 @@ def test_another_pynetdicom_series_falls_back_to_its_own_server(
     assert "event=polling_reactor" in caplog.text
     monkeypatch.setattr(pynetdicom, "__version__", "3.0.4")
     assert reactor.server_class() is reactor.WakeableServer
+
+
+def test_work_after_the_response_runs_once_the_response_is_sent_and_before_the_next_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """:func:`reactor.after_response`: the C-STORE handler's log line and hints wait for the answer.
+
+    The deferred action blocks until the requestor has had its answer: run before the response, it
+    would hold the answer back beyond the requestor's 3 s DIMSE timeout. Each request's actions
+    end before the next request is served; one that raises is logged and the association goes on.
+    """
+    order: list[str] = []
+    answered = threading.Event()
+
+    def after(n: int) -> None:
+        assert answered.wait(10), "the requestor never had its answer"
+        answered.clear()
+        order.append(f"after {n}")
+        if n == 1:
+            raise RuntimeError("a failing hint")
+
+    def handle_echo(event: evt.Event) -> int:
+        n = sum(1 for o in order if o.startswith("request")) + 1
+        order.append(f"request {n}")
+        reactor.after_response(event.assoc, lambda: after(n))
+        return 0x0000
+
+    ae = AE(ae_title="ACCEPTOR")
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = reactor.start_server(
+        ae, ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_ECHO, handle_echo)], ssl_context=None
+    )
+    assert server is not None
+    try:
+        assoc = _requestor(port)
+        try:
+            with caplog.at_level(logging.ERROR, logger="node.reactor"):
+                for _ in range(3):
+                    status = assoc.send_c_echo()
+                    assert status and status.Status == 0x0000
+                    answered.set()
+                deadline = time.monotonic() + 10
+                while len(order) < 6 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert order == ["request 1", "after 1", "request 2", "after 2", "request 3", "after 3"]
+    assert "event=after_response_error" in caplog.text
+
+
+def test_work_after_the_response_runs_at_once_without_the_wakeable_association() -> None:
+    """pynetdicom's own association (``event_driven = false``): nothing to defer to, so it runs now."""
+    ran: list[int] = []
+    reactor.after_response(object(), lambda: ran.append(1))
+    assert ran == [1]

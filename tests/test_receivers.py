@@ -34,6 +34,9 @@ from tests.test_node_support import (
     wait_for,
 )
 
+# Several real `bodycomp serve` processes per test: the full suite only.
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
 ASSOCIATIONS = 16  # all on one of two sockets by chance: 2 × 2**-16
 
 

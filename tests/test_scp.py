@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import socket
 import subprocess
@@ -177,3 +179,43 @@ def test_both_receive_modes_record_the_same_digest(tmp_path: Path, example_ct_di
         assert row["digest"] == digest_file(path, split_dataset(path)[1])
         digests.append(row["digest"])
     assert digests[0] == digests[1]
+
+
+def test_each_instance_is_parsed_once_from_the_mapped_received_file(
+    node: NodeSettings, example_ct_dicom: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One header parse per instance, from the bytes in memory (issue #27): no second read of the
+    file, no second parse of its File Meta Information to find the dataset for the digest."""
+    parsed: list[str] = []
+    original = pydicom.dcmread
+
+    def counting(source: object, *args: object, **kwargs: object) -> object:
+        parsed.append(type(source).__name__)
+        return original(source, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    files = sorted(example_ct_dicom.iterdir())[:3]
+    output = storescu(node, *files, extra=("-xv",))
+    assert "Failed" not in output, output
+    assert parsed == ["mmap"] * 3
+    rows = Index(node.index_path).query("SELECT digest, path FROM instances")
+    assert len(rows) == 3
+    for row in rows:
+        path = Path(row["path"])
+        assert row["digest"] == digest_file(path, split_dataset(path)[1])
+
+
+def test_a_failed_flush_of_the_receive_journal_answers_out_of_resources_and_spools_nothing(
+    node: NodeSettings, example_ct_dicom: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's flush is the one the status waits for (node.journal): when it fails (a full
+    disk shows there with delayed allocation) the sender is refused and nothing is spooled."""
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", full)
+    output = storescu(node, sorted(example_ct_dicom.iterdir())[0], extra=("-xv",))
+    assert "Refused: OutOfResources" in output, output
+    assert spooled(node) == []
+    assert Index(node.index_path).query("SELECT * FROM instances") == []

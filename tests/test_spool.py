@@ -77,3 +77,34 @@ def test_adopt_refuses_below_the_reserve_and_keeps_the_source(tmp_path: Path) ->
         spool.adopt_file(source, "1.2", "1.2.3", "1.2.3.4")
     assert source.read_bytes() == b"x" * 100
     assert not (tmp_path / "spool" / "studies" / "1.2").exists()
+
+
+def test_adopt_takes_the_digest_the_caller_computed_from_memory(tmp_path: Path) -> None:
+    """The SCP hashes the mapped received file itself: adopt_file must not read it again."""
+    source = tmp_path / "received.dcm"
+    source.write_bytes(b"x" * 1000)
+    stored = Spool(tmp_path / "spool", min_free_bytes=0).adopt_file(
+        source, "1.2", "1.2.3", "1.2.3.4", 132, digest="given"
+    )
+    assert stored.digest == "given", "taken as given, not recomputed"
+    assert stored.path.read_bytes() == b"x" * 1000 and stored.size == 1000
+
+
+def test_place_file_moves_within_and_copies_across_file_systems(tmp_path: Path) -> None:
+    """The receive journal's unflushed placement: a rename on the spool's file system, a copy from
+    another one (pynetdicom's temporary folder may be on tmpfs), the series folder made either way."""
+    spool = Spool(tmp_path / "spool", min_free_bytes=0)
+    here = tmp_path / "received.dcm"
+    here.write_bytes(b"a" * 1000)
+    moved = spool.place_file(here, "1.2", "1.2.3", "1.2.3.4", 1000)
+    assert moved.path.read_bytes() == b"a" * 1000 and not here.exists()
+    shm = Path("/dev/shm")
+    assert shm.stat().st_dev != tmp_path.stat().st_dev, "this test needs /dev/shm on another file system"
+    elsewhere = shm / f"bodycomp-test-{os.getpid()}.dcm"
+    elsewhere.write_bytes(b"b" * 1000)
+    try:
+        copied = spool.place_file(elsewhere, "1.2", "1.2.4", "1.2.4.5", 1000)
+        assert copied.path.read_bytes() == b"b" * 1000
+        assert list((tmp_path / "spool" / "tmp").iterdir()) == []
+    finally:
+        elsewhere.unlink(missing_ok=True)

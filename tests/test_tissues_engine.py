@@ -5,12 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.phantoms import make_abdomen
+from workers.errors import UnknownNameError
 from workers.metrics import PatientInputs, compute_result, tissue_stats
-from workers.overlay import QC_CHARS, TISSUE_COLOURS, qc_lines, render_overlay
+from workers.overlay import (
+    ALPHA,
+    PANEL_W,
+    QC_CHARS,
+    TARGET_PX,
+    TISSUE_COLOURS,
+    qc_lines,
+    render_overlay,
+)
 from workers.presets import get_preset
+from workers.tissues import engine
 from workers.tissues.engine import (
     TissueSegmentation,
     TissueSegmenter,
@@ -28,18 +39,22 @@ class _Dummy:
         return TissueSegmentation(np.zeros(hu.shape, np.uint8), np.zeros((0, 2)), hu > -500)
 
 
-def test_registry_and_protocol() -> None:
+def test_registry_and_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
     seg = get_segmenter()
     assert isinstance(seg, TissueSegmenter)
     assert seg.name == "classical" and "classical" in available_segmenters()
+    monkeypatch.setattr(engine, "_REGISTRY", dict(engine._REGISTRY))  # the dummy leaves with the test
+    assert "dummy" not in available_segmenters()
     register_segmenter("dummy", _Dummy)
-    assert isinstance(get_segmenter("dummy"), TissueSegmenter)
-    try:
+    assert available_segmenters() == ["classical", "dummy"]
+    dummy = get_segmenter("dummy")
+    assert type(dummy) is _Dummy and isinstance(dummy, TissueSegmenter)
+    assert get_segmenter("dummy") is not dummy, "a fresh instance per call, from the factory"
+    assert type(get_segmenter()) is type(seg), "registering another engine leaves the default alone"
+    with pytest.raises(UnknownNameError, match="'missing'; known: classical, dummy"):
         get_segmenter("missing")
-    except KeyError as e:
-        assert "missing" in str(e)
-    else:  # pragma: no cover
-        raise AssertionError("expected KeyError")
+    with pytest.raises(KeyError):  # a KeyError too, for mapping lookups
+        get_segmenter("missing")
 
 
 def test_output_contract_and_context_is_optional() -> None:
@@ -86,10 +101,29 @@ def test_overlay_renders_rgb_with_square_pixels(tmp_path: Path) -> None:
     assert img.height >= 300
     body_cols = np.flatnonzero((arr[:, : img.width - 360].sum(axis=2) > 60).any(axis=0))
     assert body_cols.size > 0
-    # all four tissue colours are blended into the picture
-    for col in TISSUE_COLOURS.values():
-        assert col in {tuple(int(v) for v in c) for c in [col]}
-    render_overlay(ph.hu, out.labels, ph.spacing_yx_mm, None, None)  # works without summary
+    # each tissue's colour is blended (ALPHA) into the grey picture at that tissue's pixels, and
+    # nowhere else: compared with the same slice drawn without labels (both without the contour)
+    labelled = np.asarray(render_overlay(ph.hu, out.labels, ph.spacing_yx_mm, summary), dtype=np.float64)
+    bare = np.asarray(
+        render_overlay(ph.hu, np.zeros_like(out.labels), ph.spacing_yx_mm, summary), dtype=np.float64
+    )
+    mm_per_px = max(300 * 0.6, 400 * 0.9) / TARGET_PX
+    out_h, out_w = round(300 * 0.6 / mm_per_px), round(400 * 0.9 / mm_per_px)
+    assert labelled.shape[:2] == (img.height, out_w + PANEL_W)
+    drawn, grey = labelled[:out_h, :out_w], bare[:out_h, :out_w]
+    lab = np.asarray(Image.fromarray(out.labels, "L").resize((out_w, out_h), Image.Resampling.NEAREST))
+    assert set(np.unique(lab)) >= set(TISSUE_COLOURS), "the phantom has all four tissues"
+    for value, col in TISSUE_COLOURS.items():
+        at = lab == value
+        error = np.abs(drawn[at] - ((1 - ALPHA) * grey[at] + ALPHA * np.array(col))).max(axis=1)
+        assert np.mean(error <= 1.0) > 0.98, f"label {value} not drawn in {col}"  # a few under text
+    unlabelled = ~np.isin(lab, list(TISSUE_COLOURS))
+    assert np.mean(np.abs(drawn[unlabelled] - grey[unlabelled]).max(axis=1) == 0) > 0.98
+    assert (arr[:out_h, :out_w] != drawn).any(axis=2).sum() > 100, "the peritoneal line is drawn"
+    # without a summary: the same picture, the panel's values n/a instead of the numbers
+    plain = np.asarray(render_overlay(ph.hu, out.labels, ph.spacing_yx_mm, None, None), dtype=np.float64)
+    assert np.array_equal(plain[:out_h, :out_w], drawn)
+    assert not np.array_equal(plain[:, out_w:], labelled[:, out_w:])
     # long QC reasons wrap, whole, and the panel grows to hold them (#21: one was cut off)
     reasons = [
         "contrast agent recorded (GASTRO & OMNI): muscle attenuation is enhanced, compare with care",

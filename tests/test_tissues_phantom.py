@@ -57,9 +57,14 @@ ABDOMEN = [
     {"enhanced": True, "noise_sd": 10.0, "seed": 5},  # portal-venous: organs 150 HU, muscle 55 HU
     {"ascites_mm": 12.0, "noise_sd": 10.0, "seed": 6},  # fluid (10 HU) along the inner wall
 ]
+# Variants the full suite runs and the fast tier does not; the fast tier keeps noise (in the other
+# variants) and non-square pixels (in test_concentric_areas_and_hu).
+ABDOMEN_SLOW = [ABDOMEN[1], ABDOMEN[3], ABDOMEN[4], ABDOMEN[5]]
 
 
-@pytest.mark.parametrize("kw", ABDOMEN, ids=[str(k) for k in ABDOMEN])
+@pytest.mark.parametrize(
+    "kw", [pytest.param(k, id=str(k), marks=[pytest.mark.slow] if k in ABDOMEN_SLOW else []) for k in ABDOMEN]
+)
 def test_abdomen_phantom_areas_and_hu(kw: dict[str, object]) -> None:
     ph = make_abdomen(**kw)  # type: ignore[arg-type]
     out, area, mean = _run(ph)

@@ -148,7 +148,10 @@ def test_seg_for_a_grid_1_bit_frames_cannot_fill_is_occupancy_with_the_same_mask
 def test_ohif_shows_seg_sr_and_overlay_over_the_right_anatomy(
     pipeline_outputs: tuple[dict[str, Any], Path], example_ct_derived_dicom: Path, tmp_path: Path
 ) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError as exc:
+        pytest.fail(f"playwright is missing ({exc}): it is a test dependency, pip install -e '.[test]'")
     result, out = pipeline_outputs
     shots = tmp_path / "screenshots"
     shots.mkdir()

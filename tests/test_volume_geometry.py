@@ -148,6 +148,7 @@ def test_lossy_jpeg_baseline_decodes_and_is_flagged(tmp_path: Path) -> None:
     assert float(np.corrcoef(volume.hu.ravel(), hu.ravel())[0, 1]) > 0.98
 
 
+@pytest.mark.slow  # 25 random geometries written and read again; the named variants above are fast
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     position=st.sampled_from(["HFS", "HFP", "FFS", "FFP"]),

@@ -34,6 +34,7 @@ print(json.dumps({"status": result["status"], "dicom": sorted(result.get("files"
 WATCHED = ("workers", "skimage", "scipy", "highdicom", "pydicom", "PIL", "pylibjpeg", "openjpeg", "numpy")
 
 
+@pytest.mark.slow  # two whole analyses in fresh interpreters: the full suite only
 @pytest.mark.parametrize("syntax", ["raw", "j2k"])
 def test_an_analysis_after_preload_imports_nothing_more(syntax: str, tmp_path: Path) -> None:
     series = make_series(120, tmp_path / "series", syntax=syntax)
@@ -53,10 +54,39 @@ def test_an_analysis_after_preload_imports_nothing_more(syntax: str, tmp_path: P
     assert late == [], f"imported during the analysis, add to workers.warmup.ANALYSIS_IMPORTS: {late}"
 
 
-def test_preload_raises_on_a_missing_module_or_attribute() -> None:
-    assert preload(("json",)) >= 0
-    with pytest.raises(ModuleNotFoundError):
-        preload(("bodycomp_no_such_module",))
-    with pytest.raises(AttributeError):
-        preload(("json:no_such_function",))
-    assert "workers.encode" in ANALYSIS_IMPORTS
+def test_preload_imports_each_module_and_touches_each_lazy_attribute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``module`` is imported; ``module:attribute`` also resolves the attribute (a lazy loader's
+    ``__getattr__`` runs then, in the worker's main process, not in each analysis)."""
+    (tmp_path / "bodycomp_probe_eager.py").write_text("ran = True\n")
+    (tmp_path / "bodycomp_probe_lazy.py").write_text(
+        "touched = []\n\n"
+        "def __getattr__(name):\n"
+        "    touched.append(name)\n"
+        "    if name == 'heavy':\n"
+        "        return 42\n"
+        "    raise AttributeError(name)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert "bodycomp_probe_eager" not in sys.modules
+        seconds = preload(("bodycomp_probe_eager", "bodycomp_probe_lazy:heavy"))
+        assert isinstance(seconds, float)
+        assert sys.modules["bodycomp_probe_eager"].ran is True
+        assert sys.modules["bodycomp_probe_lazy"].touched == ["heavy"]
+        with pytest.raises(ModuleNotFoundError, match="bodycomp_no_such_module"):
+            preload(("bodycomp_no_such_module",))
+        with pytest.raises(AttributeError, match="no_such_function"):
+            preload(("bodycomp_probe_lazy:no_such_function",))
+        assert sys.modules["bodycomp_probe_lazy"].touched == ["heavy", "no_such_function"]
+    finally:
+        sys.modules.pop("bodycomp_probe_eager", None)
+        sys.modules.pop("bodycomp_probe_lazy", None)
+
+
+def test_the_worker_preloads_the_analysis_imports_by_default() -> None:
+    """The default list is the analysis' own: the pipeline, both engines and the encoders."""
+    assert preload.__defaults__ == (ANALYSIS_IMPORTS,)
+    for name in ("workers.pipeline", "workers.l3.classical", "workers.tissues.classical", "workers.encode"):
+        assert name in ANALYSIS_IMPORTS

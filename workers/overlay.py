@@ -54,6 +54,7 @@ _NAMES = {
     LABEL_SAT: ("sat", "SAT"),
 }
 LINE_COLOUR = (204, 121, 167)  # reddish purple: peritoneal line
+CORRECTION_COLOUR = (120, 200, 255)  # light blue: the note of a corrected result
 ALPHA = 0.5
 WINDOW_W, WINDOW_L = 400.0, 40.0
 PANEL_W = 360
@@ -143,9 +144,11 @@ def render_overlay(
             font=small,
         )
         y += 18
-    d.line([(x, y + 6), (x + 14, y + 6)], fill=LINE_COLOUR, width=2)
-    d.text((x + 18, y), "peritoneal line", fill=(255, 255, 255), font=small)
-    y += 24
+    if peritoneal_contour_px is not None and len(peritoneal_contour_px) > 2:  # only what is drawn
+        d.line([(x, y + 6), (x + 14, y + 6)], fill=LINE_COLOUR, width=2)
+        d.text((x + 18, y), "peritoneal line", fill=(255, 255, 255), font=small)
+        y += 6
+    y += 18
 
     def line(text: str, colour: tuple[int, int, int] = (255, 255, 255)) -> None:
         nonlocal y
@@ -194,6 +197,13 @@ def render_overlay(
         line(f"QC: {qc.get('status') or 'review'}", (255, 160, 160))
         for text in qc_lines(reasons):
             line(text, (255, 160, 160))
+    # a corrected result says so on the picture itself: a reader comparing two overlays in the
+    # study must see which one stands
+    correction = s.get("correction") or {}
+    if correction.get("description"):
+        line("Corrected result, supersedes the earlier one:", CORRECTION_COLOUR)
+        for text in qc_lines([str(correction["description"])]):
+            line(text, CORRECTION_COLOUR)
     if s.get("slice") is not None:
         line(f"slice: {s.get('slice')}", (200, 200, 200))
     y = max(y + 6, panel_h - 40)

@@ -44,6 +44,7 @@ from workers.overlay import render_overlay
 from workers.presets import get_preset
 from workers.qc_status import assess
 from workers.report import describe
+from workers.revision import LEVEL, Revision
 from workers.rules import get_rule_set
 from workers.series_selection import SelectionPolicy
 from workers.stack import StackPolicy
@@ -58,8 +59,9 @@ CONTEXT_SLICES = 2
 
 @dataclass(frozen=True)
 class PatientOverrides:
-    """Values given outside the DICOM header (the command line, a heights file); they replace
-    the header's."""
+    """Values given outside the DICOM header. In :attr:`AnalysisOptions.patient` (the command
+    line, a heights file) they replace the header's; in :attr:`AnalysisOptions.fallbacks` (the
+    node's HL7 feed and site table) they only fill what the header lacks."""
 
     height_m: float | None = None
     weight_kg: float | None = None
@@ -81,11 +83,32 @@ class AnalysisOptions:
     slices: int = 1
     """Average the metrics over this many contiguous slices centred on L3 (``--slices N``)."""
     patient: PatientOverrides = field(default_factory=PatientOverrides)
+    fallbacks: tuple[PatientOverrides, ...] = ()
+    """Used, in this order, for each value the header (and ``patient``) lacks or holds outside the
+    plausible range: the node's documented order is header → HL7 feed → site table
+    (docs/operations.md). Why not ``patient``: a height in the header is the one measured with
+    the scan; an EHR value must not replace it."""
     write_dicom: bool = False
     preview: bool = True
     """Search L3 on a reduced-resolution decode of a JPEG 2000 series (see :mod:`workers.preview`)."""
     node_flags: tuple[str, ...] = ()
     """What the receiving node found about the input (e.g. ``series_uid_shared``): carried into QC."""
+    slice_sop_uid: str | None = None
+    """Analyse the slice of this SOP Instance UID instead of localising L3 (a correction)."""
+    slice_z_mm: float | None = None
+    """Analyse the slice nearest this patient z (mm) instead of localising L3 (a correction)."""
+    labels: npt.NDArray[np.uint8] | None = field(default=None, compare=False, repr=False)
+    """A label image of the chosen slice in the source's array order (a reader's edited SEG, or the
+    stored masks of the result being corrected): measured as given, nothing is segmented."""
+    labels_source: str = ""
+    """Where ``labels`` come from, as ``result.json`` records it under ``segmentation``."""
+    revision: Revision | None = None
+    """This analysis corrects an earlier result (:mod:`workers.revision`)."""
+
+    @property
+    def manual_slice(self) -> bool:
+        """Whether the slice is given rather than found."""
+        return self.slice_index is not None or self.slice_sop_uid is not None or self.slice_z_mm is not None
 
 
 class StageTimer:
@@ -134,7 +157,7 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
     search_view = volume.preview.canonical() if volume.preview is not None else view
     with timer.stage("l3"):
         l3 = _locate(volume, search_view, options)
-    if out_dir is not None and options.slice_index is None:
+    if out_dir is not None and not options.manual_slice:
         with timer.stage("l3_qc_picture"):
             qc_path = render_l3_qc(
                 np.asarray(search_view.hu),
@@ -155,7 +178,15 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
         if out_dir is not None:
             files["result_json"] = str(write_result(result, out_dir))
         raise NotInFieldOfViewError(result["reason"])
-    result["l3"] = _l3_json(volume, l3, manual=options.slice_index is not None)
+    result["l3"] = _l3_json(volume, l3, manual=options.manual_slice)
+    if options.revision is not None:
+        result["correction"] = options.revision.to_json()
+        if LEVEL not in options.revision.kinds and options.revision.previous_l3:
+            # the level stands as it was found: say how, not "manual"
+            for key in ("method", "confidence", "engine", "engine_version", "flags", "body_range"):
+                if key in options.revision.previous_l3:
+                    result["l3"][key] = options.revision.previous_l3[key]
+            result["l3"]["manual"] = bool(options.revision.previous_l3.get("manual"))
 
     centre = l3.slice_index
     half = (options.slices - 1) // 2
@@ -166,16 +197,21 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
         volume.ensure_full_resolution(
             range(max(0, ks[0] - CONTEXT_SLICES), min(volume.shape[0], ks[-1] + CONTEXT_SLICES + 1))
         )
-    segmenter = get_segmenter(options.segmenter)
     with timer.stage("segment"):
-        segmentations = {
-            k: segmenter.segment(
-                np.asarray(view.hu[k]), view.spacing_yx_mm, preset, context=_context(view, k)
-            )
-            for k in ks
-        }
+        if options.labels is not None:
+            if len(ks) != 1:
+                raise InputError("given masks are measured on one slice only (--slices 1)")
+            segmentations = {centre: _given_labels(view, options.labels, options.labels_source, preset.id)}
+        else:
+            segmenter = get_segmenter(options.segmenter)
+            segmentations = {
+                k: segmenter.segment(
+                    np.asarray(view.hu[k]), view.spacing_yx_mm, preset, context=_context(view, k)
+                )
+                for k in ks
+            }
     seg = segmentations[centre]
-    inputs = _patient_inputs(volume, options.patient)
+    inputs = _patient_inputs(volume, options.patient, options.fallbacks)
     measure_start = time.perf_counter()
     per_slice = [
         tissue_stats(np.asarray(view.hu[k]), segmentations[k].labels, view.spacing_yx_mm) for k in ks
@@ -205,16 +241,19 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
     result["peritoneal_contour_mm"] = _contour_mm(view, centre, seg.peritoneal_contour_px)
     qc = assess(
         l3.flags,
-        None if options.slice_index is not None else l3.confidence,
+        None if options.manual_slice else l3.confidence,
         [f for k in ks for f in segmentations[k].flags],
         seg.qc_notes,
         result["metrics"].get("flags", []),
         volume.flags,
         volume.acquisition,
-        manual_slice=options.slice_index is not None,
+        manual_slice=options.manual_slice,
         input_flags=result["patient_inputs"].get("flags", []),
         node_flags=options.node_flags,
     )
+    if options.revision is not None:
+        for flag, reason in options.revision.kept_qc:  # the predecessor's reasons that still apply
+            qc.add(flag, reason)
     result["qc"] = qc.to_json()
     result["status"] = qc.status
 
@@ -247,6 +286,7 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
                     labels_source,
                     np.asarray(overlay.convert("RGB")),
                     out_dir / "dicom",
+                    options.revision,
                 )
             )
     result["files"] = files
@@ -266,15 +306,49 @@ def _check_dicom_identity(volume: Volume) -> None:
         raise InputError("--dicom needs the source's Study, Series and SOP Instance UIDs, which are missing")
 
 
-def _locate(volume: Volume, view: CanonicalView, options: AnalysisOptions) -> L3Result:
-    if options.slice_index is None:
-        localiser = get_localiser(options.localiser)
-        return localiser.locate(np.asarray(view.hu), view.z_mm, view.spacing_yx_mm)
+def _given_labels(
+    view: CanonicalView, labels_source: npt.NDArray[np.uint8], source: str, preset_id: str
+) -> TissueSegmentation:
+    """Masks given for the slice (a reader's, or stored ones), as the segmenter's output would be."""
+    labels = np.ascontiguousarray(view.orientation.to_canonical(labels_source[None, ...])[0]).astype(np.uint8)
+    if labels.shape != view.hu.shape[1:]:
+        raise InputError(f"the given masks are {labels.shape}, the slice is {view.hu.shape[1:]}")
+    return TissueSegmentation(
+        labels=labels,
+        peritoneal_contour_px=np.zeros((0, 2)),
+        body_mask=labels > 0,
+        segmenter=source or "given masks",
+        preset_id=preset_id,
+    )
+
+
+def _manual_index(volume: Volume, view: CanonicalView, options: AnalysisOptions) -> int:
+    """The canonical index of the slice the options name (source index, SOP Instance UID or z)."""
+    if options.slice_sop_uid is not None:
+        uids = list(volume.sop_instance_uids or [])
+        if options.slice_sop_uid not in uids:
+            raise InputError(f"instance {options.slice_sop_uid} is not a slice of the analysed series")
+        return uids.index(options.slice_sop_uid)
+    if options.slice_z_mm is not None:
+        z = np.asarray(view.z_mm, dtype=float)
+        k = int(np.argmin(np.abs(z - options.slice_z_mm)))
+        step = float(np.median(np.abs(np.diff(z)))) if len(z) > 1 else 0.0
+        if abs(z[k] - options.slice_z_mm) > max(step, 1.0):
+            extent = f"{z.min():.1f}..{z.max():.1f} mm"
+            raise InputError(f"z = {options.slice_z_mm} mm is outside the series ({extent})")
+        return k
     matches = np.nonzero(volume.source_slice_index == options.slice_index)[0]
     if matches.size == 0:
         last = int(volume.source_slice_index.max())
         raise InputError(f"--slice {options.slice_index} is outside the series (valid: 0..{last})")
-    k = int(matches[0])
+    return int(matches[0])
+
+
+def _locate(volume: Volume, view: CanonicalView, options: AnalysisOptions) -> L3Result:
+    if not options.manual_slice:
+        localiser = get_localiser(options.localiser)
+        return localiser.locate(np.asarray(view.hu), view.z_mm, view.spacing_yx_mm)
+    k = _manual_index(volume, view, options)
     return L3Result(
         found=True,
         engine="manual",
@@ -292,7 +366,21 @@ def _context(view: CanonicalView, k: int) -> npt.NDArray[Any]:
     return np.asarray(view.hu[lo:hi])
 
 
-def _patient_inputs(volume: Volume, overrides: PatientOverrides) -> PatientInputs:
+def _plausible(key: str, value: Any) -> bool:
+    """Whether a value passes the pipeline's own plausibility check (:meth:`PatientInputs.validated`)."""
+    height, weight, sex, _ = PatientInputs(
+        height_m=value if key == "height_m" else None,
+        weight_kg=value if key == "weight_kg" else None,
+        sex=value if key == "sex" else None,
+    ).validated()
+    return {"height_m": height, "weight_kg": weight, "sex": sex}[key] is not None
+
+
+def _patient_inputs(
+    volume: Volume, overrides: PatientOverrides, fallbacks: tuple[PatientOverrides, ...] = ()
+) -> PatientInputs:
+    """Each value from ``overrides`` when given; else the header's when plausible; else the first
+    plausible of ``fallbacks``; else the header's implausible one (flagged, never used); else None."""
     header = volume.patient
     sources: dict[str, str] = {}
     values: dict[str, Any] = {}
@@ -301,10 +389,14 @@ def _patient_inputs(volume: Volume, overrides: PatientOverrides) -> PatientInput
         ("weight_kg", overrides.weight_kg, header.weight_kg),
         ("sex", overrides.sex, header.sex),
     ):
+        filled = [(getattr(f, key), f.source) for f in fallbacks if getattr(f, key) is not None]
+        usable = [(v, src) for v, src in filled if _plausible(key, v)]
         if typed is not None:
             values[key], sources[key] = typed, overrides.source
-        elif stored is not None:
+        elif stored is not None and (_plausible(key, stored) or not usable):
             values[key], sources[key] = stored, header.source
+        elif usable:
+            values[key], sources[key] = usable[0]
         else:
             values[key] = None
     return PatientInputs(
@@ -390,6 +482,7 @@ def _encode(
     labels_source: npt.NDArray[np.uint8],
     overlay_rgb: npt.NDArray[np.uint8],
     folder: Path,
+    revision: Revision | None = None,
 ) -> dict[str, str]:
     from workers.encode import EncodeInput, encode_all
     from workers.encode.uids import OutputIdentity
@@ -402,6 +495,7 @@ def _encode(
         __version__,
         result["hu_preset"]["id"],
         result["rule_set"]["id"],
+        revision="" if revision is None else revision.key,
     )
     data = EncodeInput(
         source_slices=[volume.headers[k]],
@@ -411,6 +505,7 @@ def _encode(
         identity=identity,
         version=__version__,
         peritoneal_contour_px=_contour_source_px(volume, view, k, seg.peritoneal_contour_px),
+        revision=revision,
     )
     paths = encode_all(data).write(folder)
     return {f"dicom_{name}": str(path) for name, path in paths.items()}

@@ -37,8 +37,10 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 
 from workers.app import app
+from workers.correct import correction_options
 from workers.errors import BodycompError
-from workers.pipeline import AnalysisOptions, analyse
+from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
+from workers.revision import CorrectionSpec
 from workers.series_selection import SelectionPolicy
 from workers.stack import StackPolicy
 
@@ -190,8 +192,28 @@ def finish(
     return outcome
 
 
+def patient_fallbacks(spec: dict[str, Any]) -> tuple[PatientOverrides, ...]:
+    """The job's height/weight sources after the header, in order (``patient_fallbacks`` in
+    ``job.json``, written by :func:`node.patient_sources.fallbacks_for`; older jobs have none)."""
+    entries = spec.get("patient_fallbacks", [])
+    return tuple(
+        PatientOverrides(
+            height_m=None if entry["height_m"] is None else float(entry["height_m"]),
+            weight_kg=None if entry["weight_kg"] is None else float(entry["weight_kg"]),
+            sex=None,
+            source=str(entry["source"]),
+        )
+        for entry in entries
+    )
+
+
 def run_analysis(
-    job_dir: Path, series_uid: str, config: WorkerConfig, node_flags: tuple[str, ...] = ()
+    job_dir: Path,
+    series_uid: str,
+    config: WorkerConfig,
+    node_flags: tuple[str, ...] = (),
+    fallbacks: tuple[PatientOverrides, ...] = (),
+    correction: CorrectionSpec | None = None,
 ) -> list[str]:
     """Analyse ``job_dir/input`` into a private folder, then rename it to ``job_dir/out``.
 
@@ -200,7 +222,10 @@ def run_analysis(
     """
     work = job_dir / f".work-{uuid.uuid4().hex}"
     try:
-        analyse(job_dir / INPUT, analysis_options(config, series_uid, node_flags), out_dir=work)
+        options = dataclasses.replace(analysis_options(config, series_uid, node_flags), fallbacks=fallbacks)
+        if correction is not None:  # (a correction job, see node.corrections)
+            options = correction_options(options, correction, job_dir, config.data_dir)
+        analyse(job_dir / INPUT, options, out_dir=work)
         final = job_dir / OUT
         if final.exists():  # an earlier attempt finished the analysis but died before its outcome
             stale = job_dir / f".stale-{uuid.uuid4().hex}"
@@ -272,7 +297,14 @@ def _run_locked(job_dir: Path, spec: dict[str, Any], config: WorkerConfig) -> di
     )
     try:
         # (a job written by a node before flags existed has none)
-        outputs = run_analysis(job_dir, spec["series_uid"], config, tuple(spec.get("flags", ())))
+        outputs = run_analysis(
+            job_dir,
+            spec["series_uid"],
+            config,
+            tuple(spec.get("flags", ())),
+            patient_fallbacks(spec),
+            CorrectionSpec.from_json(spec["correction"]) if "correction" in spec else None,
+        )
     except BodycompError as exc:
         # The input cannot be analysed (no L3 in the field of view, bad stack, ...): no retry.
         log.warning("event=job_failed job=%s reason=%s", spec["job_id"], exc)

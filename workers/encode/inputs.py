@@ -11,6 +11,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from workers.encode.uids import OutputIdentity
+from workers.revision import Revision
 
 MANUFACTURER = "bodycomp"
 MODEL_NAME = "bodycomp L3 body composition"
@@ -33,6 +34,8 @@ class EncodeInput:
     version: str
     peritoneal_contour_px: npt.NDArray[np.float64] | None = None
     """(N, 2) (row, col) points of the peritoneal line on the central slice's pixel grid."""
+    revision: Revision | None = None
+    """This result corrects an earlier one: the SR names its predecessor and what was corrected."""
 
     def __post_init__(self) -> None:
         if self.labels.ndim != 3 or self.labels.shape[0] != len(self.source_slices):

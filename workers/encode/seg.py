@@ -25,6 +25,7 @@ from pydicom.sr.codedict import codes
 
 from workers.encode.codes import TISSUES, coding_scheme_identification
 from workers.encode.inputs import MANUFACTURER, MODEL_NAME, EncodeInput
+from workers.revision import OUTLINE
 
 ALGORITHM_NAME = "bodycomp classical L3 body composition"
 
@@ -53,6 +54,13 @@ def _pixels(data: EncodeInput) -> tuple[npt.NDArray[np.generic], hd.seg.Segmenta
     return one_hot, hd.seg.SegmentationTypeValues.FRACTIONAL
 
 
+def _algorithm_type(data: EncodeInput) -> hd.seg.SegmentAlgorithmTypeValues:
+    """SEMIAUTOMATIC when a reader's edited masks are measured (a correction of the outlines)."""
+    if data.revision is not None and OUTLINE in data.revision.kinds:
+        return hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
+    return hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+
+
 def build_segmentation(data: EncodeInput) -> hd.seg.Segmentation:
     preset = str(data.result.get("hu_preset", {}).get("id", data.identity.preset))
     algorithm = algorithm_identification(data.version, preset)
@@ -62,7 +70,7 @@ def build_segmentation(data: EncodeInput) -> hd.seg.Segmentation:
             segment_label=f"L3 {t.name}",
             segmented_property_category=t.category,
             segmented_property_type=t.type,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=_algorithm_type(data),
             algorithm_identification=algorithm,
             tracking_uid=data.identity.uid(f"tracking/{t.key}"),
             tracking_id=f"L3 {t.short}",
@@ -87,7 +95,11 @@ def build_segmentation(data: EncodeInput) -> hd.seg.Segmentation:
         software_versions=data.version,
         device_serial_number="n/a",
         content_label="BODYCOMP_L3",
-        content_description="Body composition at L3 (automatic, review before use)",
+        content_description=(
+            "Body composition at L3 (automatic, review before use)"
+            if data.revision is None
+            else "Body composition at L3 (corrected, review before use)"
+        ),
         omit_empty_frames=False,
     )
     seg.SeriesDescription = "bodycomp L3 body composition SEG"

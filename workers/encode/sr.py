@@ -41,6 +41,7 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from workers.encode import codes as c
@@ -55,6 +56,9 @@ DISPLAY_SESSION = "label for viewers: the same values as the segment group of th
 #: (121106, DCM, "Comment"): OHIF takes a measurement's label from it
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 SEGMENT_SESSION = "the tissue's measurements, referencing its SEG segment"
+#: A corrected result says what was corrected, by whom, and from which instance (issue #23).
+CORRECTION = c.private("CORRECTN", "Correction of an earlier result")
+CORRECTED_FROM = c.private("CORRFROM", "Corrected from instance")
 
 
 def _number(value: Any) -> float | None:
@@ -437,11 +441,24 @@ def quality_evaluations(result: Mapping[str, Any]) -> hd.sr.ContainerContentItem
         text = ", ".join(part for part in (number, where, uid) if part)
         if text:
             items.append(_text(c.SLICE_ANALYSED, text))
+    correction: Mapping[str, Any] = result.get("correction") or {}
+    if correction:
+        items.append(_text(CORRECTION, str(correction.get("description") or "corrected")))
+        if correction.get("source_instance_uid"):
+            items.append(_text(CORRECTED_FROM, f"SOP Instance UID {correction['source_instance_uid']}"))
     container = hd.sr.ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def _reference(study_uid: str, series_uid: str, sop_uid: str, sop_class_uid: str) -> Dataset:
+    """The identifiers of an earlier SR, as highdicom's ``previous_versions`` reads them."""
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.SOPInstanceUID, ds.SOPClassUID = sop_uid, sop_class_uid
+    return ds
 
 
 def build_report(data: EncodeInput, seg: hd.seg.Segmentation) -> hd.sr.Comprehensive3DSR:
@@ -470,6 +487,7 @@ def build_report(data: EncodeInput, seg: hd.seg.Segmentation) -> hd.sr.Comprehen
     )
     content = report[0]
     content.ContentSequence.append(quality_evaluations(data.result))
+    predecessor = data.revision.predecessor_sr if data.revision is not None else None
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*data.source_slices, seg],
         content=content,
@@ -482,6 +500,7 @@ def build_report(data: EncodeInput, seg: hd.seg.Segmentation) -> hd.sr.Comprehen
         is_final=False,
         is_verified=False,
         record_evidence=True,
+        previous_versions=None if predecessor is None else [_reference(*predecessor)],
     )
     _frame_only_segment_references(sr.ContentSequence)
     sr.SeriesDescription = "bodycomp L3 body composition report"
