@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from node import privacy
 from node.config import ConfigError, Settings, load_settings
+from node.logs import configure_logging
 from workers import __version__
 from workers.errors import BodycompError, NotInFieldOfViewError
 from workers.load import load_series
@@ -505,18 +505,6 @@ COMMANDS = {
     "echo": cmd_echo,
     "reanalyze": cmd_reanalyze,
 }
-
-
-def configure_logging(verbose: bool = False) -> None:
-    """The service log (also in the node's receiving processes): format, levels, redaction."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # highdicom logs one INFO line per attribute module it copies: noise in a service log.
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
-    # Library messages that quote dataset values (a birth date, a name) never reach a log.
-    privacy.install()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,8 +30,9 @@ import pydicom
 from node.config import ConfigError, NodeSettings
 from node.dispatch import job_dir_for, job_flags, patient_fallbacks, prepare_job_dir
 from node.index import Index, input_hash
+from workers.jsonfile import read_json
 from workers.revision import LEVEL, OUTLINE, PATIENT, CorrectionSpec
-from workers.tasks import OUT, OUTCOME, read_json
+from workers.tasks import OUT, OUTCOME
 
 log = logging.getLogger("bodycomp.corrections")
 

@@ -37,8 +37,9 @@ from node.stability import StableStudy
 from workers.deflate import DEFAULT_MAX_INFLATED_BYTES
 from workers.dicom_scan import scan_dicom
 from workers.errors import BodycompError
+from workers.jsonfile import read_json, write_json
 from workers.series_selection import SelectionPolicy, select_series
-from workers.tasks import INPUT, JOB, read_json, write_json
+from workers.tasks import INPUT, JOB
 
 log = logging.getLogger("bodycomp.dispatch")
 
@@ -107,9 +108,18 @@ def prepare_job_dir(job_dir: Path, paths: list[str], spec: dict[str, Any]) -> No
 
 
 def dispatch_study(
-    study: StableStudy, index: Index, settings: NodeSettings, policy: SelectionPolicy, publish: Publish
+    study: StableStudy,
+    index: Index,
+    settings: NodeSettings,
+    policy: SelectionPolicy,
+    publish: Publish,
+    corrections: Callable[[Index, NodeSettings, str], list[int]] | None = None,
 ) -> list[int]:
-    """Create and enqueue the jobs of a stable study; return the ids of new jobs."""
+    """Create and enqueue the jobs of a stable study; return the ids of new jobs.
+
+    ``corrections(index, settings, study_uid)``: the correction jobs a reader's objects in the
+    study ask for (the node passes :func:`node.reader_objects.reader_corrections`, issue #23;
+    a parameter, because that module builds on this one)."""
     plan = plan_study(
         settings.spool_dir / "studies" / study.study_uid,
         policy,
@@ -189,10 +199,8 @@ def dispatch_study(
         index.set_study_state(study.study_uid, "failed", "; ".join(refused))
         return []
     index.set_study_state(study.study_uid, "queued")
-    # a reader's SR marking L3 or edited SEG in the study asks for a correction (issue #23)
-    from node.reader_objects import reader_corrections  # (it builds on this module)
-
-    new_jobs += reader_corrections(index, settings, study.study_uid)
+    if corrections is not None:  # a reader's SR marking L3 or edited SEG in the study (issue #23)
+        new_jobs += corrections(index, settings, study.study_uid)
     index.refresh_study_state(study.study_uid)
     if new_jobs:
         publish_waiting(index, settings, publish)

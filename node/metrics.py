@@ -203,7 +203,8 @@ def jobs_collected(settings: NodeSettings, finished: Iterable[Any]) -> None:
     ``finished``: their index rows. Duration is from the attempt's ``started.json`` to the
     ``finished`` time of ``outcome.json`` (both written by the worker, so one clock).
     """
-    from workers.tasks import OUTCOME, STARTED, read_json
+    from workers.jsonfile import read_json
+    from workers.tasks import OUTCOME, STARTED
 
     for job in finished:
         state = str(job["state"])

@@ -17,7 +17,8 @@ import pydicom
 
 from node.config import NodeSettings
 from node.index import Index
-from workers.tasks import OUTCOME, read_json
+from workers.jsonfile import read_json
+from workers.tasks import OUTCOME
 
 log = logging.getLogger("bodycomp.results")
 

@@ -126,3 +126,27 @@ def install() -> None:
     factory.bodycomp_redacting = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
     logging.captureWarnings(True)  # warnings.warn(...) → the "py.warnings" logger → redacted
+
+
+#: A number as the export writes it, or a ``;``-joined list of them (``l3.level_ranges.L3`` is
+#: ``-804.5;-766.5``): digits, a sign, a point and an exponent cannot make a formula call anything.
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_NUMBERS = re.compile(rf"{_NUMBER}(?:;{_NUMBER})*")
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell a spreadsheet shows and never runs.
+
+    Why: the export holds header values (PatientID, the calling AE title) and a spreadsheet runs a
+    cell starting with ``=``, ``+``, ``-`` or ``@`` as a formula (``=HYPERLINK(...)`` sends data
+    away). Such text gets a leading ``'``, as OWASP advises, and its control characters are
+    escaped; numbers, and text that is only numbers, stay as they are (``-29.0`` is a value).
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = escape_controls(str(value))
+    if text.startswith(_FORMULA_START) and not _NUMBERS.fullmatch(text):
+        return "'" + text
+    return text

@@ -25,7 +25,7 @@ from pathlib import Path
 from node.config import NodeSettings
 from node.index import Index
 from node.spool import fsync_dir
-from workers.tasks import write_json
+from workers.jsonfile import write_json
 
 log = logging.getLogger("bodycomp.quarantine")
 

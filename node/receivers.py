@@ -65,26 +65,26 @@ def _child(settings: NodeSettings, slot: int, reports: Any, verbose: bool) -> No
     """A receiving process (``multiprocessing`` spawn target): the SCP until SIGTERM."""
     import os
 
-    from node import metrics, service
-    from node.cli import configure_logging
+    from node import metrics, process
     from node.index import Index
+    from node.logs import configure_logging
     from node.scp import serve
 
-    service.die_with_parent()
+    process.die_with_parent()
     os.umask(0o077)
     configure_logging(verbose)
     logging.getLogger("bodycomp").setLevel(logging.INFO)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    removed = service.use_private_receive_tmp(settings.data_dir, slot)
+    removed = process.use_private_receive_tmp(settings.data_dir, slot)
     if removed:
         log.warning("event=receive_tmp_cleaned files=%d receiver=%d", removed, slot)
     metrics.relay_counts(lambda kind, value: reports.put((kind, value, "")))
 
     def stored(study_uid: str, outcome: str) -> None:
         reports.put(("stored", study_uid, outcome))
-        service.update_receive_mode(settings.stream_to_disk)
+        process.update_receive_mode(settings.stream_to_disk)
 
     index = Index(settings.index_path)
     try:
@@ -102,7 +102,7 @@ def _child(settings: NodeSettings, slot: int, reports: Any, verbose: bool) -> No
         raise SystemExit(1) from None
     log.info("event=receiver_started receiver=%d pid=%d", slot, os.getpid())
     while not stop.wait(1.0):
-        service.update_receive_mode(settings.stream_to_disk)
+        process.update_receive_mode(settings.stream_to_disk)
     server.shutdown()
     server.server_close()
     index.close()

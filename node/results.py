@@ -28,7 +28,8 @@ from node.late_height import supersede_for_patient
 from node.outbox import queue_results
 from node.quarantine import quarantine_series
 from node.report_out import write_reports
-from workers.tasks import INPUT, OUTCOME, STARTED, read_json
+from workers.jsonfile import read_json
+from workers.tasks import INPUT, OUTCOME, STARTED
 
 log = logging.getLogger("bodycomp.results")
 

@@ -17,7 +17,6 @@ import csv
 import datetime as dt
 import json
 import os
-import re
 import sqlite3
 import stat
 from pathlib import Path
@@ -30,7 +29,7 @@ from node import tls
 from node.config import ConfigError, NodeSettings, parse_destination
 from node.index import Index
 from node.outbox import queue_results
-from node.privacy import escape_controls
+from node.privacy import csv_cell, escape_controls
 
 
 def _open(node: NodeSettings, write: bool = False) -> Index:
@@ -355,30 +354,6 @@ def export_rows(index: Index, data_dir: Path) -> list[dict[str, Any]]:
             row.update(flatten(result))
         rows.append(row)
     return rows
-
-
-#: A number as the export writes it, or a ``;``-joined list of them (``l3.level_ranges.L3`` is
-#: ``-804.5;-766.5``): digits, a sign, a point and an exponent cannot make a formula call anything.
-_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-_NUMBERS = re.compile(rf"{_NUMBER}(?:;{_NUMBER})*")
-#: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value: Any) -> Any:
-    """``value`` as a CSV cell a spreadsheet shows and never runs.
-
-    Why: the export holds header values (PatientID, the calling AE title) and a spreadsheet runs a
-    cell starting with ``=``, ``+``, ``-`` or ``@`` as a formula (``=HYPERLINK(...)`` sends data
-    away). Such text gets a leading ``'``, as OWASP advises, and its control characters are
-    escaped; numbers, and text that is only numbers, stay as they are (``-29.0`` is a value).
-    """
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    text = escape_controls(str(value))
-    if text.startswith(_FORMULA_START) and not _NUMBERS.fullmatch(text):
-        return "'" + text
-    return text
 
 
 def _write_csv(rows: list[dict[str, Any]], handle: TextIO) -> None:

@@ -2,7 +2,7 @@
 
 A DICOM header is attacker-controlled text: a Modality holding a newline and a line in the node's
 log format, an ESC sequence, a PatientID ``=HYPERLINK(...)``. They must reach the log, ``bodycomp
-status`` and ``export --csv`` escaped (:func:`node.privacy.escape_controls`, :func:`node.status.csv_cell`).
+status`` and ``export --csv`` escaped (:func:`node.privacy.escape_controls`, :func:`node.privacy.csv_cell`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from node.cli import main
 from node.config import NodeSettings
 from node.dispatch import dispatch_study
 from node.index import Index, InstanceRecord
-from node.privacy import escape_controls
-from node.status import csv_cell, format_status, read_status
+from node.privacy import csv_cell, escape_controls
+from node.status import format_status, read_status
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
 from workers.series_selection import SelectionPolicy
 
-#: The node's log format (node.cli.configure_logging).
+#: The node's log format (node.logs.configure_logging).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: A line of that format, to be smuggled in after a newline, and a "clear the screen" sequence.
 FORGED = "2026-01-01 INFO bodycomp.sender: event=delivered study=1.2.3 sop=1.2.3.4 destination=PACS"
@@ -55,7 +55,7 @@ def restore_logging() -> Iterator[None]:
 def node_log() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     """A logger set up as the node's (privacy installed, the node's format) and what a real
     handler wrote for it."""
-    privacy.install()  # as node.cli.configure_logging does
+    privacy.install()  # as node.logs.configure_logging does
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -16,8 +16,8 @@ from node.status import format_status, read_status
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
+from workers.jsonfile import write_json
 from workers.series_selection import SelectionPolicy
-from workers.tasks import write_json
 
 RESULT = {
     "status": "review",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -39,6 +38,7 @@ from celery.signals import task_failure
 from workers.app import app
 from workers.correct import correction_options
 from workers.errors import BodycompError
+from workers.jsonfile import read_json, write_json
 from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
 from workers.revision import CorrectionSpec
 from workers.series_selection import SelectionPolicy
@@ -70,25 +70,6 @@ def configure(config: WorkerConfig) -> None:
     """Set the worker's configuration (``bodycomp worker`` calls this before starting Celery)."""
     global _config
     _config = config
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary name, fsync, rename): readers see all of it or nothing."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def analysis_options(

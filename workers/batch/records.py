@@ -12,10 +12,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 STUDIES = "studies"
@@ -95,27 +92,6 @@ class FailureRecord:
             wall_s=float(data["wall_s"]),
             traceback=data["traceback"],
         )
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part
-    (also after a power cut: the data is on disk before the rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as handle:
-        handle.write(json.dumps(data, indent=2, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def batch_section(result: dict[str, Any]) -> BatchSection | None:

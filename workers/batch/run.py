@@ -70,10 +70,9 @@ from workers.batch.records import (
     STUDIES,
     BatchSection,
     FailureRecord,
-    read_json,
-    write_json_atomic,
 )
 from workers.errors import BodycompError, InputError, NotInFieldOfViewError
+from workers.jsonfile import read_json, write_json
 from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
 
 log = logging.getLogger("bodycomp.batch")
@@ -286,7 +285,7 @@ def fail(task: StudyTask, error: str, error_type: str, wall_s: float, trace: str
     record = FailureRecord(
         task.study.key, task.fingerprint, error, error_type, _now(), round(wall_s, 3), trace
     )
-    write_json_atomic(task.study_dir / FAILURE, record.to_json())
+    write_json(task.study_dir / FAILURE, record.to_json())
     shutil.rmtree(task.study_dir / PARTIAL, ignore_errors=True)
     return Outcome(task.study.key, "failed", error, wall_s)
 
@@ -337,7 +336,7 @@ def analyse_study(task: StudyTask) -> Outcome:
         cpu_s=round(time.process_time() - cpu_start, 3),
     ).to_json()
     shutil.rmtree(partial, ignore_errors=True)  # (the staged links: nothing may follow result.json)
-    write_json_atomic(task.study_dir / RESULT, result)
+    write_json(task.study_dir / RESULT, result)
     return Outcome(task.study.key, status, None, wall)
 
 
@@ -355,7 +354,7 @@ def _init_worker(verbose: bool, lifeline: Connection) -> None:
     """
     os.umask(0o077)
     threading.Thread(target=_exit_with_batch, args=(lifeline,), name="batch-lifeline", daemon=True).start()
-    from node.cli import configure_logging
+    from node.logs import configure_logging
 
     configure_logging(verbose)
     if not verbose:  # the batch reports each study's failure; library warnings are in result.json

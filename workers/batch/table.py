@@ -9,7 +9,7 @@ not looked up with defaults: a renamed key fails loudly instead of emptying a co
 they are replaced by keyed pseudonyms (:mod:`workers.batch.pseudonym`) and the study date and
 archive path are left out.
 
-Cells are written as :func:`node.status.csv_cell` writes the node's export: a header value that
+Cells are written as :func:`node.privacy.csv_cell` writes the node's export: a header value that
 starts like a formula is neutralised, control characters escaped.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.status import csv_cell
+from node.privacy import csv_cell
 from workers.batch.discover import Study
 from workers.batch.inputs import Correction
 from workers.batch.pseudonym import Pseudonymiser
@@ -35,8 +35,8 @@ from workers.batch.records import (
     BatchSection,
     FailureRecord,
     batch_section,
-    read_json,
 )
+from workers.jsonfile import read_json
 
 log = logging.getLogger("bodycomp.batch")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from highdicom.sr import CodedConcept
 
-from workers.encode import codes as c
+import workers.encode.codes as c
 from workers.encode.report_items import Quantity, report_items
 
 #: FHIR code system URIs of the coding schemes used by bodycomp.

@@ -14,7 +14,7 @@ from typing import Any
 
 from highdicom.sr import CodedConcept
 
-from workers.encode import codes as c
+import workers.encode.codes as c
 
 
 @dataclass(frozen=True)

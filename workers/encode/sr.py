@@ -44,7 +44,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from workers.encode import codes as c
+import workers.encode.codes as c
 from workers.encode.contours import deepest_point, largest_outline, polyline_length_mm, to_scoord
 from workers.encode.inputs import MANUFACTURER, MODEL_NAME, EncodeInput
 from workers.encode.seg import ALGORITHM_NAME

@@ -24,13 +24,6 @@ from workers.presets import HUWindow, WindowPreset
 from workers.tissues.body import BodyResult, find_body
 from workers.tissues.bone import SpineResult, find_spine
 from workers.tissues.bowel import find_bowel_lumen
-from workers.tissues.engine import (
-    LABEL_IMAT,
-    LABEL_SAT,
-    LABEL_SM,
-    LABEL_VAT,
-    TissueSegmentation,
-)
 from workers.tissues.fascia import outside_deep_fascia, preperitoneal_fat
 from workers.tissues.frame import Turn, find_frame
 from workers.tissues.geometry import (
@@ -44,6 +37,13 @@ from workers.tissues.geometry import (
 )
 from workers.tissues.params import TISSUE_PARAMS
 from workers.tissues.posterior import find_posterior_block
+from workers.tissues.result import (
+    LABEL_IMAT,
+    LABEL_SAT,
+    LABEL_SM,
+    LABEL_VAT,
+    TissueSegmentation,
+)
 from workers.tissues.wall import WallResult, cast_wall
 
 P = TISSUE_PARAMS.classical

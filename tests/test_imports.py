@@ -1,0 +1,136 @@
+"""The layout's rules, checked on the source (issue #22).
+
+* No import circles between the modules of ``node`` and ``workers``: every import counts, those
+  inside functions too (a local import hides a circle from Python, not from a reader).
+* The analysis (everything in ``workers`` but the Celery shell, :data:`CELERY_SHELL`) imports
+  neither Celery, kombu, pynetdicom nor sockets, and of the node only :data:`NODE_ALLOWED`
+  (redaction and the log set-up): it runs without the network, in a test, a notebook or
+  ``bodycomp batch``. Checked twice: on the source, and by importing it in a fresh interpreter
+  (there without ``socket``: the standard library's ``email.utils``, which ``importlib.metadata``
+  loads, imports it for any program).
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("node", "workers")
+#: The Celery task and its app: the thin shell around the analysis.
+CELERY_SHELL = {"workers.app", "workers.tasks", "workers.warmup"}
+FORBIDDEN = ("celery", "kombu", "pynetdicom", "socket", "socketserver")
+LOADED_FORBIDDEN = ("celery", "kombu", "pynetdicom", "socketserver")
+NODE_ALLOWED = {"node.privacy", "node.logs"}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module named by an import anywhere in the file (absolute imports; the project uses
+    no relative ones, which this test would then have to resolve)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            assert node.module is not None
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: {t for t in _imports(path) if t in modules and t != name} for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles_in_node_and_workers() -> None:
+    graph = _graph()
+    assert len(graph) > 100, "the modules were not found"
+    assert _cycles(graph) == []
+
+
+def test_the_circle_check_finds_a_circle() -> None:
+    """The check itself: a circle of three, through a package, is reported."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def _analysis() -> list[str]:
+    return sorted(name for name in _modules() if name.startswith("workers") and name not in CELERY_SHELL)
+
+
+def test_the_analysis_imports_no_celery_network_or_node_in_its_source() -> None:
+    wrong = {}
+    for name in _analysis():
+        imported = _imports(_modules()[name])
+        bad = {
+            t
+            for t in imported
+            if t.split(".")[0] in FORBIDDEN or (t.split(".")[0] == "node" and t not in NODE_ALLOWED)
+        }
+        # ``from node.privacy import csv_cell`` names node.privacy.csv_cell too: the module counts
+        bad = {t for t in bad if not any(t.startswith(f"{allowed}.") for allowed in NODE_ALLOWED)}
+        if bad:
+            wrong[name] = sorted(bad)
+    assert wrong == {}
+
+
+def test_importing_the_analysis_loads_no_celery_or_pynetdicom() -> None:
+    """In a fresh interpreter: every analysis module imported, then what came with them."""
+    modules = _analysis()
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {LOADED_FORBIDDEN!r}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
