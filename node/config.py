@@ -274,7 +274,7 @@ class Settings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def _coerce(value: Any, annotation: Any, where: str) -> Any:  # noqa: C901 (long: to split into named stages, issue #22)
     """Convert a TOML or environment value to the field's declared type."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)

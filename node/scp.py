@@ -30,6 +30,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -44,7 +45,7 @@ from node.config import NodeSettings
 from node.index import Index, InstanceRecord, digest_bytes
 from node.instance_check import Refusal, check_instance
 from node.journal import INLINE_BYTES, Payload, ReceiveJournal, replay
-from node.spool import InvalidUIDError, Spool, SpoolFullError, checked_uid
+from node.spool import InvalidUIDError, Spool, SpoolFullError, StoredInstance, checked_uid
 from node.uid_locks import UidLocks
 from workers.deflate import (
     DEFLATED,
@@ -194,6 +195,133 @@ class ReceivedFile:
         self.data.close()
 
 
+@dataclass(frozen=True)
+class Header:
+    """What the handler reads from a received instance's header, once."""
+
+    ds: Any
+    described: dict[str, str]
+
+
+def read_header(event: Any, received: ReceivedFile | None, limit: int) -> Header | Refusal:
+    """Parse and check the received instance's header; a :class:`Refusal` when it cannot be stored.
+
+    The header is parsed once: chunked, from the mapped file (or the inflated copy of a deflated
+    one), values above :data:`DEFER_SIZE` (the pixels) skipped, only their lengths read; in memory,
+    pynetdicom's own decoding of the received bytes. A deflated dataset is never inflated whole in
+    memory: streamed to a file, or counted, under ``limit`` bytes.
+    """
+    request = event.request
+    inflated: Path | None = None
+    try:
+        chunked = getattr(request, "_dataset_path", None) is not None
+        if chunked and received is None:
+            raise InvalidDicomError("the received file cannot be read")
+        transfer_syntax = str(event.context.transfer_syntax)
+        size = received.size if received is not None else _received_size(request)
+        if transfer_syntax == DEFLATED and chunked:
+            target = event.dataset_path.with_name(event.dataset_path.name + ".inflated")
+            inflated = inflate_to_file(event.dataset_path, target, limit)
+            size = inflated.stat().st_size
+        elif transfer_syntax == DEFLATED:
+            size = inflated_size(io.BytesIO(request.DataSet.getvalue()), limit)
+        if received is not None:
+            source = inflated if inflated is not None else cast(BinaryIO, received.data)  # file-like
+            ds = pydicom.dcmread(source, defer_size=DEFER_SIZE)
+        else:
+            ds = event.dataset
+        refusal = check_instance(
+            ds,
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            transfer_syntax if inflated is None else str(ExplicitVRLittleEndian),
+            size,
+        )
+        # The values the index keeps are read now: a deferred value that cannot be parsed
+        # (pydicom raises OSError for "No tag to read") is a bad dataset, not a full disk.
+        described = {keyword: _text(ds, keyword) for keyword in INDEXED_KEYWORDS}
+    except InflateLimitError as exc:
+        too_large = isinstance(exc, InflateTooLargeError)
+        return Refusal(STATUS_OUT_OF_RESOURCES if too_large else STATUS_CANNOT_UNDERSTAND, str(exc))
+    except Exception as exc:  # pydicom raises many types on hostile input; all mean the same
+        return Refusal(STATUS_CANNOT_UNDERSTAND, f"undecodable dataset ({type(exc).__name__})")
+    finally:
+        if inflated is not None:
+            inflated.unlink(missing_ok=True)
+    return refusal if refusal is not None else Header(ds, described)
+
+
+@dataclass(frozen=True)
+class Received:
+    """The instance's bytes as the spool keeps them, where its dataset starts, and its digest
+    (SHA-256 of the dataset after the File Meta Information)."""
+
+    payload: Payload
+    hash_from: int
+    digest: str
+
+
+def received_bytes(event: Any, received: ReceivedFile | None) -> Received:
+    if received is not None:
+        return Received(
+            Payload(received.size, path=event.dataset_path), received.dataset_offset, received.digest()
+        )
+    dataset = event.encoded_dataset(include_meta=False)
+    encoded = event.encoded_dataset(include_meta=True)
+    return Received(Payload(len(encoded), data=encoded), len(encoded) - len(dataset), digest_bytes(dataset))
+
+
+def make_durable(
+    spool: Spool, index: Index, journal: ReceiveJournal, record: InstanceRecord, received: Received
+) -> tuple[StoredInstance, str]:
+    """Journal, spool and index one instance; return where it is and the index's outcome.
+
+    Up to :data:`~node.journal.INLINE_BYTES` the one flush before Success is the journal's, the
+    record holding the bytes; the spool file and the index row follow unflushed and the journal's
+    syncer flushes them in batches. A larger instance is flushed where it lives (its bytes written
+    once) and only its index row goes through the journal.
+    """
+    payload = received.payload
+    study, series, sop = record.study_uid, record.series_uid, record.sop_uid
+    spool.check_room(payload.size)
+    inline = payload.size <= INLINE_BYTES
+    if not inline:
+        if payload.path is not None:
+            stored = spool.adopt_file(payload.path, study, series, sop, received.hash_from, received.digest)
+        else:
+            stored = spool.store(cast(bytes, payload.data), study, series, sop)
+    ticket = journal.append(record, payload if inline else None, received.hash_from)
+    try:
+        journal.flush(ticket)
+        failpoints.reach("journal-flushed")
+        if inline and payload.path is not None:  # moved (copied across file systems)
+            stored = spool.place_file(payload.path, study, series, sop, payload.size)
+        elif inline:
+            stored = spool.place_bytes(cast(bytes, payload.data), study, series, sop)
+        return stored, index.record_instance(record)
+    finally:
+        journal.done(ticket)
+
+
+def _refused_for(exc: Exception, calling: str, sop_hint: str) -> int:
+    """The status for an error while storing (the index's errors are handled by the caller)."""
+    if isinstance(exc, SpoolFullError):
+        log.error("refused an instance from %s: spool full (%s)", calling, exc)
+        return STATUS_OUT_OF_RESOURCES
+    if isinstance(exc, InvalidUIDError):
+        log.warning("refused an instance from %s: %s", calling, exc)
+        return STATUS_CANNOT_UNDERSTAND
+    if isinstance(exc, (AttributeError, KeyError, ValueError, TypeError, InvalidDicomError)):
+        log.warning("refused an undecodable instance from %s: %s", calling, type(exc).__name__)
+        return STATUS_CANNOT_UNDERSTAND
+    if isinstance(exc, OSError):
+        log.error("could not store an instance from %s: %s", calling, exc)
+        return STATUS_OUT_OF_RESOURCES
+    # never raise: pynetdicom would answer 0xC211 and keep its temp file
+    log.error("event=store_error sop=%s from=%s error=%s", sop_hint, calling, type(exc).__name__)
+    return STATUS_PROCESSING_FAILURE
+
+
 def make_store_handler(
     spool: Spool,
     index: Index,
@@ -225,66 +353,23 @@ def make_store_handler(
 
     def store(event: Any, received: ReceivedFile | None) -> int:
         calling = event.assoc.requestor.ae_title
-        request = event.request
-        sop_hint = _loggable_uid(request.AffectedSOPInstanceUID)
+        sop_hint = _loggable_uid(event.request.AffectedSOPInstanceUID)
         if not host_allowed(settings, calling, event.assoc.requestor.address):
             log.warning("refused an instance: %s connected from an unexpected host", calling)
             return STATUS_NOT_AUTHORISED
-        inflated: Path | None = None
-        try:
-            chunked = getattr(request, "_dataset_path", None) is not None
-            if chunked and received is None:
-                raise InvalidDicomError("the received file cannot be read")
-            transfer_syntax = str(event.context.transfer_syntax)
-            size = received.size if received is not None else _received_size(request)
-            if transfer_syntax == DEFLATED:
-                # never inflated whole in memory: streamed to a file, or counted, under the ceiling
-                if chunked:
-                    inflated = inflate_to_file(
-                        event.dataset_path,
-                        event.dataset_path.with_name(event.dataset_path.name + ".inflated"),
-                        limit,
-                    )
-                    size = inflated.stat().st_size
-                else:
-                    size = inflated_size(io.BytesIO(request.DataSet.getvalue()), limit)
-            # The header is parsed once: chunked, from the mapped file (or the inflated copy),
-            # values above DEFER_SIZE (the pixels) skipped, only their lengths read; in memory,
-            # pynetdicom's own decoding of the received bytes.
-            if received is not None:
-                source = inflated if inflated is not None else cast(BinaryIO, received.data)  # file-like
-                ds = pydicom.dcmread(source, defer_size=DEFER_SIZE)
-            else:
-                ds = event.dataset
-            refusal = check_instance(
-                ds,
-                str(request.AffectedSOPClassUID),
-                str(request.AffectedSOPInstanceUID),
-                transfer_syntax if inflated is None else str(ExplicitVRLittleEndian),
-                size,
-            )
-            # The values the index keeps are read now: a deferred value that cannot be parsed
-            # (pydicom raises OSError for "No tag to read") is a bad dataset, not a full disk.
-            described = {keyword: _text(ds, keyword) for keyword in INDEXED_KEYWORDS}
-        except InflateLimitError as exc:
-            too_large = isinstance(exc, InflateTooLargeError)
-            refusal = Refusal(STATUS_OUT_OF_RESOURCES if too_large else STATUS_CANNOT_UNDERSTAND, str(exc))
-        except Exception as exc:  # pydicom raises many types on hostile input; all mean the same
-            refusal = Refusal(STATUS_CANNOT_UNDERSTAND, f"undecodable dataset ({type(exc).__name__})")
-        finally:
-            if inflated is not None:
-                inflated.unlink(missing_ok=True)
-        if refusal is not None:
+        header = read_header(event, received, limit)
+        if isinstance(header, Refusal):
             log.warning(
                 "event=refused status=0x%04X sop=%s from=%s reason=%s",
-                refusal.status,
+                header.status,
                 sop_hint,
                 calling,
-                refusal.reason,
+                header.reason,
             )
-            return refusal.status
+            return header.status
         unrecorded: Path | None = None
         try:
+            ds = header.ds
             study, series, sop = (
                 checked_uid(ds.StudyInstanceUID, "StudyInstanceUID"),
                 checked_uid(ds.SeriesInstanceUID, "SeriesInstanceUID"),
@@ -302,80 +387,16 @@ def make_store_handler(
                         *known,
                     )
                     return STATUS_UID_CONFLICT
-                if received is not None:
-                    # the digest covers the dataset after the File Meta Information
-                    payload = Payload(received.size, path=event.dataset_path)
-                    hash_from, digest = received.dataset_offset, received.digest()
-                else:
-                    dataset = event.encoded_dataset(include_meta=False)
-                    encoded = event.encoded_dataset(include_meta=True)
-                    payload = Payload(len(encoded), data=encoded)
-                    hash_from, digest = len(encoded) - len(dataset), digest_bytes(dataset)
-                record = InstanceRecord(
-                    study_uid=study,
-                    series_uid=series,
-                    sop_uid=sop,
-                    sop_class_uid=str(request.AffectedSOPClassUID),
-                    path=spool.path_for(study, series, sop),
-                    size=payload.size,
-                    digest=digest,
-                    calling_ae=calling,
-                    modality=described["Modality"],
-                    series_number=described["SeriesNumber"],
-                    description=described["SeriesDescription"],
-                    patient_id=described["PatientID"],
-                    study_date=described["StudyDate"],
-                )
-                spool.check_room(payload.size)
-                if payload.size <= INLINE_BYTES:
-                    # The one flush before Success: the record, bytes included, in the journal.
-                    # The spool file and the index row follow unflushed; the journal's syncer
-                    # flushes them in batches.
-                    ticket = journal.append(record, payload, hash_from)
-                    try:
-                        journal.flush(ticket)
-                        failpoints.reach("journal-flushed")
-                        if payload.path is not None:  # moved (copied across file systems)
-                            stored = spool.place_file(payload.path, study, series, sop, payload.size)
-                        else:
-                            stored = spool.place_bytes(encoded, study, series, sop)
-                        unrecorded = stored.path if known is None else None  # removed if the index fails
-                        outcome = index.record_instance(record)
-                    finally:
-                        journal.done(ticket)
-                else:
-                    # Large: flushed where it lives (its bytes written once), the index row
-                    # through the journal (see node.journal.INLINE_BYTES).
-                    if payload.path is not None:
-                        stored = spool.adopt_file(payload.path, study, series, sop, hash_from, digest)
-                    else:
-                        stored = spool.store(encoded, study, series, sop)
-                    unrecorded = stored.path if known is None else None
-                    ticket = journal.append(record, None, hash_from)
-                    try:
-                        journal.flush(ticket)
-                        failpoints.reach("journal-flushed")
-                        outcome = index.record_instance(record)
-                    finally:
-                        journal.done(ticket)
+                data = received_bytes(event, received)
+                record = _record(header, study, series, sop, event, calling, spool, data)
+                unrecorded = record.path if known is None else None  # removed if the index fails
+                stored, outcome = make_durable(spool, index, journal, record, data)
                 if outcome == "conflict":  # cannot happen under the lock; never trust one check
                     stored.path.unlink(missing_ok=True)
                     log.warning(
                         "event=refused status=0x%04X sop=%s reason=UID conflict", STATUS_UID_CONFLICT, sop
                     )
                     return STATUS_UID_CONFLICT
-        except SpoolFullError as exc:
-            log.error("refused an instance from %s: spool full (%s)", calling, exc)
-            return STATUS_OUT_OF_RESOURCES
-        except InvalidUIDError as exc:
-            log.warning("refused an instance from %s: %s", calling, exc)
-            return STATUS_CANNOT_UNDERSTAND
-        except (AttributeError, KeyError, ValueError, TypeError, InvalidDicomError) as exc:
-            log.warning("refused an undecodable instance from %s: %s", calling, type(exc).__name__)
-            return STATUS_CANNOT_UNDERSTAND
-        except OSError as exc:
-            log.error("could not store an instance from %s: %s", calling, exc)
-            return STATUS_OUT_OF_RESOURCES
         except sqlite3.Error as exc:
             # The file is on disk but not recorded: refuse, so the sender retries and we record it.
             # A new instance's file goes too (under the UID's lock, unless another association
@@ -383,17 +404,11 @@ def make_store_handler(
             # does not know, and a full disk would stay fuller.
             log.error("could not record an instance from %s in the index: %s", calling, exc)
             if unrecorded is not None:
-                with locks.hold(unrecorded.stem):
-                    try:
-                        if index.instance_location(unrecorded.stem) is None:
-                            unrecorded.unlink(missing_ok=True)
-                    except (sqlite3.Error, OSError):
-                        pass  # kept: a re-send replaces it, and it is a complete file
+                _remove_unrecorded(unrecorded, locks, index)
             full = "full" in str(exc).lower()
             return STATUS_OUT_OF_RESOURCES if full else STATUS_PROCESSING_FAILURE
-        except Exception as exc:  # never raise: pynetdicom would answer 0xC211 and keep its temp file
-            log.error("event=store_error sop=%s from=%s error=%s", sop_hint, calling, type(exc).__name__)
-            return STATUS_PROCESSING_FAILURE
+        except Exception as exc:
+            return _refused_for(exc, calling, sop_hint)
 
         def stored_log() -> None:
             """After the response: the instance is durable and recorded whatever happens here."""
@@ -413,6 +428,38 @@ def make_store_handler(
         return STATUS_SUCCESS
 
     return handle_store
+
+
+def _record(
+    header: Header, study: str, series: str, sop: str, event: Any, calling: str, spool: Spool, data: Received
+) -> InstanceRecord:
+    described = header.described
+    return InstanceRecord(
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid=str(event.request.AffectedSOPClassUID),
+        path=spool.path_for(study, series, sop),
+        size=data.payload.size,
+        digest=data.digest,
+        calling_ae=calling,
+        modality=described["Modality"],
+        series_number=described["SeriesNumber"],
+        description=described["SeriesDescription"],
+        patient_id=described["PatientID"],
+        study_date=described["StudyDate"],
+    )
+
+
+def _remove_unrecorded(path: Path, locks: UidLocks, index: Index) -> None:
+    """Remove a new instance's spool file the index could not record (under its UID's lock, unless
+    another association recorded it meanwhile)."""
+    with locks.hold(path.stem):
+        try:
+            if index.instance_location(path.stem) is None:
+                path.unlink(missing_ok=True)
+        except (sqlite3.Error, OSError):
+            pass  # kept: a re-send replaces it, and it is a complete file
 
 
 def build_ae(settings: NodeSettings) -> AE:

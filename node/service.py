@@ -99,7 +99,7 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: C901 (long: to split into named stages, issue #22)
         node = self.node
         for sub in ("spool", "results"):
             (node.data_dir / sub).mkdir(parents=True, exist_ok=True)

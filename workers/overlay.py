@@ -71,7 +71,7 @@ def _fmt(x: Any, nd: int = 1) -> str:
     return str(x)
 
 
-def render_overlay(
+def render_overlay(  # noqa: C901 (long: to split into named stages, issue #22)
     hu: npt.NDArray[Any],
     labels: npt.NDArray[np.uint8],
     spacing_yx_mm: Sequence[float],

@@ -126,7 +126,7 @@ class StageTimer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = None) -> dict[str, Any]:
+def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = None) -> dict[str, Any]:  # noqa: C901 (long: to split into named stages, issue #22)
     """Analyse the CT at ``path``; write the outputs into ``out_dir`` when given.
 
     Raises :class:`InputError` for unusable input and :class:`NotInFieldOfViewError` (after writing

@@ -202,7 +202,7 @@ def _z_positions(candidate: SeriesCandidate) -> list[float]:
     return positions
 
 
-def describe_series(uid: str, files: list[DicomFile], policy: SelectionPolicy) -> SeriesCandidate:
+def describe_series(uid: str, files: list[DicomFile], policy: SelectionPolicy) -> SeriesCandidate:  # noqa: C901 (long: to split into named stages, issue #22)
     """Summarise one series and apply the hard rules."""
     first = files[0].header
     candidate = SeriesCandidate(series_instance_uid=uid, files=files)

@@ -92,7 +92,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / n
 
 
-def build_stack(slices: Sequence[SliceGeometry], policy: StackPolicy) -> StackGeometry:
+def build_stack(slices: Sequence[SliceGeometry], policy: StackPolicy) -> StackGeometry:  # noqa: C901 (long: to split into named stages, issue #22)
     """Order and check the slices of one stack, or raise :class:`GeometryError`."""
     if not slices:
         raise GeometryError("no slices")

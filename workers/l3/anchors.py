@@ -190,7 +190,7 @@ def _rib_shaped(z: np.ndarray, y: np.ndarray, x: np.ndarray, max_ratio: float = 
     return bool(sd[0] > 0 and sd[1] <= max_ratio * sd[0] and sd[2] <= 5.0)
 
 
-def find_ribs(
+def find_ribs(  # noqa: C901 (long: to split into named stages, issue #22)
     g: WorkGrid,
     body: np.ndarray,
     t: SpineTrack,

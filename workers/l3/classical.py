@@ -146,7 +146,7 @@ class ClassicalL3Localiser:
         return dataclasses.replace(res, anchors_z_mm=anchors)
 
     # ------------------------------------------------------------------ decision
-    def _decide(self, c: _Ctx, spine_yx: tuple[tuple[float, float], ...]) -> L3Result:
+    def _decide(self, c: _Ctx, spine_yx: tuple[tuple[float, float], ...]) -> L3Result:  # noqa: C901 (long: to split into named stages, issue #22)
         d = list(c.discs.discs)
         flags: list[str] = []
         notes: list[str] = []

@@ -55,7 +55,7 @@ def _polar_points(
     return out
 
 
-def cast_wall(
+def cast_wall(  # noqa: C901 (long: to split into named stages, issue #22)
     hu: npt.NDArray[np.float32],
     body: BoolArray,
     spacing_yx_mm: Sequence[float],
