@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from node.index import Index, InstanceRecord, digest_file
-from node.spool import Spool, SpoolFullError
+from node.spool import Spool, SpoolFullError, fsync_dir
 
 log = logging.getLogger("bodycomp.journal")
 
@@ -169,7 +169,7 @@ class ReceiveJournal:
     def _new_segment(self) -> Segment:
         name = f"{self.owner}-{os.getpid()}-{time.time_ns()}-{next(self._sequence)}.journal"
         segment = Segment(self.folder / name)
-        _fsync_dir(self.folder)  # the segment's name must survive a crash too
+        fsync_dir(self.folder)  # the segment's name must survive a crash too
         self._segments.append(segment)
         return segment
 
@@ -323,14 +323,6 @@ def _copy_range(source: int, target: int, size: int, offset: int, source_offset:
         done += len(block)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _libc_syncfs() -> Callable[[int], int] | None:
     """glibc's ``syncfs`` (Linux; Python's ``os`` lacks it), or None elsewhere."""
     try:
@@ -426,6 +418,20 @@ class ReplayReport:
     recorded: int = 0
     torn: int = 0
     absent: int = 0
+
+    def log(self, where: str) -> None:
+        """One WARNING line when there was anything to replay (``where``: who replayed)."""
+        if self.segments:
+            log.warning(
+                "event=journal_replayed %s segments=%d records=%d rewritten=%d recorded=%d torn=%d absent=%d",
+                where,
+                self.segments,
+                self.records,
+                self.rewritten,
+                self.recorded,
+                self.torn,
+                self.absent,
+            )
 
 
 def replay(folder: Path, spool: Spool, index: Index, owner: str | None = None) -> ReplayReport:

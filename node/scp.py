@@ -513,19 +513,7 @@ def serve(
     index = index or Index(settings.index_path)
     # This process' receive journal: what an earlier process of this slot left is applied first.
     owner = f"rx{slot}"
-    replayed = replay(journal_dir(settings), spool, index, owner=owner)
-    if replayed.segments:
-        log.warning(
-            "event=journal_replayed receiver=%d segments=%d records=%d rewritten=%d recorded=%d torn=%d "
-            "absent=%d",
-            slot,
-            replayed.segments,
-            replayed.records,
-            replayed.rewritten,
-            replayed.recorded,
-            replayed.torn,
-            replayed.absent,
-        )
+    replay(journal_dir(settings), spool, index, owner=owner).log(f"receiver={slot}")
     own_receive_index = receive_index is None
     receive_index = receive_index or Index(settings.index_path, receive_journal=True)
     journal = ReceiveJournal(journal_dir(settings), owner, spool, index)

@@ -99,7 +99,7 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:  # noqa: C901 (long: to split into named stages, issue #22)
+    def start(self) -> None:
         node = self.node
         for sub in ("spool", "results"):
             (node.data_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -118,17 +118,9 @@ class Node:
         self.index = Index(node.index_path)
         # Instances acknowledged before a crash whose spool file or index row may not have reached
         # the disk: every receiving process' journal, before any of them starts (node.journal).
-        replayed = replay_journal(journal_dir(node), Spool(node.spool_dir, min_free_bytes=0), self.index)
-        if replayed.segments:
-            log.warning(
-                "event=journal_replayed segments=%d records=%d rewritten=%d recorded=%d torn=%d absent=%d",
-                replayed.segments,
-                replayed.records,
-                replayed.rewritten,
-                replayed.recorded,
-                replayed.torn,
-                replayed.absent,
-            )
+        replay_journal(journal_dir(node), Spool(node.spool_dir, min_free_bytes=0), self.index).log(
+            "receiver=all"
+        )
         interrupted = self.index.reopen_interrupted_dispatches()
         if interrupted:
             log.warning("event=dispatch_resumed studies=%d", interrupted)
