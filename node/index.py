@@ -137,6 +137,9 @@ CREATE TABLE IF NOT EXISTS journal_segments (
 );
 """
 
+#: The tables with a ``state`` column (:meth:`Index.state_counts`).
+STATE_TABLES = frozenset({"studies", "jobs", "outbox", "hl7_outbox"})
+
 #: ``PRAGMA user_version`` of the schema above. 1: a series is identified by (study, series) -- a
 #: Series Instance UID re-used in another study (buggy modalities and anonymisers do this) is another
 #: series -- and each instance keeps its PatientID, so that a series mixing patients is refused.
@@ -843,8 +846,29 @@ class Index:
         return self.query("SELECT * FROM hl7_outbox WHERE state=? ORDER BY id DESC LIMIT ?", (state, limit))
 
     def hl7_outbox_counts(self) -> dict[str, int]:
-        rows = self.query("SELECT state, COUNT(*) AS n FROM hl7_outbox GROUP BY state")
+        return self.state_counts("hl7_outbox")
+
+    def state_counts(self, table: str) -> dict[str, int]:
+        """Rows by state of one of the tables that have one (``status``, the metrics endpoint)."""
+        if table not in STATE_TABLES:
+            raise ValueError(f"{table!r} has no state column")
+        rows = self.query(f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state")
         return {str(r["state"]): int(r["n"]) for r in rows}
+
+    def outbox_trouble(self, limit: int = 20) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+        """The newest dead letters, and the newest pending deliveries that failed at least once."""
+        dead = self.query("SELECT * FROM outbox WHERE state='dead' ORDER BY id DESC LIMIT ?", (limit,))
+        retrying = self.query(
+            "SELECT * FROM outbox WHERE state='pending' AND attempts>0 ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return dead, retrying
+
+    def outbox_backlog(self, now: float) -> tuple[int, float | None]:
+        """Pending deliveries due at ``now``, and when the oldest pending one was created."""
+        row = self.query(
+            "SELECT SUM(next_try<=?) AS due, MIN(created) AS oldest FROM outbox WHERE state='pending'", (now,)
+        )[0]
+        return int(row["due"] or 0), None if row["oldest"] is None else float(row["oldest"])
 
     # -- reporting -------------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from node.config import NodeSettings
-from node.index import JOB_STATES, STUDY_STATES
+from node.index import JOB_STATES, STUDY_STATES, Index
 
 log = logging.getLogger("bodycomp.metrics")
 
@@ -222,13 +222,6 @@ def jobs_collected(settings: NodeSettings, finished: Iterable[Any]) -> None:
 # -- state read at scrape time -----------------------------------------------------------------------
 
 
-def _read_only(index_path: Path) -> sqlite3.Connection:
-    """A connection of its own (WAL readers never wait for the node's writer)."""
-    db = sqlite3.connect(f"{index_path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-    db.row_factory = sqlite3.Row
-    return db
-
-
 def free_bytes(path: Path) -> int:
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
@@ -257,21 +250,15 @@ class StateCollector(Collector):
         counts: dict[str, dict[str, int]] = {"studies": {}, "jobs": {}, "outbox": {}}
         due_now, oldest_age = 0, 0.0
         if node.index_path.exists():
-            db = _read_only(node.index_path)
+            index = Index.read_only(node.index_path)
             try:
                 for table in counts:
-                    for row in db.execute(f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state"):
-                        counts[table][str(row["state"])] = int(row["n"])
+                    counts[table] = index.state_counts(table)
                 now = time.time()
-                row = db.execute(
-                    """SELECT SUM(next_try<=?) AS due, MIN(created) AS oldest FROM outbox
-                       WHERE state='pending'""",
-                    (now,),
-                ).fetchone()
-                due_now = int(row["due"] or 0)
-                oldest_age = max(0.0, now - float(row["oldest"])) if row["oldest"] is not None else 0.0
+                due_now, oldest_created = index.outbox_backlog(now)
+                oldest_age = max(0.0, now - oldest_created) if oldest_created is not None else 0.0
             finally:
-                db.close()
+                index.close()
         for family, table, known in (
             (studies, "studies", STUDY_STATES),
             (jobs, "jobs", JOB_STATES),
@@ -334,12 +321,12 @@ def check_disk(settings: NodeSettings) -> Check:
 
 def check_index(settings: NodeSettings) -> Check:
     try:
-        db = _read_only(settings.index_path)
+        index = Index.read_only(settings.index_path)
         try:
-            db.execute("SELECT COUNT(*) FROM studies").fetchone()
+            index.state_counts("studies")
         finally:
-            db.close()
-    except sqlite3.Error as exc:
+            index.close()
+    except (sqlite3.Error, OSError) as exc:
         return Check(False, f"index {settings.index_path} unreadable: {exc}")
     return Check(True, "index answers")
 

@@ -161,15 +161,12 @@ def resend_study(node: NodeSettings, study_uid: str, destination: str | None = N
 def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:
     index = _open(node)
     try:
-        counts = {
-            r["state"]: r["n"] for r in index.query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state")
-        }
-        outbox = {
-            r["state"]: r["n"] for r in index.query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
-        }
+        counts = index.state_counts("studies")
+        outbox = index.state_counts("outbox")
+        dead_rows, retrying_rows = index.outbox_trouble(limit=20)
         dead = [
             {"sop_uid": r["sop_uid"], "destination": r["destination"], "error": r["last_error"]}
-            for r in index.query("SELECT * FROM outbox WHERE state='dead' ORDER BY id DESC LIMIT 20")
+            for r in dead_rows
         ]
         # Deliveries that failed at least once and are retried: why (a refused association, a
         # failed TLS handshake...) is what the operator needs before they become dead letters.
@@ -181,9 +178,7 @@ def read_status(node: NodeSettings, limit: int = 50) -> dict[str, Any]:
                 "next_try": r["next_try"],
                 "error": r["last_error"],
             }
-            for r in index.query(
-                "SELECT * FROM outbox WHERE state='pending' AND attempts>0 ORDER BY id DESC LIMIT 20"
-            )
+            for r in retrying_rows
         ]
         hl7_counts, hl7_dead = _hl7_outbox(index)
         return {

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,26 @@ def test_importing_the_analysis_loads_no_celery_or_pynetdicom() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+#: Modules with SQL of their own, and why.
+SQL_ELSEWHERE = {
+    "node.index": "the index",
+    "workers.app": "the embedded broker's database (kombu's message table), not the index",
+}
+SQL = re.compile(
+    r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+TABLE)\b", re.S
+)
+
+
+def test_sql_is_written_only_in_the_index() -> None:
+    """The index's SQL lives in ``node/index.py`` (issue #22): a string literal with SQL anywhere
+    else in ``node`` or ``workers`` is a query the index's methods and tests do not know of."""
+    found = []
+    for name, path in _modules().items():
+        if name in SQL_ELSEWHERE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
+                found.append(f"{name}:{node.lineno}")
+    assert found == []
