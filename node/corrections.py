@@ -30,9 +30,8 @@ import pydicom
 from node.config import ConfigError, NodeSettings
 from node.dispatch import job_dir_for, job_flags, patient_fallbacks, prepare_job_dir
 from node.index import Index, input_hash
-from workers.jsonfile import read_json
+from workers.job import OUT, JobSpec, JobState, read_outcome
 from workers.revision import LEVEL, OUTLINE, PATIENT, CorrectionSpec
-from workers.tasks import OUT, OUTCOME
 
 log = logging.getLogger("bodycomp.corrections")
 
@@ -129,7 +128,8 @@ def last_done_job(index: Index, data_dir: Path, study_uid: str, series_uid: str)
         for r in index.jobs_of(study_uid)
         if r["series_uid"] == series_uid
         and r["state"] in ("done", "superseded")
-        and (read_json(data_dir / r["result_dir"] / OUTCOME) or {}).get("state") == "done"
+        and (outcome := read_outcome(data_dir / r["result_dir"])) is not None
+        and outcome.state == JobState.DONE
     ]
     return done[-1] if done else None
 
@@ -198,17 +198,17 @@ def request_correction(index: Index, settings: NodeSettings, study_uid: str, cor
         previous_job_dir=None if previous is None else str(previous["result_dir"]),
         previous_sr_uids=None if previous is None else _sr_uids(settings.data_dir / previous["result_dir"]),
     )
-    spec = {
-        "job_id": job_id,
-        "study_uid": study_uid,
-        "series_uid": series_uid,
-        "input_hash": digest,
-        "job_dir": rel_dir,
-        "instances": len(rows),
-        "flags": job_flags(index, study_uid, series_uid),
-        "patient_fallbacks": patient_fallbacks(index, settings, rows),
-        "correction": spec_correction.to_json(),
-    }
+    spec = JobSpec(
+        job_id=job_id,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        input_hash=digest,
+        job_dir=rel_dir,
+        instances=len(rows),
+        flags=tuple(job_flags(index, study_uid, series_uid)),
+        patient_fallbacks=patient_fallbacks(index, settings, rows),
+        correction=spec_correction,
+    )
     prepare_job_dir(job_dir, [r["path"] for r in rows], spec)
     index.reopen_for_correction(study_uid)
     log.info(

@@ -37,9 +37,9 @@ from node.stability import StableStudy
 from workers.deflate import DEFAULT_MAX_INFLATED_BYTES
 from workers.dicom_scan import scan_dicom
 from workers.errors import BodycompError
+from workers.job import INPUT, JOB, JobSpec, PatientValues
 from workers.jsonfile import read_json, write_json
 from workers.series_selection import SelectionPolicy, select_series
-from workers.tasks import INPUT, JOB
 
 log = logging.getLogger("bodycomp.dispatch")
 
@@ -82,9 +82,23 @@ def job_flags(index: Index, study_uid: str, series_uid: str) -> list[str]:
     return [SERIES_UID_SHARED] if index.studies_sharing_series(study_uid, series_uid) else []
 
 
-def patient_fallbacks(index: Index, settings: NodeSettings, rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+def patient_fallbacks(
+    index: Index, settings: NodeSettings, rows: list[sqlite3.Row]
+) -> tuple[PatientValues, ...]:
     """Height/weight of the sources after the DICOM header, for ``job.json`` (node.patient_sources)."""
-    return [f.to_json() for f in fallbacks_for(index, settings, str(rows[0]["path"]))] if rows else []
+    return tuple(fallbacks_for(index, settings, str(rows[0]["path"]))) if rows else ()
+
+
+def read_job_spec(path: Path) -> JobSpec | None:
+    """``job.json``, or None when it is missing or not a job spec (logged: the caller rebuilds it)."""
+    data = read_json(path)
+    if data is None:
+        return None
+    try:
+        return JobSpec.from_json(data)
+    except ValueError as exc:
+        log.warning("event=job_spec_unreadable path=%s reason=%s", path, exc)
+        return None
 
 
 def job_dir_for(study_uid: str, series_uid: str, digest: str) -> str:
@@ -92,7 +106,7 @@ def job_dir_for(study_uid: str, series_uid: str, digest: str) -> str:
     return f"results/{study_uid}/{series_uid}/{digest[:16]}"
 
 
-def prepare_job_dir(job_dir: Path, paths: list[str], spec: dict[str, Any]) -> None:
+def prepare_job_dir(job_dir: Path, paths: list[str], spec: JobSpec) -> None:
     """Link the job's exact input instances into ``job_dir/input`` and write ``job.json``."""
     inputs = job_dir / INPUT
     inputs.mkdir(parents=True, exist_ok=True)
@@ -104,7 +118,7 @@ def prepare_job_dir(job_dir: Path, paths: list[str], spec: dict[str, Any]) -> No
             os.link(source, target)
         except OSError:  # another file system, or no hard links: copy instead
             shutil.copy2(source, target)
-    write_json(job_dir / JOB, spec)
+    write_json(job_dir / JOB, spec.to_json())
 
 
 def dispatch_study(
@@ -174,17 +188,17 @@ def dispatch_study(
                 queued,
             )
             continue
-        spec = {
-            "job_id": job_id,
-            "study_uid": study.study_uid,
-            "series_uid": series_uid,
-            "input_hash": digest,
-            "job_dir": rel_dir,
-            "instances": len(rows),
-            "flags": flags,
+        spec = JobSpec(
+            job_id=job_id,
+            study_uid=study.study_uid,
+            series_uid=series_uid,
+            input_hash=digest,
+            job_dir=rel_dir,
+            instances=len(rows),
+            flags=tuple(flags),
             # height/weight after the header: HL7 feed, site table (node.patient_sources)
-            "patient_fallbacks": patient_fallbacks(index, settings, rows),
-        }
+            patient_fallbacks=patient_fallbacks(index, settings, rows),
+        )
         prepare_job_dir(settings.data_dir / rel_dir, [r["path"] for r in rows], spec)
         log.info(
             "event=job_created study=%s series=%s job=%d instances=%d hash=%s",
@@ -238,14 +252,15 @@ class DiskFullError(Exception):
     """The data disk is full: publishing stops for this round (:class:`DiskGuard` has said so)."""
 
 
-def job_spec(index: Index, settings: NodeSettings, job: sqlite3.Row) -> dict[str, Any] | None:
-    """The job's ``job.json``, its folder prepared again if a dispatch was cut short.
+def job_spec(index: Index, settings: NodeSettings, job: sqlite3.Row) -> JobSpec | None:
+    """The job's ``job.json``, its folder prepared again if a dispatch was cut short (or the
+    file is not a job spec).
 
     None when the folder cannot be prepared (its input changed): the job is failed with the
     reason. Raises :class:`DiskFullError`, after pausing analyses, when the disk is full.
     """
     try:
-        spec = read_json(settings.data_dir / job["result_dir"] / JOB)
+        spec = read_job_spec(settings.data_dir / job["result_dir"] / JOB)
         spec = spec if spec is not None else rebuild_job_dir(index, settings, job)
     except OSError as exc:
         if not is_disk_full(exc):
@@ -311,14 +326,14 @@ BROKER = BrokerHealth()
 
 
 def enqueue(
-    index: Index, job_id: int, spec: dict[str, Any], publish: Publish, health: BrokerHealth | None = None
+    index: Index, job_id: int, spec: JobSpec, publish: Publish, health: BrokerHealth | None = None
 ) -> bool:
     """Publish a job to the broker; a broker that is down leaves it unpublished for a later round."""
     health = BROKER if health is None else health
     if not health.may_publish():
         return False
     try:
-        publish(spec)
+        publish(spec.to_json())
     except Exception as exc:  # kombu raises many types for an unreachable broker
         health.failed(exc)
         return False
@@ -405,7 +420,7 @@ class DiskGuard:
 DISK = DiskGuard()
 
 
-def rebuild_job_dir(index: Index, settings: NodeSettings, job: sqlite3.Row) -> dict[str, Any] | None:
+def rebuild_job_dir(index: Index, settings: NodeSettings, job: sqlite3.Row) -> JobSpec | None:
     """Prepare again the folder of a job whose ``job.json`` is missing; return its spec, or None.
 
     Why: a dispatch cut short after the job's row was committed (disk full while writing
@@ -417,16 +432,16 @@ def rebuild_job_dir(index: Index, settings: NodeSettings, job: sqlite3.Row) -> d
     rows = index.series_instances(job["study_uid"], job["series_uid"])
     if not rows or input_hash((r["sop_uid"], r["digest"]) for r in rows) != job["input_hash"]:
         return None
-    spec = {
-        "job_id": int(job["id"]),
-        "study_uid": job["study_uid"],
-        "series_uid": job["series_uid"],
-        "input_hash": job["input_hash"],
-        "job_dir": job["result_dir"],
-        "instances": len(rows),
-        "flags": job_flags(index, job["study_uid"], job["series_uid"]),
-        "patient_fallbacks": patient_fallbacks(index, settings, rows),
-    }
+    spec = JobSpec(
+        job_id=int(job["id"]),
+        study_uid=job["study_uid"],
+        series_uid=job["series_uid"],
+        input_hash=job["input_hash"],
+        job_dir=job["result_dir"],
+        instances=len(rows),
+        flags=tuple(job_flags(index, job["study_uid"], job["series_uid"])),
+        patient_fallbacks=patient_fallbacks(index, settings, rows),
+    )
     prepare_job_dir(settings.data_dir / job["result_dir"], [r["path"] for r in rows], spec)
     log.warning("event=job_folder_rebuilt job=%d study=%s", job["id"], job["study_uid"])
     return spec

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workers.job import JobState, StudyState
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
@@ -207,11 +209,11 @@ ALTER TABLE jobs_v1 RENAME TO jobs;
 CREATE INDEX jobs_state ON jobs(state);
 """
 
-#: Job states, in the order a job goes through them (``superseded``: a newer input replaced it).
-JOB_STATES = ("queued", "running", "done", "failed", "superseded")
-#: Study states: ``received`` (instances arriving), ``stable`` (idle, being dispatched), then the
-#: state of its jobs (``queued``/``running``/``done``/``failed``), or ``ignored`` (nothing to analyse).
-STUDY_STATES = ("received", "stable", "queued", "running", "done", "failed", "ignored")
+#: Job states, in the order a job goes through them (``superseded``: a newer input or a correction
+#: replaced it); the contract with the workers (:mod:`workers.job`).
+JOB_STATES = tuple(str(state) for state in JobState)
+#: Study states (:class:`workers.job.StudyState`).
+STUDY_STATES = tuple(str(state) for state in StudyState)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from node.corrections import Correction, CorrectionError, request_correction
 from node.hl7.listener import SOURCE
 from node.index import Index
 from node.patient_sources import StudyIdentity, hl7_values, study_time
+from workers.job import OUT
 from workers.jsonfile import read_json
-from workers.tasks import OUT
 
 log = logging.getLogger("bodycomp.late_height")
 

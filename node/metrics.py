@@ -203,8 +203,8 @@ def jobs_collected(settings: NodeSettings, finished: Iterable[Any]) -> None:
     ``finished``: their index rows. Duration is from the attempt's ``started.json`` to the
     ``finished`` time of ``outcome.json`` (both written by the worker, so one clock).
     """
+    from workers.job import STARTED, read_outcome
     from workers.jsonfile import read_json
-    from workers.tasks import OUTCOME, STARTED
 
     for job in finished:
         state = str(job["state"])
@@ -212,9 +212,9 @@ def jobs_collected(settings: NodeSettings, finished: Iterable[Any]) -> None:
             continue
         JOBS_FINISHED.labels(state=state).inc()
         job_dir = settings.data_dir / job["result_dir"]
-        started, outcome = read_json(job_dir / STARTED), read_json(job_dir / OUTCOME)
-        if started and outcome and "time" in started and "finished" in outcome:
-            duration = float(outcome["finished"]) - float(started["time"])
+        started, outcome = read_json(job_dir / STARTED), read_outcome(job_dir)
+        if started and outcome and "time" in started:
+            duration = outcome.finished - float(started["time"])
             if duration >= 0:
                 ANALYSIS_DURATION.labels(state=state).observe(duration)
 

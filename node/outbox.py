@@ -11,14 +11,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pydicom
 
 from node.config import NodeSettings
 from node.index import Index
-from workers.jsonfile import read_json
-from workers.tasks import OUTCOME
+from workers.job import Outcome, read_outcome
 
 log = logging.getLogger("bodycomp.results")
 
@@ -51,13 +49,13 @@ def queue_results(
     settings: NodeSettings,
     job: sqlite3.Row,
     calling_ae: str,
-    outcome: dict[str, Any] | None = None,
+    outcome: Outcome | None = None,
     destinations: list[str] | None = None,
 ) -> int:
     """Queue a done job's DICOM results for ``destinations`` (default: :func:`destinations_for`
     the calling AE); rows that exist are kept as they are. Returns the rows added."""
     job_dir = settings.data_dir / job["result_dir"]
-    outcome = outcome if outcome is not None else read_json(job_dir / OUTCOME) or {}
-    items = result_items(job_dir, list(outcome.get("outputs", [])))
+    outcome = outcome if outcome is not None else read_outcome(job_dir)
+    items = result_items(job_dir, list(outcome.outputs)) if outcome is not None else []
     targets = destinations if destinations is not None else destinations_for(settings, calling_ae)
     return index.add_outbox(job["id"], job["study_uid"], items, targets)

@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pydicom
 
@@ -26,6 +25,7 @@ from node.hl7.listener import SOURCE as HL7_SOURCE
 from node.index import Index
 from node.site_table import SOURCE as SITE_SOURCE
 from node.site_table import SiteTable
+from workers.job import PatientValues
 
 log = logging.getLogger("bodycomp.patient_sources")
 
@@ -38,18 +38,6 @@ class StudyIdentity:
     accession: str
     study_time: float
     """Epoch seconds of StudyDate (local midnight); the time of receipt when it has none."""
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """The values of one source for one study (what goes into ``job.json``)."""
-
-    source: str
-    height_m: float | None
-    weight_kg: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "height_m": self.height_m, "weight_kg": self.weight_kg}
 
 
 def study_time(study_date: str, default: float) -> float:
@@ -72,7 +60,7 @@ def study_identity(path: str) -> StudyIdentity:
     )
 
 
-def hl7_values(index: Index, who: StudyIdentity, max_age_days: float) -> Fallback | None:
+def hl7_values(index: Index, who: StudyIdentity, max_age_days: float) -> PatientValues | None:
     """The HL7 height and weight nearest the study date within ``max_age_days``; None if neither."""
     chosen: dict[str, float] = {}
     best: dict[str, float] = {}
@@ -85,14 +73,14 @@ def hl7_values(index: Index, who: StudyIdentity, max_age_days: float) -> Fallbac
             best[kind], chosen[kind] = distance, float(row["value"])
     if not chosen:
         return None
-    return Fallback(HL7_SOURCE, chosen.get("height_m"), chosen.get("weight_kg"))
+    return PatientValues(HL7_SOURCE, chosen.get("height_m"), chosen.get("weight_kg"))
 
 
 #: One site table per path, kept between dispatches so that it is read again only when it changes.
 _tables: dict[tuple[str, str], SiteTable] = {}
 
 
-def site_values(settings: NodeSettings, who: StudyIdentity) -> Fallback | None:
+def site_values(settings: NodeSettings, who: StudyIdentity) -> PatientValues | None:
     if settings.site_table is None:
         return None
     key = (str(settings.site_table), settings.site_table_key)
@@ -101,10 +89,10 @@ def site_values(settings: NodeSettings, who: StudyIdentity) -> Fallback | None:
     values = _tables[key].lookup(who.patient_id, who.accession)
     if values is None or (values.height_m is None and values.weight_kg is None):
         return None
-    return Fallback(SITE_SOURCE, values.height_m, values.weight_kg)
+    return PatientValues(SITE_SOURCE, values.height_m, values.weight_kg)
 
 
-def fallbacks_for(index: Index, settings: NodeSettings, instance_path: str) -> list[Fallback]:
+def fallbacks_for(index: Index, settings: NodeSettings, instance_path: str) -> list[PatientValues]:
     """The sources after the header that have a value for the study of ``instance_path``, in order."""
     try:
         who = study_identity(instance_path)

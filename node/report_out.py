@@ -20,8 +20,8 @@ from node.hl7.oru import OruContext, build_oru
 from node.index import Index
 from node.patient_sources import study_identity
 from workers.encode.fhir import FhirContext, build_fhir
+from workers.job import JOB, OUT
 from workers.jsonfile import read_json, write_json
-from workers.tasks import JOB, OUT
 
 log = logging.getLogger("bodycomp.report_out")
 

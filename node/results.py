@@ -18,7 +18,6 @@ import logging
 import shutil
 import sqlite3
 import time
-from typing import Any
 
 from node import privacy
 from node.config import NodeSettings
@@ -28,29 +27,30 @@ from node.late_height import supersede_for_patient
 from node.outbox import queue_results
 from node.quarantine import quarantine_series
 from node.report_out import write_reports
+from workers.job import INPUT, OUTCOME, STARTED, JobState, Outcome, read_outcome
 from workers.jsonfile import read_json
-from workers.tasks import INPUT, OUTCOME, STARTED
 
 log = logging.getLogger("bodycomp.results")
 
 
-def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outcome: dict[str, Any]) -> None:
+def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outcome: Outcome) -> None:
     job_dir = settings.data_dir / job["result_dir"]
-    state = "done" if outcome.get("state") == "done" else "failed"
+    state = outcome.state
+    reason = privacy.redact(outcome.reason)  # shown by status: no dataset values
     # a job that ran between two ticks was never seen running: its start comes from its folder
     started = read_json(job_dir / STARTED) if job["started"] is None else None
     index.update_job(
         job["id"],
-        state=state,
-        reason=privacy.redact(str(outcome.get("reason", ""))),  # shown by status: no dataset values
-        attempts=int(outcome.get("attempts", 0)),
-        finished=float(outcome.get("finished", time.time())),
+        state=str(state),
+        reason=reason,
+        attempts=outcome.attempts,
+        finished=outcome.finished,
         **({"started": float(started["time"])} if started and "time" in started else {}),
     )
-    if outcome.get("quarantine") is True:
-        folder = quarantine_series(index, settings, job, str(outcome.get("reason", "")))
-        index.update_job(job["id"], reason=f"{privacy.redact(str(outcome.get('reason', '')))} ({folder})")
-    if state == "done":
+    if outcome.quarantine:
+        folder = quarantine_series(index, settings, job, outcome.reason)
+        index.update_job(job["id"], reason=f"{reason} ({folder})")
+    if state == JobState.DONE:
         try:  # FHIR and ORU: a failure here must not leave the job unrecorded
             write_reports(index, settings, job)
         except Exception:
@@ -61,7 +61,7 @@ def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outco
             job["study_uid"],
             job["series_uid"],
             job["id"],
-            len(outcome.get("outputs", [])),
+            len(outcome.outputs),
             added,
         )
         if settings.hl7_port is not None:
@@ -79,7 +79,7 @@ def record_outcome(index: Index, settings: NodeSettings, job: sqlite3.Row, outco
             job["study_uid"],
             job["series_uid"],
             job["id"],
-            outcome.get("reason", ""),
+            outcome.reason,
         )
     # The input links kept the job's instances alive; the spool still has them.
     shutil.rmtree(job_dir / INPUT, ignore_errors=True)
@@ -91,7 +91,10 @@ def collect(index: Index, settings: NodeSettings) -> int:
     changed = 0
     for job in index.open_jobs():
         job_dir = settings.data_dir / job["result_dir"]
-        outcome = read_json(job_dir / OUTCOME)
+        outcome = read_outcome(job_dir)
+        if outcome is None and (job_dir / OUTCOME).exists():
+            # written, but not an outcome this node can read (a bug, a foreign file): say so
+            outcome = Outcome(JobState.FAILED, "outcome.json unreadable", 0, time.time(), "")
         if outcome is not None:
             record_outcome(index, settings, job, outcome)
             changed += 1

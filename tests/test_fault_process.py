@@ -63,7 +63,8 @@ from tests.test_node_support import (
     storescu,
     wait_for,
 )
-from workers.tasks import STARTED, WorkerConfig, job_lock, run_job
+from workers.job import STARTED, JobSpec
+from workers.tasks import WorkerConfig, job_lock, run_job
 
 pytestmark = [pytest.mark.reliability, pytest.mark.network, pytest.mark.slow]
 
@@ -467,14 +468,14 @@ def test_a_second_copy_of_a_running_job_steps_aside(tmp_path: Path) -> None:
     killed the lock is free at once."""
     job_dir = tmp_path / "results" / "1.2" / "1.2.3" / "abcdef"
     job_dir.mkdir(parents=True)
-    spec = {"job_id": 1, "study_uid": "1.2", "series_uid": "1.2.3", "job_dir": "results/1.2/1.2.3/abcdef"}
+    spec = JobSpec(1, "1.2", "1.2.3", "abcdef", "results/1.2/1.2.3/abcdef", 1)
     hold = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
     hold += "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(job_dir / ".lock")], stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
         outcome = run_job(spec, WorkerConfig(data_dir=tmp_path))
-        assert outcome["state"] == "busy", outcome
+        assert outcome is None, "another process holds the job: no outcome"
         assert not (job_dir / STARTED).exists() and not (job_dir / "outcome.json").exists()
     finally:
         holder.kill()

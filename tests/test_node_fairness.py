@@ -70,7 +70,8 @@ def _finish(index: Index, node: NodeSettings, job_id: int) -> None:
     job = index.job(job_id)
     assert job is not None
     folder = node.data_dir / job["result_dir"]
-    (folder / "outcome.json").write_text('{"state": "failed", "reason": "test", "attempts": 1}')
+    outcome = '{"state": "failed", "reason": "test", "attempts": 1, "finished": 1}'
+    (folder / "outcome.json").write_text(outcome)
 
 
 def test_a_flooding_sender_delays_only_itself(tmp_path: Path) -> None:

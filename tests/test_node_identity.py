@@ -27,10 +27,10 @@ from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sa
 from tests.index_records import record_file
 from tests.reliability import recorded
 from tests.test_node_support import copy_study, start_node, storescu, study_status, wait_for
+from workers.job import INPUT, JOB
 from workers.jsonfile import read_json
 from workers.qc_status import assess
 from workers.series_selection import SelectionPolicy
-from workers.tasks import INPUT, JOB
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -24,21 +24,13 @@ from node.quarantine import MANIFEST
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
+from workers.job import OUTCOME, STARTED, JobSpec, JobState, Outcome
+from workers.jsonfile import read_json, write_json
 from workers.series_selection import SelectionPolicy
-from workers.tasks import (
-    OUTCOME,
-    STARTED,
-    WorkerConfig,
-    begin_attempt,
-    end_attempt,
-    process_start,
-    read_json,
-    run_job,
-    write_json,
-)
+from workers.tasks import WorkerConfig, begin_attempt, end_attempt, process_start, run_job
 
 
-def _dispatched(tmp_path: Path) -> tuple[NodeSettings, Index, dict[str, object], list[Path]]:
+def _dispatched(tmp_path: Path) -> tuple[NodeSettings, Index, JobSpec, list[Path]]:
     """A stable CT study in the node's spool, dispatched into one job (its spec returned)."""
     node = NodeSettings(data_dir=tmp_path / "data")
     index = Index(node.index_path)
@@ -51,8 +43,8 @@ def _dispatched(tmp_path: Path) -> tuple[NodeSettings, Index, dict[str, object],
     published: list[dict[str, object]] = []
     [stable] = claim_after_idle(index)
     [_] = dispatch_study(stable, index, node, SelectionPolicy(), published.append)
-    [spec] = published
-    return node, index, spec, paths
+    [message] = published
+    return node, index, JobSpec.from_json(message), paths
 
 
 def _died_with_its_worker(job_dir: Path, worker_pid: int, worker_start: str | None) -> None:
@@ -79,21 +71,21 @@ def _gone_pid() -> int:
 
 def test_two_crashes_under_a_living_worker_fail_the_job_for_quarantine(tmp_path: Path) -> None:
     node, _, spec, _ = _dispatched(tmp_path)
-    job_dir = node.data_dir / str(spec["job_dir"])
+    job_dir = node.data_dir / spec.job_dir
     config = WorkerConfig(data_dir=node.data_dir)
     # two attempts that began and never ended, under a worker that lives on (here the test's parent
     # process, as a Celery pool child's parent is its worker): only the analysing process died
     begin_attempt(job_dir)
     begin_attempt(job_dir)
     outcome = run_job(spec, config)
-    assert outcome["state"] == "failed" and outcome["quarantine"] is True, outcome
-    assert "crashed 2 times" in outcome["reason"] and outcome["attempts"] == 3
+    assert outcome is not None and outcome.state == JobState.FAILED and outcome.quarantine, outcome
+    assert "crashed 2 times" in outcome.reason and outcome.attempts == 3
 
 
 def test_attempts_interrupted_with_their_whole_worker_are_not_crashes(tmp_path: Path) -> None:
     """A node killed or restarted takes its workers along: that says nothing about the input."""
     node, _, spec, _ = _dispatched(tmp_path)
-    job_dir = node.data_dir / str(spec["job_dir"])
+    job_dir = node.data_dir / spec.job_dir
     _died_with_its_worker(job_dir, _gone_pid(), "12345")
     assert begin_attempt(job_dir).crashes == 0
     me = os.getpid()
@@ -101,7 +93,7 @@ def test_attempts_interrupted_with_their_whole_worker_are_not_crashes(tmp_path: 
     assert begin_attempt(job_dir).crashes == 0
     _died_with_its_worker(job_dir, _gone_pid(), None)
     outcome = run_job(spec, WorkerConfig(data_dir=node.data_dir))
-    assert outcome.get("quarantine") is not True, outcome
+    assert outcome is not None and not outcome.quarantine, outcome
     assert read_json(job_dir / STARTED) is not None
     assert int((read_json(job_dir / STARTED) or {})["crashes"]) == 0
 
@@ -116,27 +108,24 @@ def test_a_retried_error_is_not_a_crash(tmp_path: Path) -> None:
 
 def test_the_node_moves_a_crashing_series_out_of_the_spool_and_never_reads_it_again(tmp_path: Path) -> None:
     node, index, spec, paths = _dispatched(tmp_path)
-    job_dir = node.data_dir / str(spec["job_dir"])
+    job_dir = node.data_dir / spec.job_dir
     reason = "the analysis crashed 2 times (its process was killed); its instances were quarantined"
-    write_json(job_dir / OUTCOME, {"state": "failed", "reason": reason, "attempts": 3, "quarantine": True})
+    outcome = Outcome(JobState.FAILED, reason, attempts=3, finished=1.0, host="worker", quarantine=True)
+    write_json(job_dir / OUTCOME, outcome.to_json())
     assert results.collect(index, node) == 1
-    job = index.job(int(str(spec["job_id"])))
+    job = index.job(spec.job_id)
     assert job is not None and job["state"] == "failed"
-    folder = (
-        node.data_dir / "quarantine" / str(spec["study_uid"]) / str(spec["series_uid"]) / f"job-{job['id']}"
-    )
+    folder = node.data_dir / "quarantine" / spec.study_uid / spec.series_uid / f"job-{job['id']}"
     assert str(folder) in job["reason"] and "crashed 2 times" in job["reason"]
     assert sorted(p.name for p in folder.glob("*.dcm")) == sorted(p.name for p in paths), "nothing lost"
     assert all(not p.exists() for p in paths), "still in the spool"
     assert (read_json(folder / MANIFEST) or {})["instances"] == len(paths)
     assert oct(folder.stat().st_mode & 0o777) == "0o700"
-    assert index.series_instances(str(spec["study_uid"]), str(spec["series_uid"])) == []
-    study = index.study(str(spec["study_uid"]))
+    assert index.series_instances(spec.study_uid, spec.series_uid) == []
+    study = index.study(spec.study_uid)
     assert study is not None and study["state"] == "failed" and "quarantined" in study["reason"]
     # a re-planning of the study (a late instance, a restart) finds nothing of it to read
-    assert (
-        plan_study(node.spool_dir / "studies" / str(spec["study_uid"]), SelectionPolicy(), False).series == ()
-    )
+    assert plan_study(node.spool_dir / "studies" / spec.study_uid, SelectionPolicy(), False).series == ()
     # the same instances sent again are new to the node, but map to the failed job: not run again
     for path, moved in zip(sorted(paths), sorted(folder.glob("*.dcm")), strict=True):
         path.write_bytes(moved.read_bytes())

@@ -38,6 +38,7 @@ from celery.signals import task_failure
 from workers.app import app
 from workers.correct import correction_options
 from workers.errors import BodycompError
+from workers.job import INPUT, OUT, OUTCOME, STARTED, JobSpec, JobState, Outcome, read_outcome
 from workers.jsonfile import read_json, write_json
 from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
 from workers.revision import CorrectionSpec
@@ -46,7 +47,6 @@ from workers.stack import StackPolicy
 
 log = logging.getLogger("bodycomp.worker")
 
-STARTED, OUTCOME, JOB, INPUT, OUT = "started.json", "outcome.json", "job.json", "input", "out"
 #: Held (``flock``) by the process running an attempt; the kernel releases it when that process dies.
 LOCK = ".lock"
 
@@ -157,34 +157,28 @@ def end_attempt(job_dir: Path) -> None:
 
 
 def finish(
-    job_dir: Path, state: str, reason: str, attempts: int, outputs: list[str], quarantine: bool = False
-) -> dict[str, Any]:
+    job_dir: Path, state: JobState, reason: str, attempts: int, outputs: list[str], quarantine: bool = False
+) -> Outcome:
     """Write ``outcome.json``; ``quarantine``: the node is to move the job's input out of the spool."""
-    outcome = {
-        "state": state,
-        "reason": reason,
-        "attempts": attempts,
-        "outputs": outputs,
-        "finished": time.time(),
-        "host": socket.gethostname(),
-        "quarantine": quarantine,
-    }
-    write_json(job_dir / OUTCOME, outcome)
+    outcome = Outcome(
+        state=state,
+        reason=reason,
+        attempts=attempts,
+        finished=time.time(),
+        host=socket.gethostname(),
+        outputs=tuple(outputs),
+        quarantine=quarantine,
+    )
+    write_json(job_dir / OUTCOME, outcome.to_json())
     return outcome
 
 
-def patient_fallbacks(spec: dict[str, Any]) -> tuple[PatientOverrides, ...]:
-    """The job's height/weight sources after the header, in order (``patient_fallbacks`` in
-    ``job.json``, written by :func:`node.patient_sources.fallbacks_for`; older jobs have none)."""
-    entries = spec.get("patient_fallbacks", [])
+def patient_fallbacks(spec: JobSpec) -> tuple[PatientOverrides, ...]:
+    """The job's height/weight sources after the header, in order (written by
+    :func:`node.patient_sources.fallbacks_for`)."""
     return tuple(
-        PatientOverrides(
-            height_m=None if entry["height_m"] is None else float(entry["height_m"]),
-            weight_kg=None if entry["weight_kg"] is None else float(entry["weight_kg"]),
-            sex=None,
-            source=str(entry["source"]),
-        )
-        for entry in entries
+        PatientOverrides(height_m=f.height_m, weight_kg=f.weight_kg, sex=None, source=f.source)
+        for f in spec.patient_fallbacks
     )
 
 
@@ -240,22 +234,23 @@ def job_lock(job_dir: Path) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
-def run_job(spec: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
-    """The task's body as a plain function: returns the outcome, raises on a retryable error."""
-    job_dir = config.data_dir / spec["job_dir"]
+def run_job(spec: JobSpec, config: WorkerConfig) -> Outcome | None:
+    """The task's body as a plain function: returns the outcome, None when another process holds
+    the job (not an outcome: the holder writes it, or dies and the node re-publishes the job);
+    raises on a retryable error."""
+    job_dir = config.data_dir / spec.job_dir
     with job_lock(job_dir) as held:
         if not held:
-            # Not an outcome: the holder writes it, or dies and the node re-publishes the job.
-            log.warning("event=job_busy job=%s reason=another process is running this job", spec["job_id"])
-            return {"state": "busy", "reason": "another process is running this job"}
+            log.warning("event=job_busy job=%s reason=another process is running this job", spec.job_id)
+            return None
         return _run_locked(job_dir, spec, config)
 
 
-def _run_locked(job_dir: Path, spec: dict[str, Any], config: WorkerConfig) -> dict[str, Any]:
+def _run_locked(job_dir: Path, spec: JobSpec, config: WorkerConfig) -> Outcome:
     """One attempt, under the job's lock (see :func:`run_job`)."""
-    done = read_json(job_dir / OUTCOME)
+    done = read_outcome(job_dir)
     if done is not None:
-        log.info("event=job_skipped job=%s reason=already %s", spec["job_id"], done.get("state"))
+        log.info("event=job_skipped job=%s reason=already %s", spec.job_id, done.state)
         return done
     attempt = begin_attempt(job_dir)
     attempts = attempt.number
@@ -264,56 +259,52 @@ def _run_locked(job_dir: Path, spec: dict[str, Any], config: WorkerConfig) -> di
             f"the analysis crashed {attempt.crashes} times (its process was killed: out of memory?); "
             "its instances were quarantined"
         )
-        log.error("event=job_failed job=%s reason=crashed %d times", spec["job_id"], attempt.crashes)
-        return finish(job_dir, "failed", reason, attempts, [], quarantine=True)
+        log.error("event=job_failed job=%s reason=crashed %d times", spec.job_id, attempt.crashes)
+        return finish(job_dir, JobState.FAILED, reason, attempts, [], quarantine=True)
     if attempts > config.max_retries + 1:
         reason = f"worker lost {attempts - 1} times (killed, out of memory?)"
-        return finish(job_dir, "failed", reason, attempts, [])
+        return finish(job_dir, JobState.FAILED, reason, attempts, [])
     log.info(
         "event=job_started job=%s study=%s series=%s attempt=%d",
-        spec["job_id"],
-        spec["study_uid"],
-        spec["series_uid"],
+        spec.job_id,
+        spec.study_uid,
+        spec.series_uid,
         attempts,
     )
     try:
-        # (a job written by a node before flags existed has none)
         outputs = run_analysis(
-            job_dir,
-            spec["series_uid"],
-            config,
-            tuple(spec.get("flags", ())),
-            patient_fallbacks(spec),
-            CorrectionSpec.from_json(spec["correction"]) if "correction" in spec else None,
+            job_dir, spec.series_uid, config, spec.flags, patient_fallbacks(spec), spec.correction
         )
     except BodycompError as exc:
         # The input cannot be analysed (no L3 in the field of view, bad stack, ...): no retry.
-        log.warning("event=job_failed job=%s reason=%s", spec["job_id"], exc)
-        return finish(job_dir, "failed", str(exc), attempts, [])
+        log.warning("event=job_failed job=%s reason=%s", spec.job_id, exc)
+        return finish(job_dir, JobState.FAILED, str(exc), attempts, [])
     except SoftTimeLimitExceeded:
-        log.error("event=job_failed job=%s reason=time limit", spec["job_id"])
-        return finish(job_dir, "failed", "analysis exceeded the time limit", attempts, [])
-    log.info("event=job_done job=%s outputs=%d", spec["job_id"], len(outputs))
-    return finish(job_dir, "done", "", attempts, outputs)
+        log.error("event=job_failed job=%s reason=time limit", spec.job_id)
+        return finish(job_dir, JobState.FAILED, "analysis exceeded the time limit", attempts, [])
+    log.info("event=job_done job=%s outputs=%d", spec.job_id, len(outputs))
+    return finish(job_dir, JobState.DONE, "", attempts, outputs)
 
 
 @app.task(bind=True, name="bodycomp.analyse_series", acks_late=True, reject_on_worker_lost=True)
-def analyse_series(self: Any, spec: dict[str, Any]) -> str:
+def analyse_series(self: Any, message: dict[str, Any]) -> str:
     """Analyse one series (see module docstring); unexpected errors retry, then fail the job."""
     config = _config
+    spec = JobSpec.from_json(message)  # a malformed message is a bug of the node: fails loudly
     try:
-        return str(run_job(spec, config)["state"])
+        outcome = run_job(spec, config)
+        return "busy" if outcome is None else str(outcome.state)
     except Exception as exc:
-        job_dir = config.data_dir / spec["job_dir"]
+        job_dir = config.data_dir / spec.job_dir
         reason = f"{type(exc).__name__}: {exc}"
         if self.request.retries < config.max_retries:
-            log.warning("event=job_retry job=%s reason=%s", spec["job_id"], reason)
+            log.warning("event=job_retry job=%s reason=%s", spec.job_id, reason)
             end_attempt(job_dir)
             raise self.retry(exc=exc, countdown=5 * 2**self.request.retries) from exc
         attempts = int((read_json(job_dir / STARTED) or {}).get("attempts", 0))
-        finish(job_dir, "failed", reason, attempts, [])
-        log.error("event=job_failed job=%s reason=%s", spec["job_id"], reason)
-        return "failed"
+        finish(job_dir, JobState.FAILED, reason, attempts, [])
+        log.error("event=job_failed job=%s reason=%s", spec.job_id, reason)
+        return str(JobState.FAILED)
 
 
 @task_failure.connect
@@ -339,5 +330,5 @@ def record_hard_time_limit(
     limit = exception.args[0] if exception.args else "?"
     attempts = int((read_json(job_dir / STARTED) or {}).get("attempts", 0))
     reason = f"analysis exceeded the time limit ({limit} s) and was stopped; not retried"
-    finish(job_dir, "failed", reason, attempts, [])
+    finish(job_dir, JobState.FAILED, reason, attempts, [])
     log.error("event=job_failed job=%s reason=hard time limit (%s s)", spec.get("job_id"), limit)
