@@ -37,8 +37,8 @@ from node.stability import StableStudy
 from workers.deflate import DEFAULT_MAX_INFLATED_BYTES
 from workers.dicom_scan import scan_dicom
 from workers.errors import BodycompError
-from workers.job import INPUT, JOB, JobSpec, PatientValues
-from workers.jsonfile import read_json, write_json
+from workers.job import INPUT, JOB, JobSpec, PatientValues, read_job_spec
+from workers.jsonfile import write_json
 from workers.series_selection import SelectionPolicy, select_series
 
 log = logging.getLogger("bodycomp.dispatch")
@@ -87,18 +87,6 @@ def patient_fallbacks(
 ) -> tuple[PatientValues, ...]:
     """Height/weight of the sources after the DICOM header, for ``job.json`` (node.patient_sources)."""
     return tuple(fallbacks_for(index, settings, str(rows[0]["path"]))) if rows else ()
-
-
-def read_job_spec(path: Path) -> JobSpec | None:
-    """``job.json``, or None when it is missing or not a job spec (logged: the caller rebuilds it)."""
-    data = read_json(path)
-    if data is None:
-        return None
-    try:
-        return JobSpec.from_json(data)
-    except ValueError as exc:
-        log.warning("event=job_spec_unreadable path=%s reason=%s", path, exc)
-        return None
 
 
 def job_dir_for(study_uid: str, series_uid: str, digest: str) -> str:
@@ -260,7 +248,7 @@ def job_spec(index: Index, settings: NodeSettings, job: sqlite3.Row) -> JobSpec 
     reason. Raises :class:`DiskFullError`, after pausing analyses, when the disk is full.
     """
     try:
-        spec = read_job_spec(settings.data_dir / job["result_dir"] / JOB)
+        spec = read_job_spec(settings.data_dir / job["result_dir"])
         spec = spec if spec is not None else rebuild_job_dir(index, settings, job)
     except OSError as exc:
         if not is_disk_full(exc):

@@ -468,6 +468,13 @@ class Index:
         with self.transaction() as db:
             db.executemany("DELETE FROM journal_segments WHERE name=?", [(name,) for name in names])
 
+    def recorded_instance(self, sop_uid: str) -> sqlite3.Row | None:
+        """The index row of an instance already recorded (study_uid, series_uid, digest, path, size)."""
+        rows = self.query(
+            "SELECT study_uid, series_uid, digest, path, size FROM instances WHERE sop_uid=?", (sop_uid,)
+        )
+        return rows[0] if rows else None
+
     def instance_location(self, sop_uid: str) -> tuple[str, str] | None:
         """(study UID, series UID) of an instance already recorded, or None."""
         rows = self.query("SELECT study_uid, series_uid FROM instances WHERE sop_uid=?", (sop_uid,))

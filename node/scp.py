@@ -272,9 +272,19 @@ def received_bytes(event: Any, received: ReceivedFile | None) -> Received:
 
 
 def make_durable(
-    spool: Spool, index: Index, journal: ReceiveJournal, record: InstanceRecord, received: Received
+    spool: Spool,
+    index: Index,
+    journal: ReceiveJournal,
+    record: InstanceRecord,
+    received: Received,
+    known: sqlite3.Row | None = None,
 ) -> tuple[StoredInstance, str]:
     """Journal, spool and index one instance; return where it is and the index's outcome.
+
+    ``known``: the index's row of this SOP Instance UID, if any. When it holds the same content and
+    its file is there (a re-send: a PACS routes a whole series again when one instance comes late),
+    nothing is written or flushed: that content was made durable, and acknowledged, before; only
+    the index is told (a finished study sent again is looked at for delivery).
 
     Up to :data:`~node.journal.INLINE_BYTES` the one flush before Success is the journal's, the
     record holding the bytes; the spool file and the index row follow unflushed and the journal's
@@ -283,6 +293,10 @@ def make_durable(
     """
     payload = received.payload
     study, series, sop = record.study_uid, record.series_uid, record.sop_uid
+    if known is not None and _already_durable(known, record):
+        return StoredInstance(
+            record.path, study, series, sop, record.size, record.digest
+        ), index.record_instance(record)
     spool.check_room(payload.size)
     inline = payload.size <= INLINE_BYTES
     if not inline:
@@ -376,21 +390,22 @@ def make_store_handler(
                 checked_uid(ds.SOPInstanceUID, "SOPInstanceUID"),
             )
             with locks.hold(sop):
-                known = index.instance_location(sop)
-                if known is not None and known != (study, series):
+                known = index.recorded_instance(sop)
+                if known is not None and (known["study_uid"], known["series_uid"]) != (study, series):
                     log.warning(
                         "event=refused status=0x%04X sop=%s from=%s reason=SOP Instance UID already "
                         "recorded in study %s series %s",
                         STATUS_UID_CONFLICT,
                         sop,
                         calling,
-                        *known,
+                        known["study_uid"],
+                        known["series_uid"],
                     )
                     return STATUS_UID_CONFLICT
                 data = received_bytes(event, received)
                 record = _record(header, study, series, sop, event, calling, spool, data)
                 unrecorded = record.path if known is None else None  # removed if the index fails
-                stored, outcome = make_durable(spool, index, journal, record, data)
+                stored, outcome = make_durable(spool, index, journal, record, data, known)
                 if outcome == "conflict":  # cannot happen under the lock; never trust one check
                     stored.path.unlink(missing_ok=True)
                     log.warning(
@@ -449,6 +464,17 @@ def _record(
         patient_id=described["PatientID"],
         study_date=described["StudyDate"],
     )
+
+
+def _already_durable(known: sqlite3.Row, record: InstanceRecord) -> bool:
+    """The same content is recorded for this instance and its spool file is there, whole (its
+    size: the content was checked by digest when it was stored)."""
+    if known["digest"] != record.digest or Path(known["path"]) != record.path:
+        return False
+    try:
+        return record.path.stat().st_size == record.size == int(known["size"])
+    except OSError:
+        return False
 
 
 def _remove_unrecorded(path: Path, locks: UidLocks, index: Index) -> None:

@@ -255,3 +255,40 @@ def test_both_receive_modes_go_through_the_journal(
     for path in files:
         assert _spooled_digest(data, _sop(path)) == _digest(path)
     assert list((data / "spool" / "journal").glob("*.journal")) == []
+
+
+@pytest.mark.slow
+def test_a_resent_instance_already_durable_costs_no_journal_record_and_a_missing_file_is_rewritten(
+    tmp_path: Path, example_ct_dicom: Path
+) -> None:
+    """Re-sent instances (a PACS routes a whole series again when one instance comes late) whose
+    content the node holds are acknowledged without journaling or writing them again; one whose
+    spool file is gone is stored again."""
+    files = sorted(example_ct_dicom.iterdir())[:5]
+    data = tmp_path / "data"
+    node = start_node(data, "--workers", "0", stable_seconds=3600)
+    journal = data / "spool" / "journal"
+    try:
+        assert all(a.startswith("Success") for a in store_responses(storescu(node.port, files)).values())
+        written = sum(p.stat().st_size for p in journal.glob("*.journal"))
+        assert written > sum(f.stat().st_size for f in files), "the first send went through the journal"
+        assert all(a.startswith("Success") for a in store_responses(storescu(node.port, files)).values())
+        assert sum(p.stat().st_size for p in journal.glob("*.journal")) == written, "nothing journaled again"
+        assert node.text().count("outcome=duplicate") == 5
+        gone = _sop(files[2])
+        path = (
+            data
+            / "spool"
+            / "studies"
+            / gone.StudyInstanceUID
+            / gone.SeriesInstanceUID
+            / f"{gone.SOPInstanceUID}.dcm"
+        )
+        path.unlink()
+        assert all(a.startswith("Success") for a in store_responses(storescu(node.port, files)).values())
+        assert _spooled_digest(data, gone) == _digest(files[2])
+        assert sum(p.stat().st_size for p in journal.glob("*.journal")) > written
+    finally:
+        assert node.stop() == 0, node.text()
+    counts = _index_counts(data / "index.sqlite")
+    assert len(counts) == 5 and set(counts.values()) == {1}

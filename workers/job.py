@@ -10,15 +10,17 @@ the node, the Celery task and the tests share this module (issue #22).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from workers.jsonfile import read_json
 from workers.revision import CorrectionSpec
 
 log = logging.getLogger("bodycomp.worker")
+T = TypeVar("T")
 
 #: A job's folder (``DATA/results/<study>/<series>/<hash>/``): the spec the node writes, the input
 #: links, the worker's ``started.json`` per attempt, its results and, last, its outcome.
@@ -177,11 +179,21 @@ def _float_or_none(data: dict[str, Any], key: str) -> float | None:
 
 def read_outcome(job_dir: Path) -> Outcome | None:
     """The job's ``outcome.json``, or None when it has none (or an unreadable one: logged)."""
-    data = read_json(job_dir / OUTCOME)
+    return _read(job_dir / OUTCOME, Outcome.from_json)
+
+
+def read_job_spec(job_dir: Path) -> JobSpec | None:
+    """The job's ``job.json``, or None when it has none (or an unreadable one: logged; the node
+    then rebuilds it from the index)."""
+    return _read(job_dir / JOB, JobSpec.from_json)
+
+
+def _read(path: Path, parse: Callable[[dict[str, Any]], T]) -> T | None:
+    data = read_json(path)
     if data is None:
         return None
     try:
-        return Outcome.from_json(data)
+        return parse(data)
     except ValueError as exc:
-        log.warning("event=outcome_unreadable job_dir=%s reason=%s", job_dir, exc)
+        log.warning("event=job_file_unreadable path=%s reason=%s", path, exc)
         return None
