@@ -51,11 +51,18 @@ def _nodelay(event: Any) -> None:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _fail(index: Index, settings: NodeSettings, row: sqlite3.Row, error: str, now: float) -> None:
+def next_attempt(row: sqlite3.Row, settings: NodeSettings, now: float) -> tuple[int, float | None]:
+    """After a failed delivery of an outbox row (DICOM or HL7): its attempts so far, and when to
+    try again (backoff), or None when that would be past ``send_give_up_hours`` (a dead letter)."""
     attempts = int(row["attempts"]) + 1
     give_up = float(row["created"]) + settings.send_give_up_hours * 3600
     next_try = now + backoff(attempts, settings.send_retry_seconds, settings.send_retry_max_seconds)
-    if next_try > give_up:
+    return attempts, None if next_try > give_up else next_try
+
+
+def _fail(index: Index, settings: NodeSettings, row: sqlite3.Row, error: str, now: float) -> None:
+    attempts, next_try = next_attempt(row, settings, now)
+    if next_try is None:
         index.outbox_failed(row["id"], error, None)
         metrics.delivery("dead")
         log.error(

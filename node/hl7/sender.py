@@ -19,7 +19,7 @@ from pathlib import Path
 
 from node.config import NodeSettings, parse_hl7_destination
 from node.index import Index
-from node.sender import backoff, deliver_by_destination
+from node.sender import deliver_by_destination, next_attempt
 
 log = logging.getLogger("bodycomp.hl7.sender")
 
@@ -72,10 +72,8 @@ def send_message(conn: socket.socket, text: str, control_id: str) -> str:
 def _fail(
     index: Index, settings: NodeSettings, row: sqlite3.Row, error: str, final: bool, now: float
 ) -> None:
-    attempts = int(row["attempts"]) + 1
-    give_up = float(row["created"]) + settings.send_give_up_hours * 3600
-    next_try = now + backoff(attempts, settings.send_retry_seconds, settings.send_retry_max_seconds)
-    if final or next_try > give_up:
+    attempts, next_try = next_attempt(row, settings, now)
+    if final or next_try is None:
         index.hl7_outbox_failed(row["id"], error, None)
         log.error(
             "event=hl7_delivery_dead control_id=%s destination=%s attempts=%d reason=%s",
