@@ -65,11 +65,6 @@ class Spool:
         self.studies.mkdir(parents=True, exist_ok=True)
         self._studies_device = self.studies.stat().st_dev
 
-    @property
-    def device(self) -> int:
-        """The spool's file system (``st_dev``): a file there is moved into it, not copied."""
-        return self._studies_device
-
     def free_bytes(self) -> int:
         stats = os.statvfs(self.root)
         return stats.f_bavail * stats.f_frsize
