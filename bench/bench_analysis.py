@@ -11,7 +11,7 @@ JSON. Timing is measured here, never asserted in tests.
 
 A syntax suffixed ``-full`` analyses the same series with ``AnalysisOptions(preview=False)``: every
 slice decoded at full resolution, as before reduced-resolution JPEG 2000 decoding
-(workers/preview.py), for a before/after ratio in the same run.
+(workers/load/preview.py), for a before/after ratio in the same run.
 """
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NOOP_SCP = """
 import socket, sys
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from node import reactor
-from node.scp import TRANSFER_SYNTAXES
+from node.receive import reactor
+from node.receive.scp import TRANSFER_SYNTAXES
 _config.STORE_RECV_CHUNKED_DATASET = True
 def nodelay(event):
     event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -27,7 +27,7 @@ from tests.dicom_builder import (  # noqa: E402
     SeriesOptions,
     write_series,
 )
-from workers.load import load_series  # noqa: E402
+from workers.load.source import load_series  # noqa: E402
 
 EXAMPLE_CT = ROOT.parent / "shared" / "data" / "example_ct" / "example_ct.nii.gz"
 SYNTAXES = {"raw": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless}

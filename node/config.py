@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.series_selection import SelectionPolicy
-from workers.stack import StackPolicy
+from workers.load.selection import SelectionPolicy
+from workers.load.stack import StackPolicy
 
 ENV_PREFIX = "BODYCOMP_"
 ENV_CONFIG = "BODYCOMP_CONFIG"
-#: Not a setting: arms a crash of the process for the crash tests (:mod:`node.failpoints`).
+#: Not a setting: arms a crash of the process for the crash tests (:mod:`node.receive.failpoints`).
 ENV_FAILPOINT = "BODYCOMP_FAILPOINT"
 
 
@@ -89,7 +89,7 @@ class NodeSettings:
     exceeded") so the sender retries later. Each costs two threads and, while a C-STORE arrives,
     at most one PDU (1 MiB) in memory: 16 takes a busy PACS' parallel sends on two cores."""
     event_driven: bool = True
-    """Serve associations with :mod:`node.reactor`'s loops, which wait for data instead of
+    """Serve associations with :mod:`node.receive.reactor`'s loops, which wait for data instead of
     pynetdicom's 1 ms polling (~2 × the receive rate of a bare SCP); false: pynetdicom's own."""
     receivers: int = 1
     """Processes receiving on the DICOM port (Linux ``SO_REUSEPORT``: the kernel spreads
@@ -120,7 +120,7 @@ class NodeSettings:
     """Analyses at once per worker process (each in its own child process)."""
     jobs_per_sender: int = 0
     """Analyses of one calling AE in the broker or running at once; the others wait in the index
-    and are published in turns with other senders' (:mod:`node.fairness`), so a flood from one
+    and are published in turns with other senders' (:mod:`node.schedule.fairness`), so a flood from one
     sender delays only that sender. 0: twice the analyses the node's own workers run at once
     (``embedded_workers`` × ``concurrency``, at least 2); with external workers, set it to at
     least the analyses they run at once, or the workers idle while one sender's jobs wait."""

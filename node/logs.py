@@ -1,7 +1,7 @@
 """The service log, set up the same way in every process of the node (the node, its receiving
 processes, ``bodycomp batch``'s analysing processes).
 
-Why a module of its own: it lived in :mod:`node.cli`, so a receiving process and the cohort runner
+Why a module of its own: it lived in :mod:`node.operate.cli`, so a receiving process and the cohort runner
 imported the command line (and through it the whole node) to get a log format.
 """
 

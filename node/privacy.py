@@ -17,7 +17,7 @@ Every text that comes from a DICOM header (a Modality, a description, a calling 
 reason quoting them) is also attacker-controlled: a newline in it would start a forged log line
 ("... event=delivered ...") and an ESC sequence would repaint the operator's terminal. The same
 factory passes each record's message through :func:`escape_controls`; ``bodycomp status`` and
-``export --csv`` (:mod:`node.status`) use it for what they print and write.
+``export --csv`` (:mod:`node.operate.status`) use it for what they print and write.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@
 #   (@ohif/app) once into .cache/ohif/. Run only it with: ./scripts/test.sh -m viewer
 # - Python dependencies go into ./.venv (created when missing), bodycomp itself in editable mode.
 # - Then: ruff (lint), mypy (types), pytest (all tests). The script fails when any step fails.
+# - pytest runs in parallel processes (pytest-xdist): BODYCOMP_TEST_WORKERS of them (default 2,
+#   the 2-core machine the suite is timed on; 0 runs it in this process). Tests that must not
+#   overlap share an xdist_group (--dist loadgroup). On a slow machine give the tests' deadlines
+#   more time with BODYCOMP_TEST_TIMEOUT_SCALE (e.g. 2; tests/timing.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +53,8 @@ fi
 echo "== installing Python dependencies"
 .venv/bin/python -m pip install --quiet --upgrade pip 2>/dev/null || true
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# bodycomp is installed: ./scripts/run.sh (run by a test) must not reinstall it while other tests run.
+touch .venv/.installed
 
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== OHIF viewer (npm @ohif/app, cached in .cache/ohif)"
@@ -60,7 +66,7 @@ echo "== mypy"
 mypy
 echo "== pytest"
 set +e
-python -m pytest "$@"
+python -m pytest -n "${BODYCOMP_TEST_WORKERS:-2}" --dist loadgroup "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -65,7 +65,7 @@ def hcc_cases() -> list[l3h.Case]:
     """The real liver-protocol CT that stops above the sacrum, loaded by the product's loader, and
     at 5 mm: with its top slices (the T12 rib heads) kept, and with the grid started at the bottom,
     which cuts the rib heads as a series stopping there would."""
-    from workers.load import load_series
+    from workers.load.source import load_series
 
     view = load_series(HCC).canonical()
     hu, z, sp = np.asarray(view.hu), np.asarray(view.z_mm), view.spacing_yx_mm

@@ -26,8 +26,8 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers.metrics import compute_result, tissue_stats, waist_circumference_cm  # noqa: E402
-from workers.presets import get_preset  # noqa: E402
+from workers.measure.composition import compute_result, tissue_stats, waist_circumference_cm  # noqa: E402
+from workers.measure.presets import get_preset  # noqa: E402
 from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -264,7 +264,7 @@ def _debug_png(
 
 
 def l3_summary() -> dict[str, Any]:
-    from workers.metrics import PatientInputs
+    from workers.measure.composition import PatientInputs
 
     hu = load_ct()
     sl = hu[L3_SLICE]

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from workers.load import load_series
-from workers.presets import get_preset
+from workers.load.source import load_series
+from workers.measure.presets import get_preset
 from workers.tissues.classical import ZONE_SAT, ZONE_SM, ZONE_VAT, _skin
 from workers.tissues.engine import (
     LABEL_IMAT,

@@ -1,9 +1,9 @@
-"""A monotonic clock that tests move by hand, for the node's stable timers (node/stability.py)."""
+"""A monotonic clock that tests move by hand, for the node's stable timers (node/schedule/stability.py)."""
 
 from __future__ import annotations
 
-from node.index import Index
-from node.stability import StabilityTimer, StableStudy, claim_stable_studies
+from node.schedule.stability import StabilityTimer, StableStudy, claim_stable_studies
+from node.store.index import Index
 
 
 class ManualClock:

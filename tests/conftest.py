@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 from tests.dicom_builder import copy_with_uids, series_from_volume
-from workers.load import load_series
+from workers.load.source import load_series
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

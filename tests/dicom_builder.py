@@ -359,7 +359,7 @@ def series_from_volume(volume: object, out_dir: Path, options: SeriesOptions | N
     of the volume is exactly a head-first-supine axial stack (rows anterior→posterior, columns
     right→left), so its affine gives the ImagePositionPatient of each slice directly.
     """
-    from workers.volume import Volume
+    from workers.load.volume import Volume
 
     assert isinstance(volume, Volume)
     view = volume.canonical()

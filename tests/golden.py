@@ -137,7 +137,7 @@ def outputs_of(out_dir: Path, work: Path) -> dict[str, Any]:
 def run_cases(work: Path) -> dict[str, Any]:
     """Analyse both golden CTs into ``work`` and return their reduced outputs by case name."""
     from tests.dicom_builder import series_from_volume
-    from workers.load import load_series
+    from workers.load.source import load_series
     from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
 
     derived = work / "example_ct_dicom"

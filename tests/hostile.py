@@ -47,7 +47,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from node.spool import UID_PATTERN
+from node.store.spool import UID_PATTERN
 
 PATIENT_NAME = "Fuzzsecret^Patientname"
 PATIENT_ID = "FUZZSECRETPID"

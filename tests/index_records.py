@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pydicom
 
-from node.index import Index, InstanceRecord, digest_file
+from node.store.index import Index, InstanceRecord, digest_file
 
 
 def record_file(index: Index, path: Path, calling_ae: str, now: float | None = None) -> str:

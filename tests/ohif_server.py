@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import mimetypes
@@ -57,6 +58,18 @@ def ohif_dist(version: str = OHIF_VERSION, cache: Path = CACHE) -> Path:
     if npm is None:
         raise RuntimeError("npm is needed once to fetch OHIF (@ohif/app): run ./scripts/test.sh")
     cache.mkdir(parents=True, exist_ok=True)
+    # One fetch at a time (parallel test workers, two checkouts' runs): the others wait, then use it.
+    with (cache / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "index.html").exists():
+            return target
+        _fetch(npm, version, cache, target)
+    return target
+
+
+def _fetch(npm: str, version: str, cache: Path, target: Path) -> None:
+    """``npm pack`` ``@ohif/app@version`` into a temporary folder of ``cache``; its ``dist/`` becomes
+    ``target``."""
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         subprocess.run(
             [npm, "pack", f"@ohif/app@{version}", "--silent"],
@@ -76,7 +89,6 @@ def ohif_dist(version: str = OHIF_VERSION, cache: Path = CACHE) -> Path:
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         unpacked.replace(target)
-    return target
 
 
 def app_config(dicomweb_root: str = "/dicom-web") -> str:

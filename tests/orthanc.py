@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,11 +22,7 @@ from typing import Any
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.timing import free_port, scaled
 
 
 @dataclass(frozen=True)
@@ -131,7 +126,7 @@ def running_orthanc(
         )
     server = Orthanc(http_port, dicom_port, ae_title, log)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while True:
             try:
                 server.get("/system")

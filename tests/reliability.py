@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_LOG = ROOT / ".cache" / "reliability" / "results.jsonl"
 
 
-#: One pytest process = one session; the report uses each scenario's latest session only.
-SESSION = os.environ.get("RELIABILITY_SESSION") or time.strftime("%Y-%m-%dT%H:%M:%S") + f"-{os.getpid()}"
+#: One pytest run = one session; the report uses each scenario's latest session only. The workers
+#: of a parallel run (pytest-xdist) share its run id, so a scenario's runs on different workers
+#: stay one session.
+SESSION = (
+    os.environ.get("RELIABILITY_SESSION")
+    or (f"xdist-{os.environ['PYTEST_XDIST_TESTRUNUID']}" if os.environ.get("PYTEST_XDIST_TESTRUNUID") else "")
+    or time.strftime("%Y-%m-%dT%H:%M:%S") + f"-{os.getpid()}"
+)
 
 
 def log_path() -> Path:

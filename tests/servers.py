@@ -27,14 +27,10 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-START_TIMEOUT = 90.0
-STOP_TIMEOUT = 60.0
+from tests.timing import free_port, scaled
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+START_TIMEOUT = scaled(90.0)
+STOP_TIMEOUT = scaled(60.0)
 
 
 def port_open(port: int) -> bool:
@@ -256,7 +252,7 @@ class RabbitMQServer(BrokerServer):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + scaled(20)
         while not port_open(self.epmd_port):
             if self.epmd.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"epmd did not start\n{_tail(self.root / 'epmd.log')}")

@@ -34,12 +34,13 @@ import pytest
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from node.cli import main
+from node.operate.cli import main
 from tests.conftest import REPO, SHARED_DATA
 from tests.dicom_builder import SeriesOptions, series_from_volume
+from tests.timing import scaled
 from workers.batch import table
 from workers.batch.inputs import read_corrections
-from workers.load import load_series
+from workers.load.source import load_series
 
 # Whole-cohort runs in worker processes (about a minute): the full suite only.
 pytestmark = pytest.mark.slow
@@ -483,7 +484,7 @@ def test_a_killed_run_resumes_without_redoing_finished_studies(cohort: Cohort, t
     out = tmp_path / "out"
     command = [str(BODYCOMP), "batch", str(sub), "--out", str(out), "--jobs", "1"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + scaled(120)
     while not list(out.glob("studies/*/result.json")):
         assert first.poll() is None, first.communicate()
         assert time.monotonic() < deadline, "no study finished in 2 minutes"
@@ -491,7 +492,7 @@ def test_a_killed_run_resumes_without_redoing_finished_studies(cohort: Cohort, t
     first.send_signal(signal.SIGKILL)
     first.communicate()
     # the analysing process dies with the batch (nothing keeps writing into the output folder)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + scaled(20)
     while _group_alive(first.pid):
         assert time.monotonic() < deadline, f"processes left behind: {_group_alive(first.pid)}"
         time.sleep(0.1)
@@ -551,7 +552,7 @@ def _launch(playwright: Any) -> Any:
 def _until(page: Any, script: str, timeout_s: float = 30) -> None:
     """Poll ``script`` (a JavaScript function) until it returns true. Not ``wait_for_function``:
     its polling evaluates strings, which the gallery's Content Security Policy forbids."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while not page.evaluate(script):
         assert time.monotonic() < deadline, f"timed out waiting for {script}"
         time.sleep(0.1)

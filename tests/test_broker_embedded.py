@@ -23,8 +23,8 @@ import pytest
 from celery import Celery
 
 from node.config import NodeSettings, Settings
-from node.index import Index
-from node.service import Node
+from node.operate.service import Node
+from node.store.index import Index
 from tests.test_node_support import BODYCOMP, start, wait_for
 from workers.app import configure_app, embedded_broker_file, prepare_broker, purge_consumed
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli import main
+from node.operate.cli import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -164,7 +164,7 @@ def test_values_that_break_the_node_are_refused_at_load(name: str, value: str, m
 def test_the_command_line_says_so_in_one_line_and_exits_2(
     name: str, value: str, message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from node.cli import main
+    from node.operate.cli import main
 
     monkeypatch.setenv(name, value)
     assert main(["status"]) == 2
@@ -175,7 +175,7 @@ def test_the_command_line_says_so_in_one_line_and_exits_2(
 def test_an_unusable_data_directory_exits_2_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from node.cli import main
+    from node.operate.cli import main
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -187,7 +187,7 @@ def test_an_unusable_data_directory_exits_2_in_one_line(
 def test_an_address_this_machine_does_not_have_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from node.cli import main
+    from node.operate.cli import main
 
     # TEST-NET-1 (RFC 5737) is never assigned to a local interface
     code = main(["serve", "--data-dir", str(tmp_path / "d"), "--host", "192.0.2.1", "--port", "11119"])

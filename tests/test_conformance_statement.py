@@ -1,6 +1,6 @@
 """docs/conformance-statement.md against what the code actually does, so the two cannot drift.
 
-* the SCP's transfer syntaxes (``node/scp.py``) and Storage SOP classes (the AE it builds);
+* the SCP's transfer syntaxes (``node/receive/scp.py``) and Storage SOP classes (the AE it builds);
 * Verification's transfer syntaxes;
 * what the sender proposes: a real association on loopback to a pynetdicom SCP that records the
   presentation contexts requested, with the three result SOP classes;
@@ -25,15 +25,16 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import scp, tls
+from node import tls
 from node.config import TLS_SUFFIX, NodeSettings
-from node.index import Index, InstanceRecord
-from node.sender import send_to_destination
+from node.receive import scp
+from node.send.sender import send_to_destination
+from node.store.index import Index, InstanceRecord
 from tests.dicom_builder import SeriesOptions, axial_geometry, sample, write_series
 from tests.test_encode import encode_slice
 from tests.test_node_support import free_port
 from workers.encode import codes
-from workers.load import load_series
+from workers.load.source import load_series
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "conformance-statement.md"
 UID_IN_TICKS = re.compile(r"`(1\.2\.840\.10008\.[0-9.]+)`")

@@ -284,7 +284,7 @@ def test_reanalyze_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     """An unknown study or a contradictory request: exit 2 and one line saying why."""
     data = tmp_path / "data"
     data.mkdir()
-    from node.index import Index
+    from node.store.index import Index
 
     Index(data / "index.sqlite").close()
     for args, message in (
@@ -312,7 +312,7 @@ def test_a_correction_has_its_own_uids_and_an_automatic_result_keeps_its_own() -
 
 
 def test_kept_qc_reasons_are_those_the_correction_does_not_touch() -> None:
-    from workers.revision import LEVEL, OUTLINE, PATIENT, kept_qc
+    from workers.corrections.revision import LEVEL, OUTLINE, PATIENT, kept_qc
 
     previous = {
         "qc": {
@@ -336,8 +336,8 @@ def test_kept_qc_reasons_are_those_the_correction_does_not_touch() -> None:
 def test_the_nodes_own_results_ask_for_no_correction(example_ct_derived_dicom: Path, tmp_path: Path) -> None:
     """Its SR has Finding Sites "L3 vertebra" and Tracking Identifiers "L3 SM" on image points, and its
     SEG has the tissue codes: without the own-output check they would look like a reader's."""
-    from node.index import Index
-    from node.reader_objects import is_own, marked_l3_images
+    from node.schedule.reader_objects import is_own, marked_l3_images
+    from node.store.index import Index
     from workers.pipeline import AnalysisOptions, analyse
 
     analyse(example_ct_derived_dicom, AnalysisOptions(write_dicom=True), tmp_path / "out")

@@ -15,8 +15,8 @@ import pytest
 from tests.dicom_builder import SeriesOptions, axial_geometry, sample, write_series
 from workers.encode import EncodeInput, encode_all
 from workers.encode.uids import OutputIdentity
-from workers.load import load_series
-from workers.volume import Volume
+from workers.load.source import load_series
+from workers.load.volume import Volume
 
 RESULT: dict[str, Any] = {
     "tissues": {

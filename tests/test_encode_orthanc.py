@@ -10,7 +10,7 @@ import pytest
 
 from tests.orthanc import running_orthanc
 from tests.test_encode import encode_slice
-from workers.load import load_series
+from workers.load.source import load_series
 
 # A real Orthanc: the full suite only (the encoders' own checks in test_encode.py are fast).
 pytestmark = [pytest.mark.network, pytest.mark.slow]

@@ -21,16 +21,16 @@ import pytest
 from pydicom.uid import generate_uid
 
 from node import privacy
-from node.cli import main
 from node.config import NodeSettings
-from node.dispatch import dispatch_study
-from node.index import Index, InstanceRecord
+from node.operate.cli import main
+from node.operate.status import format_status, read_status
 from node.privacy import csv_cell, escape_controls
-from node.status import format_status, read_status
+from node.schedule.dispatch import dispatch_study
+from node.store.index import Index, InstanceRecord
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
-from workers.series_selection import SelectionPolicy
+from workers.load.selection import SelectionPolicy
 
 #: The node's log format (node.logs.configure_logging).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

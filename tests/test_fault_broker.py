@@ -29,10 +29,10 @@ import pydicom
 import pytest
 from kombu.exceptions import OperationalError
 
-from node import dispatch, results
 from node.config import NodeSettings
-from node.dispatch import BrokerHealth, dispatch_study
-from node.index import Index, InstanceRecord, digest_file
+from node.schedule import dispatch, results
+from node.schedule.dispatch import BrokerHealth, dispatch_study
+from node.store.index import Index, InstanceRecord, digest_file
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.reliability import Tally, recorded
@@ -48,7 +48,7 @@ from tests.test_node_support import (
     storescu,
     wait_for,
 )
-from workers.series_selection import SelectionPolicy
+from workers.load.selection import SelectionPolicy
 
 # Fault scenarios (private Redis and RabbitMQ servers): the full suite only, like every test_fault_*.
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Found by a tester: the study-complete timer followed the wall clock, so a clock set back an hour
 held studies an hour, and one stepped forward during a sender's pause analysed half a study. The
-node now times studies on the monotonic clock (node/stability.py). Here the node runs under
+node now times studies on the monotonic clock (node/schedule/stability.py). Here the node runs under
 libfaketime with the wall clock moved at run time through a timestamp file, while the
 monotonic clock stays real (``FAKETIME_DONT_FAKE_MONOTONIC``), as with an NTP step or a restored VM.
 The node runs without workers (Celery's own threads do not survive libfaketime's timed waits):

@@ -35,13 +35,14 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom.dsutils import split_dataset
 
-from node import dispatch, results, service
 from node.config import NodeSettings, Settings
-from node.dispatch import BrokerHealth, DiskGuard
-from node.index import Index, InstanceRecord, digest_file
-from node.scp import serve
-from node.service import Node
-from node.spool import Spool, SpoolFullError
+from node.operate import service
+from node.operate.service import Node
+from node.receive.scp import serve
+from node.schedule import dispatch, results
+from node.schedule.dispatch import BrokerHealth, DiskGuard
+from node.store.index import Index, InstanceRecord, digest_file
+from node.store.spool import Spool, SpoolFullError
 from tests.reliability import recorded
 from tests.test_fault_broker import acknowledged, sop_uids, stable_ct_studies
 from tests.test_node_support import (

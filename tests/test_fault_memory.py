@@ -4,7 +4,7 @@ Found by a tester with the node under a 1.5 GiB memory limit: a ~1 MB Deflated E
 Endian C-STORE inflated to 1 GiB inside the node (2.2 GB peak; the kernel killed the node), and
 small CT slices carrying a private element of 384 MB of zeros were stored and then inflated, all at
 once, whenever their study was planned. Now a deflated dataset is inflated as a stream under a
-ceiling (``max_inflated_mb``, workers/deflate.py): beyond it the C-STORE is refused with 0xA700,
+ceiling (``max_inflated_mb``, workers/load/deflate.py): beyond it the C-STORE is refused with 0xA700,
 and stored files beyond it are skipped when a study is planned. Here the node runs under
 ``prlimit --data`` (1.5 GiB, as the tester's), receives the bomb over a real association while a
 study arrives with DCMTK's storescu, and its peak memory is read from /proc.
@@ -131,9 +131,9 @@ def test_stored_bombs_are_skipped_when_their_study_is_planned(tmp_path: Path) ->
     code = textwrap.dedent(
         f"""
         from pathlib import Path
-        from node.dispatch import plan_study
-        from workers.dicom_scan import scan_dicom
-        from workers.series_selection import SelectionPolicy
+        from node.schedule.dispatch import plan_study
+        from workers.load.scan import scan_dicom
+        from workers.load.selection import SelectionPolicy
         scan = scan_dicom(Path({str(root)!r}), 256 << 20)
         print(len(scan.files), scan.skipped)
         print(plan_study(Path({str(root)!r}), SelectionPolicy(), False, 256 << 20))
@@ -157,11 +157,11 @@ def test_stored_bombs_are_skipped_when_their_study_is_planned(tmp_path: Path) ->
 
 
 def test_the_inflater_stops_at_the_ceiling_and_keeps_the_header(tmp_path: Path) -> None:
-    """workers/deflate.py on its own: counted and written in chunks, refused beyond the limit,
+    """workers/load/deflate.py on its own: counted and written in chunks, refused beyond the limit,
     and the inflated copy reads as the same dataset in Explicit VR Little Endian."""
     import pydicom
 
-    from workers.deflate import InflateLimitError, file_inflated_size, inflate_to_file
+    from workers.load.deflate import InflateLimitError, file_inflated_size, inflate_to_file
 
     small = deflated_ct(tmp_path / "small.dcm", 1)
     assert (1 << 20) < file_inflated_size(small) < (2 << 20)

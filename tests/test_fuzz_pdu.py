@@ -12,7 +12,7 @@ middle of their dataset, and dozens of half-open connections. After each scenari
   after the peer stalls, trickles or vanishes;
 * no partly received dataset stays in the node's ``TMPDIR`` or ``spool/tmp``.
 
-Weaknesses these tests found in pynetdicom 3.0's acceptor, fixed in :mod:`node.connection`: a
+Weaknesses these tests found in pynetdicom 3.0's acceptor, fixed in :mod:`node.receive.connection`: a
 PDU announced and then withheld (or trickled) held two threads and a socket for as long as the
 peer liked; a PDU announcing 4 GiB was read into memory as it came; a C-STORE cut off mid-dataset
 left its temporary file for ever.

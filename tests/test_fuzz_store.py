@@ -43,8 +43,8 @@ from hypothesis import settings as settings_
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 
-from node.index import Index, digest_file
-from node.spool import UID_PATTERN
+from node.store.index import Index, digest_file
+from node.store.spool import UID_PATTERN
 from tests import hostile
 from tests.reliability import recorded
 from tests.test_node_support import DCMTK, NodeProc, copy_study, start_node, storescu, study_status, wait_for
@@ -363,7 +363,7 @@ def test_duplicate_sop_instance_uid_policy(node: NodeProc, tmp_path: Path) -> No
 
 def test_index_refuses_a_sop_instance_uid_from_another_series(tmp_path: Path) -> None:
     """The index's own check (behind the SCP's): a conflicting record changes nothing."""
-    from node.index import InstanceRecord
+    from node.store.index import InstanceRecord
 
     index = Index(tmp_path / "index.sqlite")
     try:
@@ -385,7 +385,7 @@ def test_hostile_instances_in_memory_receive_mode(tmp_path: Path) -> None:
     import socket as socket_module
 
     from node.config import NodeSettings
-    from node.scp import serve
+    from node.receive.scp import serve
 
     with socket_module.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -436,7 +436,7 @@ def test_hostile_instances_in_memory_receive_mode(tmp_path: Path) -> None:
 
 def test_spool_leaves_no_partial_file_whatever_stops_a_write(tmp_path: Path) -> None:
     """Not only I/O errors: any exception during a write removes the temporary file."""
-    from node.spool import Spool
+    from node.store.spool import Spool
 
     spool = Spool(tmp_path / "spool", min_free_bytes=0)
     with pytest.raises(TypeError):

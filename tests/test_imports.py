@@ -139,7 +139,7 @@ def test_importing_the_analysis_loads_no_celery_or_pynetdicom() -> None:
 
 #: Modules with SQL of their own, and why.
 SQL_ELSEWHERE = {
-    "node.index": "the index",
+    "node.store.index": "the index",
     "workers.app": "the embedded broker's database (kombu's message table), not the index",
 }
 SQL = re.compile(
@@ -148,7 +148,7 @@ SQL = re.compile(
 
 
 def test_sql_is_written_only_in_the_index() -> None:
-    """The index's SQL lives in ``node/index.py`` (issue #22): a string literal with SQL anywhere
+    """The index's SQL lives in ``node/store/index.py`` (issue #22): a string literal with SQL anywhere
     else in ``node`` or ``workers`` is a query the index's methods and tests do not know of."""
     found = []
     for name, path in _modules().items():

@@ -1,7 +1,7 @@
 """The receive journal (issue #27): one flush per instance before Success, nothing lost after.
 
 Crashes are real: ``bodycomp serve`` kills itself (``SIGKILL``) between the journal's flush and
-the spool/index update (:mod:`node.failpoints`), and a Python process that wrote a journal
+the spool/index update (:mod:`node.receive.failpoints`), and a Python process that wrote a journal
 kills itself before its syncer ran. Every count comes from DCMTK's storescu (what was
 acknowledged), the spool's files and the index, never from the node's own account.
 """
@@ -18,9 +18,9 @@ import pydicom
 import pytest
 from pynetdicom.dsutils import split_dataset
 
-from node.index import Index, InstanceRecord, digest_file
-from node.journal import INLINE_BYTES, Payload, ReceiveJournal, read_records, replay
-from node.spool import Spool
+from node.receive.journal import INLINE_BYTES, Payload, ReceiveJournal, read_records, replay
+from node.store.index import Index, InstanceRecord, digest_file
+from node.store.spool import Spool
 from tests.test_node_support import start_node, store_responses, storescu
 
 
@@ -123,9 +123,9 @@ WRITER = r"""
 import os, signal, sys
 from pathlib import Path
 from pynetdicom.dsutils import split_dataset
-from node.index import Index, InstanceRecord, digest_file
-from node.journal import Payload, ReceiveJournal
-from node.spool import Spool
+from node.store.index import Index, InstanceRecord, digest_file
+from node.receive.journal import Payload, ReceiveJournal
+from node.store.spool import Spool
 import pydicom
 
 root, files = Path(sys.argv[1]), [Path(f) for f in sys.argv[2:]]

@@ -23,7 +23,7 @@ from workers.l3.anchors import IliacCrests
 from workers.l3.cues import CUE_CREST, CUE_RIB, CUE_SACRUM, CUE_TP, RUDIMENTARY_RIB, Cue, combine
 from workers.l3.engine import get_localiser
 from workers.l3.result import FLAG_LEVEL_AMBIGUOUS, FLAG_WEAK_CUES_ONLY, L3Result
-from workers.load import load_series
+from workers.load.source import load_series
 
 HCC = SHARED_DATA / "hcc_tace_seg_048" / "dicom"
 HCC_MID_L3_Z = -371.0  # reader: L3 body indices 5-15, middle index 10

@@ -223,9 +223,9 @@ def test_long_run_memory_and_descriptors_do_not_grow(example_ct_derived_dicom: P
 
 def test_max_associations_and_network_timeout_reach_the_ae(tmp_path: Path) -> None:
     """``--max-associations``/``--network-timeout`` (and their environment form) set pynetdicom's AE."""
-    from node.cli import _settings, build_parser
     from node.config import ConfigError, load_settings
-    from node.scp import build_ae
+    from node.operate.cli import _settings, build_parser
+    from node.receive.scp import build_ae
 
     args = build_parser().parse_args(["serve", "--max-associations", "3", "--network-timeout", "5"])
     node = _settings(args).node

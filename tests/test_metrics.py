@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.phantoms import make_disk
-from workers.metrics import (
+from workers.measure.composition import (
     PatientInputs,
     TissueStats,
     average_results,
@@ -17,7 +17,7 @@ from workers.metrics import (
     tissue_stats,
     waist_circumference_cm,
 )
-from workers.presets import PRESETS, get_preset
+from workers.measure.presets import PRESETS, get_preset
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT
 
 

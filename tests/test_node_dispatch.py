@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from node.config import NodeSettings
-from node.dispatch import dispatch_study, plan_study
-from node.index import Index
+from node.schedule.dispatch import dispatch_study, plan_study
+from node.store.index import Index
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
-from workers.series_selection import SelectionPolicy
+from workers.load.selection import SelectionPolicy
 
 
 def two_series_study(root: Path) -> tuple[str, str, str]:
@@ -50,7 +50,7 @@ def test_study_with_nothing_to_analyse_is_ignored_and_optionally_not_kept(tmp_pa
 
 
 def test_results_go_back_to_the_sender_when_it_is_a_destination_else_to_all() -> None:
-    from node.outbox import destinations_for
+    from node.send.outbox import destinations_for
 
     node = NodeSettings(destinations=("PACS@10.0.0.5:104", "ARCHIVE@10.0.0.6:11112"))
     assert destinations_for(node, "PACS") == ["PACS@10.0.0.5:104"]

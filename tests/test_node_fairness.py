@@ -3,7 +3,7 @@
 Found by a tester: 40 tiny junk studies from one calling AE (7 s to send) put 40 jobs in the
 broker's first-in-first-out queue, and a real study from another AE that arrived just after waited
 for all of them (47-49 s instead of ~8 s). Now each sender has at most ``jobs_per_sender`` jobs in
-the broker or running; the rest wait in the index and are published in turns (node/fairness.py).
+the broker or running; the rest wait in the index and are published in turns (node/schedule/fairness.py).
 These tests run the order itself, then the node's own index and dispatch on real DICOM files in a
 spool; tests/test_node_e2e.py runs the same flood through a real node, broker and worker.
 """
@@ -17,17 +17,17 @@ from typing import Any
 
 import pytest
 
-from node import results
 from node.config import NodeSettings
-from node.dispatch import dispatch_study
-from node.fairness import admission_order, published_per_sender
-from node.index import Index
+from node.schedule import results
+from node.schedule.dispatch import dispatch_study
+from node.schedule.fairness import admission_order, published_per_sender
+from node.store.index import Index
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
 from tests.reliability import recorded
 from tests.test_node_support import start_node, storescu, wait_for
-from workers.series_selection import SelectionPolicy
+from workers.load.selection import SelectionPolicy
 
 
 def _job(job_id: int, ae: str, enqueued: float | None = None) -> dict[str, Any]:

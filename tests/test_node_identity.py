@@ -19,9 +19,9 @@ import pydicom
 import pytest
 
 from node.config import NodeSettings
-from node.dispatch import SERIES_UID_SHARED, dispatch_study
-from node.index import SCHEMA_VERSION, Index, InstanceRecord, digest_file
-from node.stability import StabilityTimer, claim_stable_studies
+from node.schedule.dispatch import SERIES_UID_SHARED, dispatch_study
+from node.schedule.stability import StabilityTimer, claim_stable_studies
+from node.store.index import SCHEMA_VERSION, Index, InstanceRecord, digest_file
 from tests.clock import ManualClock, claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
@@ -29,8 +29,8 @@ from tests.reliability import recorded
 from tests.test_node_support import copy_study, start_node, storescu, study_status, wait_for
 from workers.job import INPUT, JOB
 from workers.jsonfile import read_json
-from workers.qc_status import assess
-from workers.series_selection import SelectionPolicy
+from workers.load.selection import SelectionPolicy
+from workers.measure.verdict import assess
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 

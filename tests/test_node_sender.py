@@ -17,9 +17,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 
 from node.config import NodeSettings
-from node.index import Index, InstanceRecord
-from node.sender import backoff, deliver_due
-from node.stability import StabilityTimer, claim_stable_studies
+from node.schedule.stability import StabilityTimer, claim_stable_studies
+from node.send.sender import backoff, deliver_due
+from node.store.index import Index, InstanceRecord
 from tests.clock import ManualClock, claim_after_idle
 from tests.test_node_support import BODYCOMP, free_port
 
@@ -202,7 +202,7 @@ def test_resent_instances_change_nothing_and_a_new_one_makes_a_new_superseding_j
 
 
 def test_host_check_ties_a_destination_ae_to_its_host() -> None:
-    from node.scp import host_allowed
+    from node.receive.scp import host_allowed
 
     node = NodeSettings(destinations=("PACS@127.0.0.1:104",), check_host=True)
     assert host_allowed(node, "PACS", "127.0.0.1")

@@ -24,22 +24,20 @@ import pydicom
 import pydicom.errors
 from pydicom.uid import generate_uid
 
+from tests.timing import free_port, scaled
+
 BODYCOMP = str(Path(sys.executable).with_name("bodycomp"))
 DCMTK = Path("/usr/bin")  # never the venv's pynetdicom apps of the same names
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(
     what: str, check: Callable[[], T | None], timeout: float, log: Path | Sequence[Path] | None = None
 ) -> T:
     """Poll ``check`` until it returns a truthy value; fail with ``what`` and the tail of each log
-    (the node's and, where a separate worker runs, the worker's) after ``timeout``."""
+    (the node's and, where a separate worker runs, the worker's) after ``timeout`` seconds times
+    ``BODYCOMP_TEST_TIMEOUT_SCALE`` (:mod:`tests.timing`)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while True:
         value = check()

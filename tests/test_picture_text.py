@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workers.overlay import qc_lines
-from workers.picture_text import PLAIN, default_font, drawable
+from workers.pictures.overlay import qc_lines
+from workers.pictures.text import PLAIN, default_font, drawable
 
 
 def _ink(text: str) -> bytes:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from node import metrics
 from node.config import ConfigError, NodeSettings, load_settings
-from node.index import Index
-from node.scp import serve
+from node.operate import prometheus as metrics
+from node.receive.scp import serve
+from node.store.index import Index
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.orthanc import running_orthanc
 from tests.test_node_support import BODYCOMP, storescu

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.cli import main
+from node.operate.cli import main
 
 
 def analyze(*args: str) -> tuple[int, dict[str, Any] | None]:

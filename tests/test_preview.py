@@ -1,4 +1,4 @@
-"""Reduced-resolution JPEG 2000 decoding for the L3 search (workers/preview.py) and its use.
+"""Reduced-resolution JPEG 2000 decoding for the L3 search (workers/load/preview.py) and its use.
 
 What must hold: the reduced decoder gives exactly pydicom's stored values at level 0 (so its
 sign/precision handling is right), a JPEG 2000 study is searched on the preview while every
@@ -15,10 +15,8 @@ import pytest
 from openjpeg import encode
 
 from bench.make_series import make_series
-from workers.l3.grid import block_factor
-from workers.load import load_series
-from workers.pipeline import AnalysisOptions, analyse
-from workers.preview import (
+from workers.l3.grid import TARGET_INPLANE_MM, block_factor
+from workers.load.preview import (
     block_mean,
     codestream_precision,
     decode_reduced_j2k,
@@ -27,6 +25,8 @@ from workers.preview import (
     preview_level,
     reduced_shape,
 )
+from workers.load.source import load_series
+from workers.pipeline import AnalysisOptions, analyse
 
 
 @pytest.mark.parametrize(("signed", "bits"), [(True, 16), (True, 12), (False, 12), (False, 16), (False, 8)])
@@ -83,7 +83,7 @@ def test_block_mean_and_preview_geometry() -> None:
 
 def test_preview_level_gives_the_localisers_own_grid() -> None:
     for spacing in (0.45, 0.6, 0.7, 0.78, 0.88, 0.9, 0.9766, 1.2, 1.77, 2.0, 3.0):
-        level = preview_level((spacing, spacing))
+        level = preview_level((spacing, spacing), TARGET_INPLANE_MM)
         # The localiser's block factor on the preview times the level's factor = on the original.
         assert block_factor(spacing * 2**level) * 2**level == block_factor(spacing)
 
@@ -99,7 +99,7 @@ def test_a_jpeg2000_study_is_searched_on_the_preview_and_measured_at_full_resolu
     j2k_series: Path, tmp_path: Path
 ) -> None:
     full = load_series(j2k_series)
-    lazy = load_series(j2k_series, preview=True)
+    lazy = load_series(j2k_series, preview_mm=TARGET_INPLANE_MM)
     assert full.preview is None and full.full_resolution is None
     assert lazy.preview is not None and lazy.full_resolution is not None
     assert lazy.preview.hu.shape == (120, 128, 128)  # level 2: 0.72 mm → 2.9 mm, the L3 work grid

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.qc_status import assess
+from workers.measure.verdict import assess
 
 
 def verdict(**changes: object) -> dict[str, object]:

@@ -16,17 +16,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node import results
 from node.config import NodeSettings
-from node.dispatch import dispatch_study, plan_study
-from node.index import Index
-from node.quarantine import MANIFEST
+from node.schedule import results
+from node.schedule.dispatch import dispatch_study, plan_study
+from node.store.index import Index
+from node.store.quarantine import MANIFEST
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
 from workers.job import OUTCOME, STARTED, JobSpec, JobState, Outcome
 from workers.jsonfile import read_json, write_json
-from workers.series_selection import SelectionPolicy
+from workers.load.selection import SelectionPolicy
 from workers.tasks import WorkerConfig, begin_attempt, end_attempt, process_start, run_job
 
 

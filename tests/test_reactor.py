@@ -1,4 +1,4 @@
-"""The event-driven acceptor (node/reactor.py): woken by data, not by a timer, and never spinning.
+"""The event-driven acceptor (node/receive/reactor.py): woken by data, not by a timer, and never spinning.
 
 A real association over loopback (pynetdicom as the requestor, DCMTK storescu for C-STORE into the
 node's SCP). The idle wait is stretched far beyond the DIMSE timeout of the requestor in the
@@ -20,10 +20,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import reactor
 from node.config import NodeSettings
-from node.index import Index
-from node.scp import serve
+from node.receive import reactor
+from node.receive.scp import serve
+from node.store.index import Index
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.test_node_support import free_port, store_responses, storescu
 
@@ -174,7 +174,7 @@ def test_another_pynetdicom_series_falls_back_to_its_own_server(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
-    with caplog.at_level(logging.WARNING, logger="node.reactor"):
+    with caplog.at_level(logging.WARNING, logger="node.receive.reactor"):
         assert reactor.server_class() is ThreadedAssociationServer
     assert "event=polling_reactor" in caplog.text
     monkeypatch.setattr(pynetdicom, "__version__", "3.0.4")
@@ -216,7 +216,7 @@ def test_work_after_the_response_runs_once_the_response_is_sent_and_before_the_n
     try:
         assoc = _requestor(port)
         try:
-            with caplog.at_level(logging.ERROR, logger="node.reactor"):
+            with caplog.at_level(logging.ERROR, logger="node.receive.reactor"):
                 for _ in range(3):
                     status = assoc.send_c_echo()
                     assert status and status.Status == 0x0000

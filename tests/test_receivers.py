@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from node.index import Index
+from node.store.index import Index
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.test_node_support import (
     BODYCOMP,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.rules import DEFAULT_RULE_SET, RULE_SETS, evaluate, get_rule_set
+from workers.measure.rules import DEFAULT_RULE_SET, RULE_SETS, evaluate, get_rule_set
 
 EPS = 0.01
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,10 @@ import pytest
 from pynetdicom.dsutils import split_dataset
 
 from node.config import NodeSettings
-from node.index import Index, digest_file
-from node.scp import serve
+from node.receive.scp import serve
+from node.store.index import Index, digest_file
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
+from tests.timing import free_port
 
 DCMTK_BIN = Path("/usr/bin")  # not the venv's pynetdicom apps of the same names
 
@@ -30,12 +30,6 @@ def dcmtk(tool: str) -> str:
             pytest.fail(f"DCMTK {tool} is required by the test suite: run the README's test command")
         return found
     return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
@@ -208,7 +202,7 @@ def test_each_instance_is_parsed_once_from_the_mapped_received_file(
 def test_a_failed_flush_of_the_receive_journal_answers_out_of_resources_and_spools_nothing(
     node: NodeSettings, example_ct_dicom: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The journal's flush is the one the status waits for (node.journal): when it fails (a full
+    """The journal's flush is the one the status waits for (node.receive.journal): when it fails (a full
     disk shows there with delayed allocation) the sender is refused and nothing is spooled."""
 
     def full(fd: int) -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from workers.errors import NoSeriesError
-from workers.load import load_series
-from workers.series_selection import SelectionPolicy, classify_kernel
+from workers.load.selection import SelectionPolicy, classify_kernel
+from workers.load.source import load_series
 
 PHANTOM = block_phantom()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from node.index import digest_file
-from node.spool import Spool, SpoolFullError
+from node.store.index import digest_file
+from node.store.spool import Spool, SpoolFullError
 
 MB = 1024 * 1024
 

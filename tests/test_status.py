@@ -8,16 +8,16 @@ import json
 import shutil
 from pathlib import Path
 
-from node import results
 from node.config import NodeSettings
-from node.dispatch import dispatch_study
-from node.index import Index
-from node.status import format_status, read_status
+from node.operate.status import format_status, read_status
+from node.schedule import results
+from node.schedule.dispatch import dispatch_study
+from node.store.index import Index
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
 from workers.jsonfile import write_json
-from workers.series_selection import SelectionPolicy
+from workers.load.selection import SelectionPolicy
 
 RESULT = {
     "status": "review",

@@ -10,8 +10,9 @@ from PIL import Image
 
 from tests.phantoms import make_abdomen
 from workers.errors import UnknownNameError
-from workers.metrics import PatientInputs, compute_result, tissue_stats
-from workers.overlay import (
+from workers.measure.composition import PatientInputs, compute_result, tissue_stats
+from workers.measure.presets import get_preset
+from workers.pictures.overlay import (
     ALPHA,
     PANEL_W,
     QC_CHARS,
@@ -20,7 +21,6 @@ from workers.overlay import (
     qc_lines,
     render_overlay,
 )
-from workers.presets import get_preset
 from workers.tissues import engine
 from workers.tissues.engine import (
     TissueSegmentation,

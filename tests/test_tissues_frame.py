@@ -18,8 +18,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from tests.conftest import SHARED_DATA, validation_script
-from workers.load import load_series
-from workers.presets import get_preset
+from workers.load.source import load_series
+from workers.measure.presets import get_preset
 from workers.tissues.body import find_body
 from workers.tissues.bone import find_spine
 from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, TissueSegmentation, get_segmenter

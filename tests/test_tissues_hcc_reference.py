@@ -23,8 +23,8 @@ import numpy.typing as npt
 import pytest
 
 from tests.conftest import SHARED_DATA
-from workers.load import load_series
-from workers.presets import get_preset
+from workers.load.source import load_series
+from workers.measure.presets import get_preset
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
 
 HCC = SHARED_DATA / "hcc_tace_seg_048"

@@ -26,7 +26,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from tests.conftest import validation_script
-from workers.presets import get_preset
+from workers.measure.presets import get_preset
 from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
 
 SLICES = (74, 86, 95)

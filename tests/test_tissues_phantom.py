@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.phantoms import Phantom, make_abdomen, make_concentric
-from workers.metrics import tissue_stats
-from workers.presets import get_preset
+from workers.measure.composition import tissue_stats
+from workers.measure.presets import get_preset
 from workers.tissues.engine import TissueSegmentation, get_segmenter
 
 TISSUES = ("skeletal_muscle", "vat", "sat")

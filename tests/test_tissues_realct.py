@@ -16,8 +16,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from tests.conftest import validation_script
-from workers.metrics import PatientInputs, compute_result, tissue_stats, waist_circumference_cm
-from workers.presets import get_preset
+from workers.measure.composition import PatientInputs, compute_result, tissue_stats, waist_circumference_cm
+from workers.measure.presets import get_preset
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
 
 OFFSET = 82

@@ -1,4 +1,4 @@
-"""Cross-process UID locks under contention (``node.uid_locks``).
+"""Cross-process UID locks under contention (``node.receive.uid_locks``).
 
 With ``--receivers 2`` and 16 associations a CI run once answered "Out of resources" because
 ``lockf`` failed with EDEADLK: the kernel's deadlock check for record locks works per process, so
@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from node.uid_locks import UidLocks
+from node.receive.uid_locks import UidLocks
 
 THREADS = 8
 ROUNDS = 300

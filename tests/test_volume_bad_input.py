@@ -9,11 +9,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.cli import main
+from node.operate.cli import main
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from workers.errors import GeometryError, InputError, NoSeriesError, PixelDataError
-from workers.load import load_series
-from workers.stack import StackPolicy
+from workers.load.source import load_series
+from workers.load.stack import StackPolicy
 
 PHANTOM = block_phantom()
 

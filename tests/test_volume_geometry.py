@@ -30,8 +30,8 @@ from tests.dicom_builder import (
     write_enhanced_ct,
     write_series,
 )
-from workers.load import load_series
-from workers.volume import Volume
+from workers.load.source import load_series
+from workers.load.volume import Volume
 
 PHANTOM = block_phantom()
 #: Cube centres well inside every variant's field of view.

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from workers.load import load_series
+from workers.load.source import load_series
 
 
 def test_vendor_jpeg2000_series_loads_with_hu_of_the_decoded_pixels(example_ct_dicom: Path) -> None:

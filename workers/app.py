@@ -9,7 +9,7 @@ half-written message, and a crash can leave one; SQLite makes enqueue and dequeu
 durable transactions. Neither virtual transport gives a message back when a worker's *main*
 process dies while holding it unacknowledged (only Redis' visibility timeout and RabbitMQ do), so
 the node does not rely on it: its index knows every job and re-publishes one that started and
-never finished (:mod:`node.results`). A killed worker *child* (out of memory, time limit) is
+never finished (:mod:`node.schedule.results`). A killed worker *child* (out of memory, time limit) is
 covered by ``task_reject_on_worker_lost``, which requeues the message on every transport.
 
 Settings that matter for a hospital node, all set in :func:`configure_app`:
@@ -139,7 +139,7 @@ def purge_consumed(broker_url: str, older_than_s: float = 3600.0, now: datetime 
     Why: kombu's SQLAlchemy transport never deletes a message. Taking one sets ``visible`` to false
     (and its ``timestamp``), acknowledging it changes nothing, so ``broker.sqlite`` kept a row for
     every job ever run. No one reads such a row again: a message is taken once, and a job whose
-    worker died is published anew by the node from its index (:mod:`node.results`). Deleting it
+    worker died is published anew by the node from its index (:mod:`node.schedule.results`). Deleting it
     while its analysis still runs is harmless too (the acknowledgement does not touch the table).
     SQLite reuses the freed pages, so the file stops growing. A busy or missing database is left
     for the next call (short lock timeout: the caller is the node's scheduler).

@@ -16,8 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from workers.corrections.revision import CorrectionSpec
 from workers.jsonfile import read_json
-from workers.revision import CorrectionSpec
 
 log = logging.getLogger("bodycomp.worker")
 T = TypeVar("T")
@@ -54,7 +54,7 @@ class StudyState(StrEnum):
 @dataclass(frozen=True)
 class PatientValues:
     """Height and weight of a source after the DICOM header (the node's HL7 feed, its site
-    table), as the node found them at dispatch (:mod:`node.patient_sources`)."""
+    table), as the node found them at dispatch (:mod:`node.schedule.patient_sources`)."""
 
     source: str
     height_m: float | None = None

@@ -28,28 +28,29 @@ import numpy as np
 import numpy.typing as npt
 
 from workers import __version__
+from workers.corrections.revision import LEVEL, Revision
 from workers.errors import InputError, NotInFieldOfViewError
 from workers.l3.engine import get_localiser
+from workers.l3.grid import TARGET_INPLANE_MM
 from workers.l3.qc import render_l3_qc
 from workers.l3.result import L3Result
-from workers.load import load_series
-from workers.metrics import (
+from workers.load.describe import describe
+from workers.load.selection import SelectionPolicy
+from workers.load.source import load_series
+from workers.load.stack import StackPolicy
+from workers.load.volume import CanonicalView, Volume
+from workers.measure.composition import (
     PatientInputs,
     average_results,
     compute_result,
     tissue_stats,
     waist_circumference_cm,
 )
-from workers.overlay import render_overlay
-from workers.presets import get_preset
-from workers.qc_status import assess
-from workers.report import describe
-from workers.revision import LEVEL, Revision
-from workers.rules import get_rule_set
-from workers.series_selection import SelectionPolicy
-from workers.stack import StackPolicy
+from workers.measure.presets import get_preset
+from workers.measure.rules import get_rule_set
+from workers.measure.verdict import assess
+from workers.pictures.overlay import render_overlay
 from workers.tissues.engine import TissueSegmentation, get_segmenter
-from workers.volume import CanonicalView, Volume
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class AnalysisOptions:
     the scan; an EHR value must not replace it."""
     write_dicom: bool = False
     preview: bool = True
-    """Search L3 on a reduced-resolution decode of a JPEG 2000 series (see :mod:`workers.preview`)."""
+    """Search L3 on a reduced-resolution decode of a JPEG 2000 series (see :mod:`workers.load.preview`)."""
     node_flags: tuple[str, ...] = ()
     """What the receiving node found about the input (e.g. ``series_uid_shared``): carried into QC."""
     slice_sop_uid: str | None = None
@@ -103,7 +104,7 @@ class AnalysisOptions:
     labels_source: str = ""
     """Where ``labels`` come from, as ``result.json`` records it under ``segmentation``."""
     revision: Revision | None = None
-    """This analysis corrects an earlier result (:mod:`workers.revision`)."""
+    """This analysis corrects an earlier result (:mod:`workers.corrections.revision`)."""
 
     @property
     def manual_slice(self) -> bool:
@@ -138,7 +139,8 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
         raise InputError("--slices must be at least 1")
     timer = StageTimer()
     with timer.stage("load"):
-        volume = load_series(path, options.selection, options.stack, preview=options.preview)
+        preview_mm = TARGET_INPLANE_MM if options.preview else None
+        volume = load_series(path, options.selection, options.stack, preview_mm=preview_mm)
     if options.write_dicom:
         _check_dicom_identity(volume)
     view = volume.canonical()

@@ -12,7 +12,7 @@ The node prepares a *job folder* under the data directory before it enqueues the
 
 The task never touches the node's SQLite index: workers may run on other hosts that share only
 the data directory, and SQLite must not be shared over a network file system. The node reads
-``outcome.json`` and records it (:mod:`node.results`). Everything is idempotent: a job whose
+``outcome.json`` and records it (:mod:`node.schedule.results`). Everything is idempotent: a job whose
 ``outcome.json`` says done is not run again, and a rerun after a crash rewrites the same files.
 """
 
@@ -36,14 +36,14 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 
 from workers.app import app
-from workers.correct import correction_options
+from workers.corrections.options import correction_options
+from workers.corrections.revision import CorrectionSpec
 from workers.errors import BodycompError
 from workers.job import INPUT, OUT, OUTCOME, STARTED, JobSpec, JobState, Outcome, read_outcome
 from workers.jsonfile import read_json, write_json
+from workers.load.selection import SelectionPolicy
+from workers.load.stack import StackPolicy
 from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
-from workers.revision import CorrectionSpec
-from workers.series_selection import SelectionPolicy
-from workers.stack import StackPolicy
 
 log = logging.getLogger("bodycomp.worker")
 
@@ -175,7 +175,7 @@ def finish(
 
 def patient_fallbacks(spec: JobSpec) -> tuple[PatientOverrides, ...]:
     """The job's height/weight sources after the header, in order (written by
-    :func:`node.patient_sources.fallbacks_for`)."""
+    :func:`node.schedule.patient_sources.fallbacks_for`)."""
     return tuple(
         PatientOverrides(height_m=f.height_m, weight_kg=f.weight_kg, sex=None, source=f.source)
         for f in spec.patient_fallbacks
@@ -198,7 +198,7 @@ def run_analysis(
     work = job_dir / f".work-{uuid.uuid4().hex}"
     try:
         options = dataclasses.replace(analysis_options(config, series_uid, node_flags), fallbacks=fallbacks)
-        if correction is not None:  # (a correction job, see node.corrections)
+        if correction is not None:  # (a correction job, see node.schedule.corrections)
             options = correction_options(options, correction, job_dir, config.data_dir)
         analyse(job_dir / INPUT, options, out_dir=work)
         final = job_dir / OUT

@@ -22,8 +22,8 @@ import time
 ANALYSIS_IMPORTS: tuple[str, ...] = (
     # the pipeline and both default engines
     "workers.pipeline",
-    "workers.dicom_loader",
-    "workers.preview",
+    "workers.load.dicom",
+    "workers.load.preview",
     "workers.l3.classical",
     "workers.tissues.classical",
     # the DICOM encoders (SEG, SR, SC) and highdicom with pydicom's SR dictionaries

@@ -23,8 +23,8 @@ import hl7
 import hl7.mllp
 
 from node.hl7.messages import Header, RefusedError, ack, header, read_body_message
-from node.index import Index
-from node.patient_limits import CURRENT, PatientLimits
+from node.schedule.patient_limits import CURRENT, PatientLimits
+from node.store.index import Index
 
 log = logging.getLogger("bodycomp.hl7")
 

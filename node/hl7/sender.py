@@ -1,6 +1,6 @@
 """The HL7 outbox, delivered: each ORU^R01 over MLLP to its destination, with retries.
 
-Modelled on the DICOM sender (:mod:`node.sender`): one connection per destination and round, a
+Modelled on the DICOM sender (:mod:`node.send.sender`): one connection per destination and round, a
 message is delivered when the receiver answers ``AA`` (or ``CA``) for its control ID; an ``AE``,
 ``AR``, no answer or a refused connection schedules a retry with exponential backoff
 (``send_retry_seconds`` doubling up to ``send_retry_max_seconds``) until ``send_give_up_hours``
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from node.config import NodeSettings, parse_hl7_destination
-from node.index import Index
-from node.sender import deliver_by_destination, next_attempt
+from node.send.sender import deliver_by_destination, next_attempt
+from node.store.index import Index
 
 log = logging.getLogger("bodycomp.hl7.sender")
 

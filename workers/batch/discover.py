@@ -3,11 +3,11 @@ each NIfTI file a study of its own.
 
 Why headers only: an export of hundreds of studies holds hundreds of thousands of files; reading
 pixel data to find out what belongs together would take hours. Each file's header is read with
-the loader's own reader (:func:`workers.dicom_scan.scan_dicom`: deflated datasets bounded,
+the loader's own reader (:func:`workers.load.scan.scan_dicom`: deflated datasets bounded,
 DICOMDIRs and non-DICOM files skipped and counted), in the process pool when one is given, and
 kept only as a small :class:`FileRecord` (a 500-study archive's full headers would not fit in
 memory). Which series of a study is analysed is decided later, in the analysing process, by the
-project's series selection (:mod:`workers.series_selection`) over the study's files, exactly as
+project's series selection (:mod:`workers.load.selection`) over the study's files, exactly as
 ``bodycomp analyze`` does on a study folder; the choice and every series' verdict are recorded in
 the study's ``result.json``.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from workers.batch.pseudonym import Pseudonymiser
-from workers.dicom_scan import scan_dicom
-from workers.load import NIFTI_SUFFIXES
+from workers.load.scan import scan_dicom
+from workers.load.source import NIFTI_SUFFIXES
 
 #: Files whose headers one pool task reads: each task is a fresh process (~30 ms), a header
 #: ~0.5 ms, so 1,024 keep the start-up under 10 % of the reading.

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from workers.batch.discover import Study
 from workers.errors import InputError
-from workers.metrics import HEIGHT_RANGE_M, WEIGHT_RANGE_KG
+from workers.measure.composition import HEIGHT_RANGE_M, WEIGHT_RANGE_KG
 
 HEIGHT_KEYS = ("accession_number", "patient_id", "path")
 """Key columns of the heights file, in the order they are matched (the study's own first)."""

@@ -63,7 +63,7 @@ IMAT = private("IMAT", "Intermuscular adipose tissue")
 L3_VERTEBRA = CodedConcept(codes.SCT.L3Vertebra.value, "SCT", codes.SCT.L3Vertebra.meaning)
 CT_OF_ABDOMEN = CodedConcept("169070004", "SCT", "CT of abdomen")
 
-#: Okabe–Ito colours, the same as the overlay picture (workers/overlay.py).
+#: Okabe–Ito colours, the same as the overlay picture (workers/pictures/overlay.py).
 TISSUES: tuple[TissueCodes, ...] = (
     TissueCodes("skeletal_muscle", 1, "Skeletal muscle", "SM", TISSUE, SKELETAL_MUSCLE, None, (213, 94, 0)),
     TissueCodes("imat", 2, "Intermuscular adipose tissue", "IMAT", TISSUE, IMAT, None, (240, 228, 66)),

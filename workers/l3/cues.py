@@ -7,7 +7,7 @@ only claimed when an anchor votes for it, and any cue that votes for another lab
 confidence below 0.5 and names itself in the notes, so a reader is sent to the picture instead of
 trusting a count the landmarks do not agree on.
 
-The weights are a versioned table (as :mod:`workers.rules` is for cut-offs): change a number,
+The weights are a versioned table (as :mod:`workers.measure.rules` is for cut-offs): change a number,
 bump the version, and every result says which table decided it.
 """
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from workers.load.preview import power_of_two_block
+
 AIR_HU = -1024.0
 TARGET_INPLANE_MM = 2.5
 
@@ -47,14 +49,11 @@ def block_factor(spacing_mm: float) -> int:
     spacing_mm``, so the work grid is 1.8-3.5 mm.
 
     Why a power of two: a JPEG 2000 series is decoded for localisation at a reduced resolution
-    level (:mod:`workers.preview`, each level halves the pixels). With power-of-two blocks, the
+    level (:mod:`workers.load.preview`, each level halves the pixels). With power-of-two blocks, the
     preview at level ``r`` (pixels ``2**r`` times larger) gets blocks ``2**r`` times smaller, and
     the work grid is the same grid whichever way the pixels were decoded.
     """
-    ratio = TARGET_INPLANE_MM / spacing_mm
-    if ratio <= 1.0:
-        return 1
-    return int(2 ** np.floor(np.log2(ratio) + 0.5))
+    return power_of_two_block(spacing_mm, TARGET_INPLANE_MM)
 
 
 def _z_groups(z_mm: np.ndarray) -> tuple[np.ndarray, int]:

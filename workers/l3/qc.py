@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from workers.l3.cues import CUE_RIB, CUE_TP, RUDIMENTARY_RIB, Cue
 from workers.l3.result import L3Result
-from workers.picture_text import default_font as _font
-from workers.picture_text import drawable
+from workers.pictures.text import default_font as _font
+from workers.pictures.text import drawable
 
 SERIOUS_FLAGS = {
     "anchors_disagree",

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from workers.presets import HUWindow, WindowPreset
+from workers.measure.presets import HUWindow, WindowPreset
 from workers.tissues.body import BodyResult, find_body
 from workers.tissues.bone import SpineResult, find_spine
 from workers.tissues.bowel import find_bowel_lumen

@@ -1,7 +1,7 @@
 """The tuned numbers of the classical tissue engine, in one versioned table.
 
 Why one table: a result is only interpretable with the numbers that produced it, and a change
-to any of them must be visible (as :mod:`workers.rules` is for cut-offs). Each number has its
+to any of them must be visible (as :mod:`workers.measure.rules` is for cut-offs). Each number has its
 unit in its name (_MM, _MM2, _HU, _DEG, a fraction or a count) and a note on why it has its value.
 Change a number: bump ``TissueParams.name`` and the segmenter version (``classical@x.y``), regenerate
 docs/validation-tissues.md and look at the pictures. The patient-frame search has its own table
@@ -118,6 +118,11 @@ class WallParams:
 
     #: one ray per degree: at a 15 cm radius rays are 2.6 mm apart, finer than a 3 mm pixel
     n_rays: int = 360
+    #: samples along a ray are a quarter of the smaller pixel side apart (a fraction of a pixel, not
+    #: mm): every pixel a ray crosses is sampled several times, so an edge lands within a quarter pixel
+    ray_step_px: float = 0.25
+    #: rays run this far beyond the farthest body pixel from the centre (past the skin into the air)
+    ray_margin_mm: float = 5.0
     #: upper bound of fat (structure), HU
     fat_hi: float = -30.0
     #: below this at the surface: air partial volume, not fat
@@ -161,6 +166,8 @@ class WallParams:
     #: a ray whose wall is this much thicker than the median of its neighbours is an outlier (organ
     #: touching) and is interpolated
     outlier_mm: float = 8.0
+    #: rays (±12°) whose median wall thickness a ray is compared with for outlier_mm
+    outlier_window: int = 25
     #: smoothed HU this much above the patient's muscle HU = organ (liver, spleen...)
     organ_delta_hu: float = 15.0
     #: an organ is believed only after this much of consecutive organ-like tissue along the ray
@@ -196,6 +203,14 @@ class WallParams:
     env_tol_fat_mm: float = 15.0
     #: the wall's typical thickness for rays without any edge: 65th percentile of the clean anterior rays
     prior_percentile: float = 65.0
+    #: ...taken only from at least this many clean anterior/lateral rays (10°); with fewer the
+    #: interpolation is not capped
+    prior_min_rays: int = 10
+    #: rays (±2°): median smoothing of the outer edge and of the wall thickness (single-ray spikes
+    #: from a septum or a vessel)
+    smooth_median_rays: int = 5
+    #: rays (±1°): final mean smoothing of both edges (sample quantisation of the edges)
+    smooth_mean_rays: int = 3
     #: search window for a faint wall|organ boundary on capped rays
     weak_min_mm: float = 3.0
     #: on a capped ray (organ touching), a faint wall|organ boundary is searched 3-25 mm under the outer
@@ -206,6 +221,8 @@ class WallParams:
     weak_drop_hu: float = 12.0
     #: ... and below 15 HU (muscle and organs are denser)
     weak_max_hu: float = 15.0
+    #: the dip is measured on the ray's HU averaged over this length (a thin fat plane is 1-2 mm)
+    weak_dip_mm: float = 2.0
     #: ribs this close under the outer edge lie in the wall (lateral wall above L2)
     rib_search_mm: float = 25.0
     #: a rib's section is a region above this HU (cortex and marrow) ...
