@@ -52,13 +52,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from node.config import NodeSettings
-from node.store.index import JOB_STATES, STUDY_STATES, Index
+from node.store.index import JOB_STATES, OUTBOX_STATES, STUDY_STATES, Index, OutboxState
+from workers.job import JobState
 
 log = logging.getLogger("bodycomp.metrics")
 
 #: The broker check opens a connection; a scrape every second must not open one every second.
 BROKER_CHECK_SECONDS = 10.0
-OUTBOX_STATES = ("pending", "delivered", "dead", "cancelled")
 #: Seconds; an analysis takes ~4 s (200 slices) to ~30 s (1000 slices of JPEG 2000) on 2 cores.
 DURATION_BUCKETS = (2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, float("inf"))
 
@@ -133,10 +133,10 @@ for _outcome in ("new", "duplicate", "replaced"):
 for _code, _name in STATUS_NAMES.items():
     if _code:
         INSTANCES_REFUSED.labels(status=f"0x{_code:04X}", reason=_name)
-for _state in ("done", "failed"):
+for _state in (JobState.DONE, JobState.FAILED):
     JOBS_FINISHED.labels(state=_state)
     ANALYSIS_DURATION.labels(state=_state)
-for _result in ("delivered", "dead"):
+for _result in (OutboxState.DELIVERED, OutboxState.DEAD):
     DELIVERIES.labels(result=_result)
 
 
@@ -208,7 +208,7 @@ def jobs_collected(settings: NodeSettings, finished: Iterable[Any]) -> None:
 
     for job in finished:
         state = str(job["state"])
-        if state not in ("done", "failed"):
+        if state not in (JobState.DONE, JobState.FAILED):
             continue
         JOBS_FINISHED.labels(state=state).inc()
         job_dir = settings.data_dir / job["result_dir"]
@@ -266,7 +266,7 @@ class StateCollector(Collector):
         ):
             for state in sorted(set(known) | set(counts[table])):
                 family.add_metric([state], counts[table].get(state, 0))
-        depth.add_metric([], counts["jobs"].get("queued", 0))
+        depth.add_metric([], counts["jobs"].get(JobState.QUEUED, 0))
         due.add_metric([], due_now)
         oldest.add_metric([], oldest_age)
         yield from (studies, jobs, outbox, depth, due, oldest)

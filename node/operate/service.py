@@ -35,7 +35,7 @@ from typing import Any
 from node.config import Settings
 from node.hl7.listener import HL7Listener
 from node.hl7.sender import deliver_due_hl7
-from node.operate import prometheus as metrics
+from node.operate import prometheus
 from node.operate.process import die_with_parent, update_receive_mode, use_private_receive_tmp
 from node.receive.journal import replay as replay_journal
 from node.receive.processes import ReceiverPool, port_in_use
@@ -50,6 +50,7 @@ from node.send.sender import deliver_due
 from node.store.index import Index
 from node.store.spool import Spool
 from workers.app import configure_app, prepare_broker, purge_consumed
+from workers.job import StudyState
 
 log = logging.getLogger("bodycomp.node")
 
@@ -93,7 +94,7 @@ class Node:
         self.last_broker_purge = -float("inf")
         self.started_at = time.monotonic()
         self.stability = StabilityTimer()
-        self.metrics: metrics.MetricsServer | None = None
+        self.metrics: prometheus.MetricsServer | None = None
         self.receivers: ReceiverPool | None = None
         self.hl7: HL7Listener | None = None
 
@@ -148,7 +149,7 @@ class Node:
             ",".join(node.destinations) or "none",
         )
         if node.metrics_port is not None:  # before the SCP: when the DICOM port answers, so does this
-            self.metrics = metrics.MetricsServer(node)
+            self.metrics = prometheus.MetricsServer(node)
         self.started_at = time.monotonic()
         shared = node.receivers > 1
         if shared and port_in_use(node.host, node.port):
@@ -232,7 +233,7 @@ class Node:
         )
 
     def _stored(self, study_uid: str, outcome: str) -> None:
-        metrics.instance_stored(study_uid, outcome)
+        prometheus.instance_stored(study_uid, outcome)
         self._receive_mode()
 
     def _receive_mode(self) -> None:
@@ -288,12 +289,12 @@ class Node:
                     self.index.reopen_study(study.study_uid)
                     continue
                 log.exception("event=dispatch_error study=%s", study.study_uid)
-                self.index.set_study_state(study.study_uid, "failed", "dispatch error (see the log)")
+                self.index.set_study_state(study.study_uid, StudyState.FAILED, "dispatch error (see the log)")
         open_jobs = [int(job["id"]) for job in self.index.open_jobs()]
         if collect(self.index, node):
             self.send_wakeup.poke()
             finished = [self.index.job(job_id) for job_id in open_jobs]
-            metrics.jobs_collected(node, [job for job in finished if job is not None])
+            prometheus.jobs_collected(node, [job for job in finished if job is not None])
         if room:
             republish(self.index, node, self.publish)
         self._supervise_workers()

@@ -66,8 +66,7 @@ def _child(settings: NodeSettings, slot: int, reports: Any, verbose: bool) -> No
     import os
 
     from node.logs import configure_logging
-    from node.operate import process
-    from node.operate import prometheus as metrics
+    from node.operate import process, prometheus
     from node.receive.scp import serve
     from node.store.index import Index
 
@@ -81,7 +80,7 @@ def _child(settings: NodeSettings, slot: int, reports: Any, verbose: bool) -> No
     removed = process.use_private_receive_tmp(settings.data_dir, slot)
     if removed:
         log.warning("event=receive_tmp_cleaned files=%d receiver=%d", removed, slot)
-    metrics.relay_counts(lambda kind, value: reports.put((kind, value, "")))
+    prometheus.relay_counts(lambda kind, value: reports.put((kind, value, "")))
 
     def stored(study_uid: str, outcome: str) -> None:
         reports.put(("stored", study_uid, outcome))
@@ -182,13 +181,13 @@ class ReceiverPool:
                 if kind == "stored":
                     self.on_stored(value, outcome)
                 elif kind == "status":
-                    from node.operate import prometheus as metrics
+                    from node.operate import prometheus
 
-                    metrics.store_status(int(value))
+                    prometheus.store_status(int(value))
                 elif kind == "rejected":
-                    from node.operate import prometheus as metrics
+                    from node.operate import prometheus
 
-                    metrics.association_rejected(str(value))
+                    prometheus.association_rejected(str(value))
                 elif kind == "released":
                     self.on_released()
             except Exception:  # a hint or a counter: never worth stopping the relay

@@ -42,7 +42,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node import privacy, tls
 from node.config import NodeSettings
-from node.operate import prometheus as metrics
+from node.operate import prometheus
 from node.receive import connection, failpoints, reactor
 from node.receive.instance_check import Refusal, check_instance
 from node.receive.journal import INLINE_BYTES, Payload, ReceiveJournal, replay
@@ -112,7 +112,7 @@ def association_rejected(event: Any) -> None:
     """
     primitive = event.assoc.acceptor.primitive
     key = (getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None))
-    reason = metrics.REJECT_REASONS.get(key, "other")  # type: ignore[arg-type]
+    reason = prometheus.REJECT_REASONS.get(key, "other")  # type: ignore[arg-type]
     log.warning(
         "event=association_rejected from=%s address=%s called=%s reason=%s",
         privacy.escape_controls(str(event.assoc.requestor.ae_title)),
@@ -120,7 +120,7 @@ def association_rejected(event: Any) -> None:
         privacy.escape_controls(str(getattr(event.assoc.requestor.primitive, "called_ae_title", ""))),
         reason,
     )
-    metrics.association_rejected(reason)
+    prometheus.association_rejected(reason)
 
 
 def host_allowed(settings: NodeSettings, calling_ae: str, address: str) -> bool:
@@ -569,7 +569,7 @@ def serve(
         (evt.EVT_C_ECHO, handle_echo),
         (
             evt.EVT_C_STORE,
-            metrics.counted(make_store_handler(spool, receive_index, journal, settings, on_stored)),
+            prometheus.counted(make_store_handler(spool, receive_index, journal, settings, on_stored)),
         ),
         (evt.EVT_RELEASED, released),
         (evt.EVT_ABORTED, released),

@@ -115,7 +115,7 @@ def current_job(index: Index, study_uid: str, series_uid: str | None = None) -> 
     rows = index.jobs_of(study_uid)
     if series_uid is not None:
         rows = [r for r in rows if r["series_uid"] == series_uid]
-    current = [r for r in rows if r["state"] != "superseded"]
+    current = [r for r in rows if r["state"] != JobState.SUPERSEDED]
     chosen = current or rows
     return chosen[-1] if chosen else None
 
@@ -127,7 +127,7 @@ def last_done_job(index: Index, data_dir: Path, study_uid: str, series_uid: str)
         r
         for r in index.jobs_of(study_uid)
         if r["series_uid"] == series_uid
-        and r["state"] in ("done", "superseded")
+        and r["state"] in (JobState.DONE, JobState.SUPERSEDED)
         and (outcome := read_outcome(data_dir / r["result_dir"])) is not None
         and outcome.state == JobState.DONE
     ]

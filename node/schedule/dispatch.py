@@ -35,7 +35,7 @@ from node.schedule.stability import StableStudy
 from node.send.outbox import queue_results
 from node.store.index import Index, input_hash
 from workers.errors import BodycompError
-from workers.job import INPUT, JOB, JobSpec, PatientValues, read_job_spec
+from workers.job import INPUT, JOB, JobSpec, JobState, PatientValues, StudyState, read_job_spec
 from workers.jsonfile import write_json
 from workers.load.deflate import DEFAULT_MAX_INFLATED_BYTES
 from workers.load.scan import scan_dicom
@@ -131,7 +131,7 @@ def dispatch_study(
     )
     if not plan.series:
         log.info("event=study_ignored study=%s reason=%s", study.study_uid, plan.ignored_reason)
-        index.set_study_state(study.study_uid, "ignored", plan.ignored_reason)
+        index.set_study_state(study.study_uid, StudyState.IGNORED, plan.ignored_reason)
         if not settings.keep_ignored:
             shutil.rmtree(settings.spool_dir / "studies" / study.study_uid, ignore_errors=True)
         return []
@@ -166,7 +166,7 @@ def dispatch_study(
         if not created:
             job = index.job(job_id)
             queued = 0
-            if job is not None and job["state"] == "done":
+            if job is not None and job["state"] == JobState.DONE:
                 # the same study again: its results go where they have not gone (no new analysis)
                 queued = queue_results(index, settings, job, study.calling_ae)
             log.info(
@@ -199,9 +199,9 @@ def dispatch_study(
         )
         new_jobs.append(job_id)
     if refused and not index.has_current_jobs(study.study_uid):
-        index.set_study_state(study.study_uid, "failed", "; ".join(refused))
+        index.set_study_state(study.study_uid, StudyState.FAILED, "; ".join(refused))
         return []
-    index.set_study_state(study.study_uid, "queued")
+    index.set_study_state(study.study_uid, StudyState.QUEUED)
     if corrections is not None:  # a reader's SR marking L3 or edited SEG in the study (issue #23)
         new_jobs += corrections(index, settings, study.study_uid)
     index.refresh_study_state(study.study_uid)
@@ -257,7 +257,7 @@ def job_spec(index: Index, settings: NodeSettings, job: sqlite3.Row) -> JobSpec 
         DISK.pause(f"rebuilding job {job['id']}: {exc}", hold=True)
         raise DiskFullError(str(exc)) from exc
     if spec is None:
-        index.update_job(job["id"], state="failed", reason="job folder missing")
+        index.update_job(job["id"], state=JobState.FAILED, reason="job folder missing")
     return spec
 
 

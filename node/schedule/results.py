@@ -101,11 +101,11 @@ def collect(index: Index, settings: NodeSettings) -> int:
             continue
         started = read_json(job_dir / STARTED)
         if started is not None and (
-            job["state"] != "running" or int(started.get("attempts", 0)) != job["attempts"]
+            job["state"] != JobState.RUNNING or int(started.get("attempts", 0)) != job["attempts"]
         ):
             index.update_job(
                 job["id"],
-                state="running",
+                state=JobState.RUNNING,
                 attempts=int(started.get("attempts", 0)),
                 started=float(started.get("time", time.time())),
             )
@@ -146,7 +146,7 @@ def republish(
         folder = settings.data_dir / job["result_dir"]
         may_be_held = (
             held
-            and (job["state"] == "running" or (folder / STARTED).exists())
+            and (job["state"] == JobState.RUNNING or (folder / STARTED).exists())
             and not (folder / OUTCOME).exists()
         )
         if not (lost or everything or may_be_held):

@@ -33,8 +33,8 @@ from pynetdicom import AE, evt
 
 from node import tls
 from node.config import NodeSettings, parse_destination
-from node.operate import prometheus as metrics
-from node.store.index import Index
+from node.operate import prometheus
+from node.store.index import Index, OutboxState
 
 log = logging.getLogger("bodycomp.sender")
 
@@ -65,7 +65,7 @@ def _fail(index: Index, settings: NodeSettings, row: sqlite3.Row, error: str, no
     attempts, next_try = next_attempt(row, settings, now)
     if next_try is None:
         index.outbox_failed(row["id"], error, None)
-        metrics.delivery("dead")
+        prometheus.delivery(OutboxState.DEAD)
         log.error(
             "event=delivery_dead sop=%s destination=%s attempts=%d reason=%s",
             row["sop_uid"],
@@ -75,7 +75,7 @@ def _fail(index: Index, settings: NodeSettings, row: sqlite3.Row, error: str, no
         )
     else:
         index.outbox_failed(row["id"], error, next_try)
-        metrics.delivery("retry")
+        prometheus.delivery("retry")
         log.warning(
             "event=delivery_retry sop=%s destination=%s attempts=%d in=%.0fs reason=%s",
             row["sop_uid"],
@@ -127,7 +127,7 @@ def send_to_destination(
             if row["sop_class_uid"] not in accepted:
                 refused = f"{destination} does not accept SOP class {row['sop_class_uid']}"
                 index.outbox_failed(row["id"], refused, None)
-                metrics.delivery("dead")
+                prometheus.delivery(OutboxState.DEAD)
                 log.error(
                     "event=delivery_dead sop=%s destination=%s reason=SOP class %s refused",
                     row["sop_uid"],
@@ -139,14 +139,14 @@ def send_to_destination(
                 ds = pydicom.dcmread(row["path"])
             except (OSError, ValueError) as exc:
                 index.outbox_failed(row["id"], f"result file unreadable: {exc}", None)
-                metrics.delivery("dead")
+                prometheus.delivery(OutboxState.DEAD)
                 continue
             status = assoc.send_c_store(ds)
             code = int(status.Status) if status and "Status" in status else None
             if code in DELIVERED_STATUSES:
                 index.outbox_delivered(row["id"], "" if code == 0 else f"status 0x{code:04X}")
                 delivered += 1
-                metrics.delivery("delivered")
+                prometheus.delivery("delivered")
                 log.info(
                     "event=delivered study=%s sop=%s destination=%s status=0x%04X",
                     row["study_uid"],

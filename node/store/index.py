@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,22 @@ CREATE INDEX jobs_state ON jobs(state);
 JOB_STATES = tuple(str(state) for state in JobState)
 #: Study states (:class:`workers.job.StudyState`).
 STUDY_STATES = tuple(str(state) for state in StudyState)
+
+
+class OutboxState(StrEnum):
+    """The state of one delivery (a row of ``outbox`` or ``hl7_outbox``). Node-only: the workers
+    never see deliveries."""
+
+    PENDING = "pending"
+    """Waiting for its next try (``next_try``)."""
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    """Out of attempts: a dead letter, sent again only by ``bodycomp resend``."""
+    CANCELLED = "cancelled"
+    """A newer analysis of the series replaced the result before it was delivered."""
+
+
+OUTBOX_STATES = tuple(str(state) for state in OutboxState)
 
 
 @dataclass(frozen=True)
@@ -658,15 +675,16 @@ class Index:
             "SELECT state, reason FROM jobs WHERE study_uid=? AND state<>'superseded'", (study_uid,)
         )
         study = self.study(study_uid)
-        if study is None or not rows or study["changed"] or study["state"] in ("received", "ignored"):
+        settled = (StudyState.RECEIVED, StudyState.IGNORED)
+        if study is None or not rows or study["changed"] or study["state"] in settled:
             return str(study["state"]) if study is not None else ""
         states = {r["state"] for r in rows}
-        for state in ("running", "queued", "failed"):
-            if state in states:
-                break
-        else:
-            state = "done"
-        reason = "; ".join(r["reason"] for r in rows if r["state"] == "failed" and r["reason"])
+        # the study is as far as its least advanced job: running before queued before failed
+        state = next(
+            (s for s in (StudyState.RUNNING, StudyState.QUEUED, StudyState.FAILED) if s in states),
+            StudyState.DONE,
+        )
+        reason = "; ".join(r["reason"] for r in rows if r["state"] == JobState.FAILED and r["reason"])
         with self.transaction() as db:
             db.execute(
                 "UPDATE studies SET state=?, reason=?, updated=? WHERE study_uid=? AND changed=0",
@@ -736,7 +754,7 @@ class Index:
             db.execute(
                 f"""UPDATE {table} SET state=?, attempts=attempts+1, last_error=?,
                         next_try=COALESCE(?, next_try) WHERE id=? AND state='pending'""",
-                ("dead" if next_try is None else "pending", error, next_try, row_id),
+                (OutboxState.DEAD if next_try is None else OutboxState.PENDING, error, next_try, row_id),
             )
 
     def requeue_dead(self, study_uid: str | None = None, destination: str | None = None) -> int:
@@ -745,9 +763,11 @@ class Index:
         They are due at once and get a whole new ``send_give_up_hours`` (``created`` and
         ``attempts`` start over); ``last_error`` stays until the next attempt replaces it.
         """
-        return self._requeue(("dead",), study_uid, destination)
+        return self._requeue((OutboxState.DEAD,), study_uid, destination)
 
-    def _requeue(self, states: tuple[str, ...], study_uid: str | None, destination: str | None) -> int:
+    def _requeue(
+        self, states: tuple[OutboxState, ...], study_uid: str | None, destination: str | None
+    ) -> int:
         """Outbox rows in ``states`` (of one study, to one destination) back to ``pending``, due
         now, with ``attempts`` and the give-up window (``created``) started over."""
         where = [f"state IN ({', '.join('?' * len(states))})"]
@@ -778,7 +798,7 @@ class Index:
 
     def requeue_sent(self, study_uid: str, destination: str | None = None) -> int:
         """Delivered and dead results of one study (to one destination) back to ``pending``."""
-        return self._requeue(("delivered", "dead"), study_uid, destination)
+        return self._requeue((OutboxState.DELIVERED, OutboxState.DEAD), study_uid, destination)
 
     # -- patient observations (HL7 feed) and the HL7 outbox --------------------------------------
 
