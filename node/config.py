@@ -24,7 +24,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,7 +274,7 @@ class Settings:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:  # noqa: C901 (long: to split into named stages, issue #22)
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a TOML or environment value to the field's declared type."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -284,42 +284,64 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:  # noqa: C901 (long
             return None
         return _coerce(value, non_none[0], where)
     if origin is tuple:
-        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where) for v in items)
-        if len(items) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} comma-separated values, got {value!r}")
-        return tuple(_coerce(v, a, where) for v, a in zip(items, args, strict=True))
+        return _coerce_tuple(value, args, where)
+    scalar = _SCALARS.get(annotation)
+    if scalar is None:
+        raise ConfigError(f"{where}: unsupported setting type {annotation}")
     try:
-        if annotation is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if annotation is int:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if annotation is float:
-            number = float(value)
-            if not math.isfinite(number):
-                raise ConfigError(f"{where}: {value!r} is not a finite number")
-            return number
-        if annotation is str:
-            return str(value)
-        if annotation is Path:
-            return Path(str(value)).expanduser()
+        return scalar(value, where)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"{where}: {value!r} is not a valid {getattr(annotation, '__name__', annotation)}"
         ) from exc
-    raise ConfigError(f"{where}: unsupported setting type {annotation}")
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...], where: str) -> tuple[Any, ...]:
+    """A tuple setting: a TOML array or a comma-separated environment value; ``tuple[T, ...]``
+    takes any number of items, ``tuple[A, B]`` exactly as many as it names."""
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(v, args[0], where) for v in items)
+    if len(items) != len(args):
+        raise ConfigError(f"{where}: expected {len(args)} comma-separated values, got {value!r}")
+    return tuple(_coerce(v, a, where) for v, a in zip(items, args, strict=True))
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    """TOML's true/false, or the words an environment variable uses for them."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, bool):  # TOML true is not a count
+        raise ValueError(value)
+    return int(value)
+
+
+def _to_float(value: Any, where: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):  # nan and inf pass every range check: refuse them here
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
+    return number
+
+
+#: The scalar setting types and their converters (each raises ValueError or ConfigError).
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
+    bool: _to_bool,
+    int: _to_int,
+    float: _to_float,
+    str: lambda value, where: str(value),
+    Path: lambda value, where: Path(str(value)).expanduser(),
+}
 
 
 def _section_types() -> dict[str, type]:

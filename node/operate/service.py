@@ -101,6 +101,17 @@ class Node:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start in the order that loses nothing: clean and replay what a crash left, reach the
+        broker and re-publish what was in flight, then open the ports, then run the loops."""
+        self._recover_files()
+        self._connect_broker()
+        self._open_ports()
+        self._start_loops()
+
+    def _recover_files(self) -> None:
+        """Before any receiver runs: remove half-written temporary files (nothing of them was
+        acknowledged) and replay every receiving process' journal, so that each instance
+        acknowledged before a crash is in the spool and the index (:mod:`node.receive.journal`)."""
         node = self.node
         for sub in ("spool", "results"):
             (node.data_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -117,14 +128,18 @@ class Node:
         if received_leftovers:
             log.warning("event=receive_tmp_cleaned files=%d", received_leftovers)
         self.index = Index(node.index_path)
-        # Instances acknowledged before a crash whose spool file or index row may not have reached
-        # the disk: every receiving process' journal, before any of them starts (node.receive.journal).
         replay_journal(journal_dir(node), Spool(node.spool_dir, min_free_bytes=0), self.index).log(
             "receiver=all"
         )
         interrupted = self.index.reopen_interrupted_dispatches()
         if interrupted:
             log.warning("event=dispatch_resumed studies=%d", interrupted)
+
+    def _connect_broker(self) -> None:
+        """Configure Celery, start the node's own workers and re-publish the jobs a crash left
+        queued or running (a broker that is down now is retried by the scheduler)."""
+        node = self.node
+        assert self.index is not None
         app = configure_app(
             node.effective_broker_url,
             time_limit=node.task_time_limit,
@@ -148,7 +163,12 @@ class Node:
             pending,
             ",".join(node.destinations) or "none",
         )
-        if node.metrics_port is not None:  # before the SCP: when the DICOM port answers, so does this
+
+    def _open_ports(self) -> None:
+        """The metrics port first (when the DICOM port answers, so does it), then the DICOM port
+        (shared by the receiving processes with ``node.receivers`` > 1), then HL7."""
+        node = self.node
+        if node.metrics_port is not None:
             self.metrics = prometheus.MetricsServer(node)
         self.started_at = time.monotonic()
         shared = node.receivers > 1
@@ -173,8 +193,11 @@ class Node:
             self.receivers.start()
         if node.hl7_port is not None:
             self._start_hl7()
+
+    def _start_loops(self) -> None:
+        """The scheduler, the DICOM sender and (with destinations) the HL7 sender, each a thread."""
         loops = [("scheduler", self._scheduler), ("sender", self._sender)]
-        if node.hl7_destinations:
+        if self.node.hl7_destinations:
             loops.append(("hl7-sender", self._hl7_sender))
         for name, target in loops:
             thread = threading.Thread(target=target, name=f"bodycomp-{name}", daemon=True)

@@ -25,6 +25,7 @@ from pydicom.multival import MultiValue
 
 from workers.errors import NoSeriesError
 from workers.load.scan import DicomFile
+from workers.result import SeriesJson
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -167,7 +168,7 @@ class SeriesCandidate:
         in_band = 1 if spacing is not None and low - 1e-3 <= spacing <= high + 1e-3 else 0
         return (original, classify_kernel(self.kernel), in_band, round(self.coverage_mm, 1), self.n_slices)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> SeriesJson:
         return {
             "series_instance_uid": self.series_instance_uid,
             "series_number": self.series_number,
@@ -202,8 +203,27 @@ def _z_positions(candidate: SeriesCandidate) -> list[float]:
     return positions
 
 
-def describe_series(uid: str, files: list[DicomFile], policy: SelectionPolicy) -> SeriesCandidate:  # noqa: C901 (long: to split into named stages, issue #22)
+def describe_series(uid: str, files: list[DicomFile], policy: SelectionPolicy) -> SeriesCandidate:
     """Summarise one series and apply the hard rules."""
+    candidate = _summary(uid, files)
+    reject = candidate.rejections
+    if not uid:
+        candidate.notes.append("SeriesInstanceUID is empty: files grouped as one series")
+    reject += _not_a_ct_image(candidate, policy)
+    if not reject:
+        reject += _not_an_axial_stack(candidate, policy)
+        if candidate.is_multiframe and len(files) > 1:
+            candidate.notes.append(f"{len(files)} multi-frame instances; the largest is used")
+    if policy.series_instance_uid and uid != policy.series_instance_uid:
+        reject.append("not the series requested by the policy")
+    if reject:
+        candidate.status = "rejected"
+    return candidate
+
+
+def _summary(uid: str, files: list[DicomFile]) -> SeriesCandidate:
+    """What the series' first header and its files' positions say: modality, class, kernel,
+    thickness, transfer syntaxes, z range and spacing (what ranking and people need)."""
     first = files[0].header
     candidate = SeriesCandidate(series_instance_uid=uid, files=files)
     candidate.modality = str(first.get("Modality", "") or "")
@@ -225,37 +245,40 @@ def describe_series(uid: str, files: list[DicomFile], policy: SelectionPolicy) -
         candidate.z_range_mm = (z[0], z[-1])
         if len(z) > 1:
             candidate.slice_spacing_mm = round(float(np.median(np.diff(z))), 3)
+    return candidate
 
-    reject = candidate.rejections
-    if not uid:
-        candidate.notes.append("SeriesInstanceUID is empty: files grouped as one series")
+
+def _not_a_ct_image(candidate: SeriesCandidate, policy: SelectionPolicy) -> list[str]:
+    """Reasons the series is not an original CT image series the policy accepts (modality, SOP
+    class, localiser/secondary image types, DERIVED)."""
+    reasons: list[str] = []
     if candidate.modality != "CT":
-        reject.append(f"modality is {candidate.modality or 'missing'}, not CT")
+        reasons.append(f"modality is {candidate.modality or 'missing'}, not CT")
     if candidate.sop_class_uid not in CT_SOP_CLASSES:
-        reject.append(f"SOP class {candidate.sop_class_uid or 'missing'} is not a CT image storage class")
+        reasons.append(f"SOP class {candidate.sop_class_uid or 'missing'} is not a CT image storage class")
     bad_types = REJECTED_IMAGE_TYPES.intersection(candidate.image_type)
     if bad_types:
-        reject.append(f"ImageType {'/'.join(candidate.image_type)} marks a {', '.join(sorted(bad_types))}")
+        reasons.append(f"ImageType {'/'.join(candidate.image_type)} marks a {', '.join(sorted(bad_types))}")
     if "DERIVED" in candidate.image_type[:1] and not policy.allow_derived:
-        reject.append("DERIVED image type and derived series are not allowed by the policy")
-    if not reject:
-        orientation = image_orientation(first)
-        if orientation is None or len(orientation) != 6:
-            reject.append("no ImageOrientationPatient")
-        else:
-            normal = slice_normal(orientation)
-            angle = float(np.degrees(np.arccos(min(1.0, abs(normal[2])))))
-            if angle > policy.max_axial_angle_deg:
-                reject.append(f"not axial: slice normal is {angle:.0f}° from the patient z axis")
-        if candidate.n_slices < policy.min_slices:
-            reject.append(f"only {candidate.n_slices} slice(s); at least {policy.min_slices} needed")
-        if candidate.is_multiframe and len(files) > 1:
-            candidate.notes.append(f"{len(files)} multi-frame instances; the largest is used")
-    if policy.series_instance_uid and uid != policy.series_instance_uid:
-        reject.append("not the series requested by the policy")
-    if reject:
-        candidate.status = "rejected"
-    return candidate
+        reasons.append("DERIVED image type and derived series are not allowed by the policy")
+    return reasons
+
+
+def _not_an_axial_stack(candidate: SeriesCandidate, policy: SelectionPolicy) -> list[str]:
+    """Reasons a CT image series cannot be analysed as an axial stack: no orientation, a slice
+    plane too far from axial, too few slices."""
+    reasons: list[str] = []
+    orientation = image_orientation(candidate.files[0].header)
+    if orientation is None or len(orientation) != 6:
+        reasons.append("no ImageOrientationPatient")
+    else:
+        normal = slice_normal(orientation)
+        angle = float(np.degrees(np.arccos(min(1.0, abs(normal[2])))))
+        if angle > policy.max_axial_angle_deg:
+            reasons.append(f"not axial: slice normal is {angle:.0f}° from the patient z axis")
+    if candidate.n_slices < policy.min_slices:
+        reasons.append(f"only {candidate.n_slices} slice(s); at least {policy.min_slices} needed")
+    return reasons
 
 
 def group_series(files: list[DicomFile]) -> dict[str, list[DicomFile]]:
