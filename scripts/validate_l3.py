@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests import l3_helpers as l3h  # noqa: E402
 from workers.l3.engine import get_localiser  # noqa: E402
-from workers.l3.qc import render_l3_qc  # noqa: E402
 from workers.l3.result import L3Result  # noqa: E402
+from workers.pictures.level import render_l3_qc  # noqa: E402
 
 REVIEW_FLAGS = {"anchors_disagree", "vertebral_level_ambiguous", "z_gap_near_l3", "thick_slices"}
 

@@ -48,7 +48,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from node.operate.process import receive_tmp_dir
+from node.process import receive_tmp_dir
 from tests.reliability import Tally, recorded
 from tests.test_node_support import (
     BODYCOMP,

@@ -21,8 +21,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from node.hl7.listener import HL7Listener, handle_message
-from node.schedule.patient_sources import StudyIdentity, hl7_values
-from node.schedule.site_table import SiteTable
+from node.patients.site_table import SiteTable
+from node.patients.sources import StudyIdentity, hl7_values
 from node.store.index import Index
 from tests.hl7_peers import ack_fields, body_message, mllp_send, oru_receiver
 from tests.orthanc import Orthanc, running_orthanc
@@ -453,7 +453,7 @@ def test_dispatch_gives_the_job_hl7_then_site_table_values_for_the_study(
     """What ``job.json`` carries (``patient_fallbacks``), in the documented order, for the study of a
     stored instance: the HL7 feed's values first, then the site table's."""
     from node.config import NodeSettings
-    from node.schedule.patient_sources import fallbacks_for
+    from node.patients.sources import fallbacks_for
 
     files, _ = patient_study(example_ct_derived_dicom, tmp_path / "s", "PAT-SRC", "ACC-SRC")
     site = tmp_path / "site.csv"
@@ -499,7 +499,7 @@ def queued_oru(tmp_path: Path, destination: str) -> tuple[Index, int]:
 
 def test_oru_accepted_by_a_real_mllp_listener_is_delivered(tmp_path: Path) -> None:
     from node.config import NodeSettings
-    from node.hl7.sender import deliver_due_hl7
+    from node.send.hl7 import deliver_due_hl7
 
     with oru_receiver() as ris:
         index, _ = queued_oru(tmp_path, f"127.0.0.1:{ris.port}")
@@ -511,8 +511,8 @@ def test_oru_accepted_by_a_real_mllp_listener_is_delivered(tmp_path: Path) -> No
 
 def test_oru_rejected_with_ar_is_dead_lettered_at_once_and_shown_by_status(tmp_path: Path) -> None:
     from node.config import NodeSettings
-    from node.hl7.sender import deliver_due_hl7
     from node.operate.status import read_status
+    from node.send.hl7 import deliver_due_hl7
 
     with oru_receiver("AR") as ris:
         index, _ = queued_oru(tmp_path, f"127.0.0.1:{ris.port}")
@@ -526,7 +526,7 @@ def test_oru_rejected_with_ar_is_dead_lettered_at_once_and_shown_by_status(tmp_p
 
 def test_oru_to_a_closed_port_is_retried_then_dead_lettered(tmp_path: Path) -> None:
     from node.config import NodeSettings
-    from node.hl7.sender import deliver_due_hl7
+    from node.send.hl7 import deliver_due_hl7
 
     index, _ = queued_oru(tmp_path, f"127.0.0.1:{free_port()}")
     assert deliver_due_hl7(index, NodeSettings(send_retry_seconds=5)) == 0

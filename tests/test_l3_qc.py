@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests import l3_helpers as l3h
 from workers.l3.engine import get_localiser
-from workers.l3.qc import render_l3_qc
+from workers.pictures.level import render_l3_qc
 
 
 def _red_rows(img: np.ndarray) -> np.ndarray:

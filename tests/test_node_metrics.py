@@ -23,8 +23,8 @@ import pydicom
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from node import prometheus as metrics
 from node.config import ConfigError, NodeSettings, load_settings
-from node.operate import prometheus as metrics
 from tests.reliability import recorded
 from tests.test_node_support import (
     copy_study,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from node import prometheus as metrics
 from node.config import ConfigError, NodeSettings, load_settings
-from node.operate import prometheus as metrics
 from node.receive.scp import serve
 from node.store.index import Index
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series

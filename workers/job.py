@@ -54,7 +54,7 @@ class StudyState(StrEnum):
 @dataclass(frozen=True)
 class PatientValues:
     """Height and weight of a source after the DICOM header (the node's HL7 feed, its site
-    table), as the node found them at dispatch (:mod:`node.schedule.patient_sources`)."""
+    table), as the node found them at dispatch (:mod:`node.patients.sources`)."""
 
     source: str
     height_m: float | None = None

@@ -32,7 +32,6 @@ from workers.corrections.revision import LEVEL, Revision
 from workers.errors import InputError, NotInFieldOfViewError
 from workers.l3.engine import get_localiser
 from workers.l3.grid import TARGET_INPLANE_MM
-from workers.l3.qc import render_l3_qc
 from workers.l3.result import L3Result
 from workers.load.describe import describe
 from workers.load.selection import SelectionPolicy
@@ -49,6 +48,7 @@ from workers.measure.composition import (
 from workers.measure.presets import get_preset
 from workers.measure.rules import get_rule_set
 from workers.measure.verdict import assess
+from workers.pictures.level import render_l3_qc
 from workers.pictures.overlay import render_overlay
 from workers.tissues.engine import TissueSegmentation, get_segmenter
 

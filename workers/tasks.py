@@ -175,7 +175,7 @@ def finish(
 
 def patient_fallbacks(spec: JobSpec) -> tuple[PatientOverrides, ...]:
     """The job's height/weight sources after the header, in order (written by
-    :func:`node.schedule.patient_sources.fallbacks_for`)."""
+    :func:`node.patients.sources.fallbacks_for`)."""
     return tuple(
         PatientOverrides(height_m=f.height_m, weight_kg=f.weight_kg, sex=None, source=f.source)
         for f in spec.patient_fallbacks

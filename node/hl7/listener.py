@@ -23,13 +23,14 @@ import hl7
 import hl7.mllp
 
 from node.hl7.messages import Header, RefusedError, ack, header, read_body_message
-from node.schedule.patient_limits import CURRENT, PatientLimits
+from node.patients.limits import CURRENT, PatientLimits
+from node.patients.sources import HL7_SOURCE
 from node.store.index import Index
 
 log = logging.getLogger("bodycomp.hl7")
 
 #: The ``source`` recorded for values from this feed (result.json, SR, export).
-SOURCE = "HL7"
+SOURCE = HL7_SOURCE
 
 
 @dataclass(frozen=True)

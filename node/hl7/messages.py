@@ -8,7 +8,7 @@ from IPC-1 (OMI), else OBR-18 (placer field 1, where most RIS put it), else ORC-
 order number). When: OBX-14, else MSH-7, else the time of receipt.
 
 A message is taken whole or refused whole (:class:`RefusedError`): an implausible value
-(:mod:`node.schedule.patient_limits`), an observation too old (``hl7_max_age_days``) or in the future, a
+(:mod:`node.patients.limits`), an observation too old (``hl7_max_age_days``) or in the future, a
 unit that is not one of the UCUM units below, a missing patient ID. An accepted message type
 without height or weight OBX is acknowledged and stores nothing.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import hl7
 
-from node.schedule.patient_limits import PatientLimits
+from node.patients.limits import PatientLimits
 
 HEIGHT_LOINC = "8302-2"
 WEIGHT_LOINC = "29463-7"

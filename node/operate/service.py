@@ -32,11 +32,10 @@ import threading
 import time
 from typing import Any
 
+from node import prometheus
 from node.config import Settings
 from node.hl7.listener import HL7Listener
-from node.hl7.sender import deliver_due_hl7
-from node.operate import prometheus
-from node.operate.process import die_with_parent, update_receive_mode, use_private_receive_tmp
+from node.process import die_with_parent, update_receive_mode, use_private_receive_tmp
 from node.receive.journal import replay as replay_journal
 from node.receive.processes import ReceiverPool, port_in_use
 from node.receive.scp import journal_dir
@@ -46,6 +45,7 @@ from node.schedule.late_height import supersede_for_patient
 from node.schedule.reader_objects import reader_corrections
 from node.schedule.results import collect, republish
 from node.schedule.stability import StabilityTimer, Wakeup, claim_stable_studies
+from node.send.hl7 import deliver_due_hl7
 from node.send.sender import deliver_due
 from node.store.index import Index
 from node.store.spool import Spool

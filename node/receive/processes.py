@@ -65,8 +65,8 @@ def _child(settings: NodeSettings, slot: int, reports: Any, verbose: bool) -> No
     """A receiving process (``multiprocessing`` spawn target): the SCP until SIGTERM."""
     import os
 
+    from node import process, prometheus
     from node.logs import configure_logging
-    from node.operate import process, prometheus
     from node.receive.scp import serve
     from node.store.index import Index
 
@@ -181,11 +181,11 @@ class ReceiverPool:
                 if kind == "stored":
                     self.on_stored(value, outcome)
                 elif kind == "status":
-                    from node.operate import prometheus
+                    from node import prometheus
 
                     prometheus.store_status(int(value))
                 elif kind == "rejected":
-                    from node.operate import prometheus
+                    from node import prometheus
 
                     prometheus.association_rejected(str(value))
                 elif kind == "released":

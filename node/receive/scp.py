@@ -40,9 +40,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import privacy, tls
+from node import privacy, prometheus, tls
 from node.config import NodeSettings
-from node.operate import prometheus
 from node.receive import connection, failpoints, reactor
 from node.receive.instance_check import Refusal, check_instance
 from node.receive.journal import INLINE_BYTES, Payload, ReceiveJournal, replay
@@ -338,6 +337,17 @@ def _refused_for(exc: Exception, calling: str, sop_hint: str) -> int:
     return STATUS_PROCESSING_FAILURE
 
 
+def counted(handler: Callable[[Any], int]) -> Callable[[Any], int]:
+    """Wrap the C-STORE handler so each status it returns is counted (after the response is sent)."""
+
+    def handle(event: Any) -> int:
+        status = int(handler(event))
+        reactor.after_response(event.assoc, lambda: prometheus.store_status(status))
+        return status
+
+    return handle
+
+
 def make_store_handler(
     spool: Spool,
     index: Index,
@@ -569,7 +579,7 @@ def serve(
         (evt.EVT_C_ECHO, handle_echo),
         (
             evt.EVT_C_STORE,
-            prometheus.counted(make_store_handler(spool, receive_index, journal, settings, on_stored)),
+            counted(make_store_handler(spool, receive_index, journal, settings, on_stored)),
         ),
         (evt.EVT_RELEASED, released),
         (evt.EVT_ABORTED, released),

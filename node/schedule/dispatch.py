@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from node.config import NodeSettings
+from node.patients.sources import fallbacks_for
 from node.schedule.fairness import admission_order, published_per_sender
-from node.schedule.patient_sources import fallbacks_for
 from node.schedule.stability import StableStudy
 from node.send.outbox import queue_results
 from node.store.index import Index, input_hash
@@ -86,7 +86,7 @@ def patient_fallbacks(
     index: Index, settings: NodeSettings, rows: list[sqlite3.Row]
 ) -> tuple[PatientValues, ...]:
     """Height/weight of the sources after the DICOM header, for ``job.json``
-    (:mod:`node.schedule.patient_sources`)."""
+    (:mod:`node.patients.sources`)."""
     return tuple(fallbacks_for(index, settings, str(rows[0]["path"]))) if rows else ()
 
 
@@ -185,7 +185,7 @@ def dispatch_study(
             job_dir=rel_dir,
             instances=len(rows),
             flags=tuple(flags),
-            # height/weight after the header: HL7 feed, site table (node.schedule.patient_sources)
+            # height/weight after the header: HL7 feed, site table (node.patients.sources)
             patient_fallbacks=patient_fallbacks(index, settings, rows),
         )
         prepare_job_dir(settings.data_dir / rel_dir, [r["path"] for r in rows], spec)

@@ -5,7 +5,7 @@ Why: the EHR often records height at admission, after the CT was read; the node 
 SMI blank for good. The HL7 listener calls :func:`supersede_for_patient` after it stored a
 message's values. For each done study of that patient whose ``result.json`` has no usable height
 (or weight) and for which the feed now has one observed within ``hl7_max_age_days`` of the study
-date (:func:`node.schedule.patient_sources.hl7_values`), :func:`node.schedule.corrections.request_correction`
+date (:func:`node.patients.sources.hl7_values`), :func:`node.schedule.corrections.request_correction`
 queues a correction with those values (source ``HL7``): the metrics are recomputed from the
 stored masks (no new segmentation) and a superseding SR (Predecessor Documents Sequence) goes to
 the destinations like any result, and a corrected ORU to the HL7 destinations.
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.config import NodeSettings
-from node.hl7.listener import SOURCE
+from node.patients.sources import HL7_SOURCE, StudyIdentity, hl7_values, study_time
 from node.schedule.corrections import Correction, CorrectionError, request_correction
-from node.schedule.patient_sources import StudyIdentity, hl7_values, study_time
 from node.store.index import Index
 from workers.job import OUT
 from workers.jsonfile import read_json
@@ -78,7 +77,7 @@ def supersede_for_patient(index: Index, settings: NodeSettings, patient_id: str)
                     height_m=late.height_m,
                     weight_kg=late.weight_kg,
                     reason="height or weight received from the HL7 feed after the result",
-                    source=SOURCE,
+                    source=HL7_SOURCE,
                 ),
             )
         except CorrectionError as exc:

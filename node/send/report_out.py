@@ -1,6 +1,6 @@
 """The non-DICOM results of a done job: ``fhir.json`` (FHIR R4 Bundle) and ``oru.hl7`` (ORU^R01)
 written into its result folder, and the ORU queued for each HL7 destination (``hl7_destinations``,
-delivered by :mod:`node.hl7.sender`).
+delivered by :mod:`node.send.hl7`).
 
 Called by :func:`node.schedule.results.record_outcome` when a job is done, in the node process: the node
 knows the study's PatientID and accession number (from the index and the stored instances),
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from node.config import NodeSettings
 from node.hl7.oru import OruContext, build_oru
-from node.schedule.patient_sources import study_identity
+from node.patients.sources import study_identity
 from node.store.index import Index
 from workers.encode.fhir import FhirContext, build_fhir
 from workers.job import JOB, OUT

@@ -31,9 +31,8 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from node import tls
+from node import prometheus, tls
 from node.config import NodeSettings, parse_destination
-from node.operate import prometheus
 from node.store.index import Index, OutboxState
 
 log = logging.getLogger("bodycomp.sender")
@@ -168,7 +167,7 @@ def deliver_by_destination(
     fail: Callable[[sqlite3.Row, str], None],
     error_event: str,
 ) -> int:
-    """One round of an outbox (DICOM here, HL7 in :mod:`node.hl7.sender`): the due rows grouped by
+    """One round of an outbox (DICOM here, HL7 in :mod:`node.send.hl7`): the due rows grouped by
     destination, each group sent by ``send``; a destination whose sending raises has its rows
     failed (retried later) and never stops the others or the thread. Returns how many were
     delivered."""

@@ -177,18 +177,6 @@ def association_rejected(reason: str) -> None:
     ASSOCIATIONS_REJECTED.labels(reason=reason).inc()
 
 
-def counted(handler: Callable[[Any], int]) -> Callable[[Any], int]:
-    """Wrap the C-STORE handler so each status it returns is counted (after the response is sent)."""
-    from node.receive.reactor import after_response
-
-    def handle(event: Any) -> int:
-        status = int(handler(event))
-        after_response(event.assoc, lambda: store_status(status))
-        return status
-
-    return handle
-
-
 def delivery(result: str) -> None:
     """``retry``, ``delivered`` or ``dead`` for one outbox row."""
     if result == "retry":

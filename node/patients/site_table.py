@@ -6,7 +6,7 @@ The file has the columns of ``bodycomp batch --heights`` (docs/research.md) and 
 same reader (:func:`workers.batch.inputs.read_heights`): one format for the research team's table
 and the node's. A file that cannot be read keeps the last good version in use (and says so once
 in the log): a half-saved spreadsheet must not take every height away. A value outside
-:mod:`node.schedule.patient_limits` is not used (the reason is logged, never the patient's key).
+:mod:`node.patients.limits` is not used (the reason is logged, never the patient's key).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.schedule.patient_limits import CURRENT, PatientLimits
+from node.patients.limits import CURRENT, PatientLimits
 from workers.batch.inputs import HeightsTable, read_heights
 from workers.errors import InputError
 

@@ -1,6 +1,6 @@
 """Height and weight for a job, from the sources after the DICOM header, in the documented order:
 DICOM header (the worker reads it) → HL7 feed (:mod:`node.hl7.listener`) → site table
-(:mod:`node.schedule.site_table`) → a reader's entry (``bodycomp reanalyze --height-m``).
+(:mod:`node.patients.site_table`) → a reader's entry (``bodycomp reanalyze --height-m``).
 
 At dispatch, :func:`fallbacks_for` writes into the job the values each source has for the study's
 patient; the worker uses them in that order only where the header has no plausible value
@@ -21,13 +21,15 @@ from dataclasses import dataclass
 import pydicom
 
 from node.config import NodeSettings
-from node.hl7.listener import SOURCE as HL7_SOURCE
-from node.schedule.site_table import SOURCE as SITE_SOURCE
-from node.schedule.site_table import SiteTable
+from node.patients.site_table import SOURCE as SITE_SOURCE
+from node.patients.site_table import SiteTable
 from node.store.index import Index
 from workers.job import PatientValues
 
 log = logging.getLogger("bodycomp.patient_sources")
+
+#: The ``source`` recorded for values from the HL7 feed (result.json, SR, export).
+HL7_SOURCE = "HL7"
 
 
 @dataclass(frozen=True)
