@@ -315,6 +315,7 @@ def test_kept_qc_reasons_are_those_the_correction_does_not_touch() -> None:
     from workers.corrections.revision import LEVEL, OUTLINE, PATIENT, kept_qc
 
     previous = {
+        "status": "review",
         "qc": {
             "flags": ["low_l3_confidence", "fov_truncated", "height_missing", "contrast_enhanced"],
             "reasons": [
@@ -323,7 +324,7 @@ def test_kept_qc_reasons_are_those_the_correction_does_not_touch() -> None:
                 "patient input: height missing",
                 "contrast agent recorded (X): muscle HU is higher than unenhanced",
             ],
-        }
+        },
     }
     flags = {
         kinds: [flag for flag, _ in kept_qc(previous, kinds)] for kinds in ((LEVEL,), (OUTLINE,), (PATIENT,))

@@ -30,6 +30,7 @@ from node.store.index import Index, InstanceRecord
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
+from tests.result_documents import measured_result
 from workers.load.selection import SelectionPolicy
 
 #: The node's log format (node.logs.configure_logging).
@@ -164,10 +165,9 @@ def analysed_study(node: NodeSettings, patient_id: str, calling_ae: str) -> str:
         index.update_job(job_id, state="done", finished=time.time())
     finally:
         index.close()
-    result = {
-        "hu_preset": {"windows": {"skeletal_muscle": {"min_hu": -29}}},
-        "l3": {"z_mm": -785.5, "level_ranges": {"L3": [-804.5, -766.5]}, "notes": ["-cut\nat the edge"]},
-    }
+    result = measured_result()
+    result["hu_preset"]["windows"]["skeletal_muscle"]["min_hu"] = -29
+    result["l3"].update(z_mm=-785.5, level_ranges={"L3": [-804.5, -766.5]}, notes=["-cut\nat the edge"])
     out = node.data_dir / "results" / "job" / "out"
     out.mkdir(parents=True)
     (out / "result.json").write_text(json.dumps(result))

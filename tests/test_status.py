@@ -16,27 +16,25 @@ from node.store.index import Index
 from tests.clock import claim_after_idle
 from tests.dicom_builder import SeriesOptions, axial_geometry, block_phantom, sample, write_series
 from tests.index_records import record_file
+from tests.result_documents import measured_result
 from workers.jsonfile import write_json
 from workers.load.selection import SelectionPolicy
 
-RESULT = {
+RESULT = measured_result()
+RESULT["status"] = "review"
+RESULT["l3"].update(method="ribs", confidence=0.364, manual=False)
+RESULT["slices"] = [{"slice_index": 10, "z_mm": -371.0, "sop_instance_uid": "1.2.3"}]
+RESULT["qc"] = {
     "status": "review",
-    "l3": {"method": "ribs", "confidence": 0.364, "manual": False},
-    "slices": [{"slice_index": 10, "z_mm": -371.0, "sop_instance_uid": "1.2.3"}],
-    "qc": {
-        "status": "review",
-        "flags": ["l3_low_confidence"],
-        "reasons": ["L3 level: low confidence (0.36)"],
-    },
-    "tissues": {
-        "skeletal_muscle": {"area_cm2": 135.36, "mean_hu": 38.2},
-        "imat": {"area_cm2": 4.5},
-        "vat": {"area_cm2": 80.1},
-        "sat": {"area_cm2": 150.2},
-    },
-    "metrics": {"smi_cm2_m2": None, "reasons": {"smi_cm2_m2": "height missing"}},
-    "timings_s": {"load": 0.5, "l3": 1.0, "segment": 0.7},
+    "flags": ["l3_low_confidence"],
+    "reasons": ["L3 level: low confidence (0.36)"],
 }
+for _key, _area in (("skeletal_muscle", 135.36), ("imat", 4.5), ("vat", 80.1), ("sat", 150.2)):
+    RESULT["tissues"][_key]["area_cm2"] = _area
+RESULT["tissues"]["skeletal_muscle"]["mean_hu"] = 38.2
+RESULT["metrics"]["smi_cm2_m2"] = None
+RESULT["metrics"]["reasons"] = {"smi_cm2_m2": "height missing"}
+RESULT["timings_s"] = {"load": 0.5, "l3": 1.0, "segment": 0.7}
 
 
 def test_status_shows_level_verdict_numbers_times_folder_and_deliveries(tmp_path: Path) -> None:

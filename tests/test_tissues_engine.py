@@ -136,8 +136,9 @@ def test_overlay_renders_rgb_with_square_pixels(tmp_path: Path) -> None:
         ph.hu,
         out.labels,
         ph.spacing_yx_mm,
-        {**summary, "qc": {"status": "review", "reasons": reasons * 2}},
+        summary,
         None,
+        qc={"status": "review", "flags": [], "reasons": reasons * 2},
     )
     assert wrapped.height >= img.height
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: Mapping[str, object]) -> None:
     """``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part
     (also after a power cut: the data is on disk before the rename). The file is private to the
     service user (0600): results hold patient data."""

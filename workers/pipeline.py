@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypedDict, cast
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from workers import __version__
 from workers.corrections.revision import LEVEL, Revision
@@ -45,11 +46,24 @@ from workers.measure.composition import (
     tissue_stats,
     waist_circumference_cm,
 )
-from workers.measure.presets import get_preset
-from workers.measure.rules import get_rule_set
+from workers.measure.presets import WindowPreset, get_preset
+from workers.measure.rules import RuleSet, get_rule_set
 from workers.measure.verdict import assess
 from workers.pictures.level import render_l3_qc
 from workers.pictures.overlay import render_overlay
+from workers.result import (
+    NOT_FOUND,
+    CorrectionJson,
+    L3Json,
+    L3SearchJson,
+    MeasuredResult,
+    Measurement,
+    NotFoundResult,
+    QcJson,
+    ResultDocument,
+    SegmentationJson,
+    SliceJson,
+)
 from workers.tissues.engine import TissueSegmentation, get_segmenter
 
 log = logging.getLogger(__name__)
@@ -127,35 +141,114 @@ class StageTimer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = None) -> dict[str, Any]:  # noqa: C901 (long: to split into named stages, issue #22)
+def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = None) -> MeasuredResult:
     """Analyse the CT at ``path``; write the outputs into ``out_dir`` when given.
 
     Raises :class:`InputError` for unusable input and :class:`NotInFieldOfViewError` (after writing
     a result with ``l3: null`` and the reason) when L3 is not covered.
+
+    The stages below run in this order; each is a function of its own so that what one hands the
+    next is a typed value, not a key of a growing dict.
     """
     preset = get_preset(options.preset)
     rule_set = get_rule_set(options.rule_set)
     if options.slices < 1:
         raise InputError("--slices must be at least 1")
     timer = StageTimer()
+    volume = _load(path, options, timer)
+    view = volume.canonical()
+    files: dict[str, str] = {}
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    l3 = _find_level(volume, view, options, timer, out_dir, files)
+    if not l3.found or l3.slice_index is None:
+        _report_not_found(volume, l3, preset, rule_set, timer, files, out_dir)
+    centre = l3.slice_index
+    ks = _analysed_slices(volume, centre, options.slices)
+    with timer.stage("load_full_resolution"):
+        volume.ensure_full_resolution(
+            range(max(0, ks[0] - CONTEXT_SLICES), min(volume.shape[0], ks[-1] + CONTEXT_SLICES + 1))
+        )
+    with timer.stage("segment"):
+        segmentations = _segment(view, ks, centre, options, preset)
+    with timer.stage("measure"):
+        measured = _measure(volume, view, ks, segmentations, options, preset, rule_set)
+    seg = segmentations[centre]
+    qc = _assess(volume, l3, ks, segmentations, seg, measured, options)
+    result: MeasuredResult = {
+        "bodycomp_version": __version__,
+        "status": qc["status"],
+        "input": describe(volume),
+        "hu_preset": measured["hu_preset"],
+        "rule_set": measured["rule_set"],
+        "timings_s": timer.seconds,  # the timer's own dict: the stages below still add to it
+        "l3": _level_json(volume, l3, options),
+        **_correction_json(options.revision),
+        "tissues": measured["tissues"],
+        "metrics": measured["metrics"],
+        "patient_inputs": measured["patient_inputs"],
+        "n_slices": measured["n_slices"],
+        "slices": [_slice_json(volume, k) for k in ks],
+        "segmentation": _segmentation_json(seg),
+        "peritoneal_contour_mm": _contour_mm(view, centre, seg.peritoneal_contour_px),
+        "qc": qc,
+        "files": files,  # filled in by the stages below
+    }
+    labels_source = _to_source_2d(volume, view, seg.labels)
+    with timer.stage("overlay_picture"):
+        overlay = _draw(view, centre, seg, result)
+    if out_dir is not None:
+        np.save(out_dir / "l3_labels.npy", labels_source)
+        files["l3_labels_npy"] = str(out_dir / "l3_labels.npy")
+        overlay.save(out_dir / "l3_overlay.png")
+        files["l3_overlay_png"] = str(out_dir / "l3_overlay.png")
+    if options.write_dicom:
+        if out_dir is None:
+            raise InputError("DICOM outputs need an output folder")
+        with timer.stage("encode_dicom"):
+            overlay_rgb = np.asarray(overlay.convert("RGB"))
+            files.update(
+                _encode(
+                    volume,
+                    view,
+                    result,
+                    centre,
+                    seg,
+                    labels_source,
+                    overlay_rgb,
+                    out_dir / "dicom",
+                    options.revision,
+                )
+            )
+    if out_dir is not None:
+        files["result_json"] = str(write_result(result, out_dir))
+    return result
+
+
+def _load(path: str | Path, options: AnalysisOptions, timer: StageTimer) -> Volume:
+    """Load the series (a reduced-resolution preview of a JPEG 2000 one, see
+    :mod:`workers.load.preview`). Why first and alone: an input that cannot give DICOM outputs
+    (``write_dicom``) is refused here, before minutes of analysis."""
     with timer.stage("load"):
         preview_mm = TARGET_INPLANE_MM if options.preview else None
         volume = load_series(path, options.selection, options.stack, preview_mm=preview_mm)
     if options.write_dicom:
         _check_dicom_identity(volume)
-    view = volume.canonical()
-    result: dict[str, Any] = {
-        "bodycomp_version": __version__,
-        "status": "running",
-        "input": describe(volume),
-        "hu_preset": preset.to_json(),
-        "rule_set": rule_set.to_json(),
-    }
-    files: dict[str, str] = {}
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    return volume
 
-    # L3 is searched on the preview when the loader made one (JPEG 2000): ~2.5 mm is all it needs.
+
+def _find_level(
+    volume: Volume,
+    view: CanonicalView,
+    options: AnalysisOptions,
+    timer: StageTimer,
+    out_dir: Path | None,
+    files: dict[str, str],
+) -> L3Result:
+    """Find the L3 slice (or take the one the options name) and, when it was found, draw the
+    sagittal and coronal check picture: a reader checks the level there before any number.
+
+    L3 is searched on the preview when the loader made one (JPEG 2000): ~2.5 mm is all it needs."""
     search_view = volume.preview.canonical() if volume.preview is not None else view
     with timer.stage("l3"):
         l3 = _locate(volume, search_view, options)
@@ -170,51 +263,77 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
                 slice_label=lambda k: _slice_label(volume, k),
             )
         files["l3_qc_png"] = str(qc_path)
-    result["timings_s"] = timer.seconds
-    if not l3.found or l3.slice_index is None:
-        result["status"] = "l3_not_found"
-        result["l3"] = None
-        result["l3_search"] = l3.to_json()
-        result["reason"] = l3.reason or "L3 not found"
-        result["files"] = files
-        if out_dir is not None:
-            files["result_json"] = str(write_result(result, out_dir))
-        raise NotInFieldOfViewError(result["reason"])
-    result["l3"] = _l3_json(volume, l3, manual=options.manual_slice)
-    if options.revision is not None:
-        result["correction"] = options.revision.to_json()
-        if LEVEL not in options.revision.kinds and options.revision.previous_l3:
-            # the level stands as it was found: say how, not "manual"
-            for key in ("method", "confidence", "engine", "engine_version", "flags", "body_range"):
-                if key in options.revision.previous_l3:
-                    result["l3"][key] = options.revision.previous_l3[key]
-            result["l3"]["manual"] = bool(options.revision.previous_l3.get("manual"))
+    return l3
 
-    centre = l3.slice_index
-    half = (options.slices - 1) // 2
-    ks = [k for k in range(centre - half, centre - half + options.slices) if 0 <= k < volume.shape[0]]
-    if len(ks) != options.slices:
-        raise InputError(f"--slices {options.slices} does not fit around slice {centre}: the scan ends there")
-    with timer.stage("load_full_resolution"):
-        volume.ensure_full_resolution(
-            range(max(0, ks[0] - CONTEXT_SLICES), min(volume.shape[0], ks[-1] + CONTEXT_SLICES + 1))
-        )
-    with timer.stage("segment"):
-        if options.labels is not None:
-            if len(ks) != 1:
-                raise InputError("given masks are measured on one slice only (--slices 1)")
-            segmentations = {centre: _given_labels(view, options.labels, options.labels_source, preset.id)}
-        else:
-            segmenter = get_segmenter(options.segmenter)
-            segmentations = {
-                k: segmenter.segment(
-                    np.asarray(view.hu[k]), view.spacing_yx_mm, preset, context=_context(view, k)
-                )
-                for k in ks
-            }
-    seg = segmentations[centre]
+
+def _report_not_found(
+    volume: Volume,
+    l3: L3Result,
+    preset: WindowPreset,
+    rule_set: RuleSet,
+    timer: StageTimer,
+    files: dict[str, str],
+    out_dir: Path | None,
+) -> NoReturn:
+    """Write the result of a scan without L3 (the search and why) and raise
+    :class:`NotInFieldOfViewError`: L3 outside the field of view is a finding about the scan,
+    recorded like a measurement, not an error of the analysis."""
+    result: NotFoundResult = {
+        "bodycomp_version": __version__,
+        "status": NOT_FOUND,
+        "input": describe(volume),
+        "hu_preset": preset.to_json(),
+        "rule_set": rule_set.to_json(),
+        "timings_s": timer.seconds,
+        "l3": None,
+        "l3_search": _search_json(l3),
+        "reason": l3.reason or "L3 not found",
+        "files": files,
+    }
+    if out_dir is not None:
+        files["result_json"] = str(write_result(result, out_dir))
+    raise NotInFieldOfViewError(result["reason"])
+
+
+def _analysed_slices(volume: Volume, centre: int, n: int) -> list[int]:
+    """The ``n`` contiguous canonical slices centred on ``centre`` (``--slices N``). Why refused
+    rather than shifted when the scan ends there: an average off-centre is not the L3 average."""
+    half = (n - 1) // 2
+    ks = [k for k in range(centre - half, centre - half + n) if 0 <= k < volume.shape[0]]
+    if len(ks) != n:
+        raise InputError(f"--slices {n} does not fit around slice {centre}: the scan ends there")
+    return ks
+
+
+def _segment(
+    view: CanonicalView, ks: list[int], centre: int, options: AnalysisOptions, preset: WindowPreset
+) -> dict[int, TissueSegmentation]:
+    """The tissues of each analysed slice: the segmenter's, or the masks the options give (a
+    reader's edited SEG, the stored masks of a corrected result), which are measured as given."""
+    if options.labels is not None:
+        if len(ks) != 1:
+            raise InputError("given masks are measured on one slice only (--slices 1)")
+        return {centre: _given_labels(view, options.labels, options.labels_source, preset.id)}
+    segmenter = get_segmenter(options.segmenter)
+    return {
+        k: segmenter.segment(np.asarray(view.hu[k]), view.spacing_yx_mm, preset, context=_context(view, k))
+        for k in ks
+    }
+
+
+def _measure(
+    volume: Volume,
+    view: CanonicalView,
+    ks: list[int],
+    segmentations: dict[int, TissueSegmentation],
+    options: AnalysisOptions,
+    preset: WindowPreset,
+    rule_set: RuleSet,
+) -> Measurement:
+    """Areas, attenuation and the derived metrics (one slice, or the average of several), with the
+    patient values they use. Why the patient values here: SMI, BMI and the cut-offs need them, and
+    the header, the options and the node's fallbacks each may hold them (:func:`_patient_inputs`)."""
     inputs = _patient_inputs(volume, options.patient, options.fallbacks)
-    measure_start = time.perf_counter()
     per_slice = [
         tissue_stats(np.asarray(view.hu[k]), segmentations[k].labels, view.spacing_yx_mm) for k in ks
     ]
@@ -236,65 +355,52 @@ def analyse(path: str | Path, options: AnalysisOptions, out_dir: Path | None = N
         body = average_results(
             per_slice, inputs, preset=preset, rule_set=rule_set, waists_cm=waists, fov_truncated=truncated
         )
-    timer.seconds["measure"] = round(time.perf_counter() - measure_start, 4)
-    result.update(body.to_json())
-    result["slices"] = [_slice_json(volume, k) for k in ks]
-    result["segmentation"] = seg.to_json()
-    result["peritoneal_contour_mm"] = _contour_mm(view, centre, seg.peritoneal_contour_px)
+    return body.to_json()
+
+
+def _assess(
+    volume: Volume,
+    l3: L3Result,
+    ks: list[int],
+    segmentations: dict[int, TissueSegmentation],
+    seg: TissueSegmentation,
+    measured: Measurement,
+    options: AnalysisOptions,
+) -> QcJson:
+    """The QC verdict (ok, review, failed) with every reason (:func:`workers.measure.verdict.assess`),
+    plus the reasons of a corrected result that the correction leaves standing. ``seg``: the
+    central slice's segmentation, whose notes explain the flags."""
     qc = assess(
         l3.flags,
         None if options.manual_slice else l3.confidence,
         [f for k in ks for f in segmentations[k].flags],
         seg.qc_notes,
-        result["metrics"].get("flags", []),
+        measured["metrics"]["flags"],
         volume.flags,
         volume.acquisition,
         manual_slice=options.manual_slice,
-        input_flags=result["patient_inputs"].get("flags", []),
+        input_flags=measured["patient_inputs"]["flags"],
         node_flags=options.node_flags,
     )
     if options.revision is not None:
         for flag, reason in options.revision.kept_qc:  # the predecessor's reasons that still apply
             qc.add(flag, reason)
-    result["qc"] = qc.to_json()
-    result["status"] = qc.status
+    return qc.to_json()
 
-    labels_source = _to_source_2d(volume, view, seg.labels)
-    with timer.stage("overlay_picture"):
-        overlay = render_overlay(
-            np.asarray(view.hu[centre]),
-            seg.labels,
-            view.spacing_yx_mm,
-            result,
-            None,
-            peritoneal_contour_px=seg.peritoneal_contour_px,
-        )
-    if out_dir is not None:
-        np.save(out_dir / "l3_labels.npy", labels_source)
-        files["l3_labels_npy"] = str(out_dir / "l3_labels.npy")
-        overlay.save(out_dir / "l3_overlay.png")
-        files["l3_overlay_png"] = str(out_dir / "l3_overlay.png")
-    if options.write_dicom:
-        if out_dir is None:
-            raise InputError("DICOM outputs need an output folder")
-        with timer.stage("encode_dicom"):
-            files.update(
-                _encode(
-                    volume,
-                    view,
-                    result,
-                    centre,
-                    seg,
-                    labels_source,
-                    np.asarray(overlay.convert("RGB")),
-                    out_dir / "dicom",
-                    options.revision,
-                )
-            )
-    result["files"] = files
-    if out_dir is not None:
-        files["result_json"] = str(write_result(result, out_dir))
-    return result
+
+def _draw(view: CanonicalView, centre: int, seg: TissueSegmentation, result: MeasuredResult) -> Image.Image:
+    """The overlay picture of the central slice: the tissues in colour, the numbers, the verdict,
+    and, for a corrected result, what was corrected (a reader must see which picture stands)."""
+    return render_overlay(
+        np.asarray(view.hu[centre]),
+        seg.labels,
+        view.spacing_yx_mm,
+        result,
+        None,
+        qc=result["qc"],
+        correction=result.get("correction"),
+        peritoneal_contour_px=seg.peritoneal_contour_px,
+    )
 
 
 def _check_dicom_identity(volume: Volume) -> None:
@@ -418,8 +524,8 @@ def _slice_label(volume: Volume, k: int) -> str:
     return f"slice {k}" + (f" (instance {number})" if number not in (None, "") else "")
 
 
-def _slice_json(volume: Volume, k: int) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+def _slice_json(volume: Volume, k: int) -> SliceJson:
+    entry: SliceJson = {
         "slice_index": _source_index(volume, k),
         "z_mm": round(float(volume.slice_z_mm()[k]), 2),
     }
@@ -430,16 +536,51 @@ def _slice_json(volume: Volume, k: int) -> dict[str, Any]:
     return entry
 
 
-def _l3_json(volume: Volume, l3: L3Result, manual: bool) -> dict[str, Any]:
+def _level_json(volume: Volume, l3: L3Result, options: AnalysisOptions) -> L3Json:
+    """``l3`` of the result: the localiser's output with the slice in the source's indices. A
+    correction that leaves the level standing says how it was found then, not "manual"."""
     assert l3.slice_index is not None
-    data = l3.to_json()
-    data.update(_slice_json(volume, l3.slice_index))
+    data = cast(L3Json, l3.to_json())  # (L3Result.to_json is typed dict[str, Any])
+    where = _slice_json(volume, l3.slice_index)
+    data["slice_index"], data["z_mm"] = where["slice_index"], where["z_mm"]
+    if "sop_instance_uid" in where:
+        data["sop_instance_uid"] = where["sop_instance_uid"]
+    if "frame_number" in where:
+        data["frame_number"] = where["frame_number"]
     data["canonical_slice_index"] = l3.slice_index
     if l3.body_range is not None:
         ends = sorted(_source_index(volume, k) for k in l3.body_range)
         data["body_range"] = ends
-    data["manual"] = manual
+    data["manual"] = options.manual_slice
+    revision = options.revision
+    if revision is not None and LEVEL not in revision.kinds and revision.previous_l3:
+        previous = revision.previous_l3
+        data["method"] = previous["method"]
+        data["confidence"] = previous["confidence"]
+        data["engine"] = previous["engine"]
+        data["engine_version"] = previous["engine_version"]
+        data["flags"] = previous["flags"]
+        data["body_range"] = previous["body_range"]
+        data["manual"] = bool(previous["manual"])
     return data
+
+
+def _search_json(l3: L3Result) -> L3SearchJson:
+    """``l3_search`` of a result without L3 (canonical indices: there is no slice to map)."""
+    return cast(L3SearchJson, l3.to_json())  # (L3Result.to_json is typed dict[str, Any])
+
+
+def _segmentation_json(seg: TissueSegmentation) -> SegmentationJson:
+    return cast(SegmentationJson, seg.to_json())  # (TissueSegmentation.to_json is typed dict[str, Any])
+
+
+class _CorrectionPart(TypedDict, total=False):
+    correction: CorrectionJson
+
+
+def _correction_json(revision: Revision | None) -> _CorrectionPart:
+    """``correction`` of a result that corrects an earlier one; nothing otherwise."""
+    return {} if revision is None else {"correction": revision.to_json()}
 
 
 def _contour_mm(view: CanonicalView, k: int, contour_px: npt.NDArray[np.float64]) -> list[list[float]]:
@@ -478,7 +619,7 @@ def _contour_source_px(
 def _encode(
     volume: Volume,
     view: CanonicalView,
-    result: dict[str, Any],
+    result: MeasuredResult,
     k: int,
     seg: TissueSegmentation,
     labels_source: npt.NDArray[np.uint8],
@@ -513,7 +654,7 @@ def _encode(
     return {f"dicom_{name}": str(path) for name, path in paths.items()}
 
 
-def write_result(result: dict[str, Any], out_dir: Path) -> Path:
+def write_result(result: ResultDocument, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "result.json"
     tmp = target.with_suffix(".json.tmp")

@@ -19,14 +19,13 @@ Layout (one message per job):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from highdicom.sr import CodedConcept
 
 from workers.encode import codes as c
 from workers.encode.report_items import Quantity, report_items
+from workers.result import MeasuredResult
 
 #: OBR-4: what the report is.
 REPORT_CODE = c.DERIVED_METRICS
@@ -65,7 +64,7 @@ def number(value: float) -> str:
     return repr(float(value))
 
 
-def build_oru(result: Mapping[str, Any], context: OruContext, now: float | None = None) -> str:
+def build_oru(result: MeasuredResult, context: OruContext, now: float | None = None) -> str:
     """The ORU^R01 message, segments separated by CR."""
     items = report_items(result)
     stamp = dt.datetime.fromtimestamp(dt.datetime.now().timestamp() if now is None else now)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import os
 import sqlite3
 import stat
@@ -30,6 +29,7 @@ from node.config import ConfigError, NodeSettings, parse_destination
 from node.privacy import csv_cell, escape_controls
 from node.send.outbox import queue_results
 from node.store.index import Index
+from workers.result import NOT_FOUND, TISSUE_KEYS, ResultDocument, ResultFileError, read_result
 
 
 def _open(node: NodeSettings, write: bool = False) -> Index:
@@ -84,45 +84,58 @@ def resend_dead(node: NodeSettings, study_uid: str | None = None, destination: s
         index.close()
 
 
-def result_summary(result: dict[str, Any]) -> dict[str, Any]:
+def result_summary(result: ResultDocument) -> dict[str, Any]:
     """What an operator checks first in a job's ``result.json``: the level and how sure, the QC
-    verdict and why, the main numbers, how long it took (the full file is beside it)."""
-    l3 = result.get("l3") or {}
-    qc = result.get("qc") or {}
-    tissues = result.get("tissues") or {}
-    metrics = result.get("metrics") or {}
-    slices = result.get("slices") or [{}]
-    timings = result.get("timings_s") or {}
+    verdict and why, the main numbers, how long it took (the full file is beside it). A result
+    without L3 has its status and times; the rest is None."""
+    analysis_s = round(sum(v for v in result["timings_s"].values() if isinstance(v, int | float)), 2)
+    if result["status"] == NOT_FOUND:
+        return {
+            "status": result["status"],
+            "qc_reasons": [],
+            "level_method": None,
+            "level_confidence": None,
+            "slice_z_mm": None,
+            "slice_sop_instance_uid": None,
+            "areas_cm2": dict.fromkeys(TISSUE_KEYS),
+            "muscle_mean_hu": None,
+            "smi_cm2_m2": None,
+            "smi_missing_because": None,
+            "analysis_s": analysis_s,
+            "correction": None,
+        }
+    l3, tissues, metrics, first = result["l3"], result["tissues"], result["metrics"], result["slices"][0]
+    correction = result.get("correction")  # (a corrected result only)
     return {
-        "status": result.get("status"),
-        "qc_reasons": list(qc.get("reasons") or []),
-        "level_method": l3.get("method"),
-        "level_confidence": None if l3.get("manual") else l3.get("confidence"),
-        "slice_z_mm": slices[0].get("z_mm"),
-        "slice_sop_instance_uid": slices[0].get("sop_instance_uid"),
-        "areas_cm2": {
-            k: (tissues.get(k) or {}).get("area_cm2") for k in ("skeletal_muscle", "imat", "vat", "sat")
-        },
-        "muscle_mean_hu": (tissues.get("skeletal_muscle") or {}).get("mean_hu"),
-        "smi_cm2_m2": metrics.get("smi_cm2_m2"),
-        "smi_missing_because": (metrics.get("reasons") or {}).get("smi_cm2_m2"),
-        "analysis_s": round(sum(v for v in timings.values() if isinstance(v, int | float)), 2),
+        "status": result["status"],
+        "qc_reasons": list(result["qc"]["reasons"]),
+        "level_method": l3["method"],
+        "level_confidence": None if l3["manual"] else l3["confidence"],
+        "slice_z_mm": first["z_mm"],
+        "slice_sop_instance_uid": first.get("sop_instance_uid"),  # (DICOM input only)
+        "areas_cm2": {k: tissues[k]["area_cm2"] for k in TISSUE_KEYS},
+        "muscle_mean_hu": tissues["skeletal_muscle"]["mean_hu"],
+        "smi_cm2_m2": metrics["smi_cm2_m2"],
+        "smi_missing_because": metrics["reasons"].get("smi_cm2_m2"),  # (only a missing value has one)
+        "analysis_s": analysis_s,
         # a correction (issue #23): what was corrected, by whom, from which instance
-        "correction": (result.get("correction") or {}).get("description"),
+        "correction": None if correction is None else correction["description"],
     }
 
 
 def _with_results(node: NodeSettings, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each job of ``studies`` with its result summary (None while it has none) and folder."""
+    """Each job of ``studies`` with its result summary (None while it has none) and folder; a
+    ``result.json`` that is there but not a result document gives ``result_error`` instead."""
     for study in studies:
         for job in study["jobs"]:
             folder = node.data_dir / job["result_dir"] / "out"
             job["result_folder"] = str(folder)
-            try:
-                result = json.loads((folder / "result.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                result = None
-            job["result"] = result_summary(result) if isinstance(result, dict) else None
+            job["result"] = None
+            if (folder / "result.json").exists():
+                try:
+                    job["result"] = result_summary(read_result(folder / "result.json"))
+                except ResultFileError as exc:
+                    job["result_error"] = str(exc)
     return studies
 
 
@@ -248,6 +261,8 @@ def format_status(report: dict[str, Any]) -> str:
                 lines.append(f"        corrects: {j['result']['correction']}")
             if j.get("result") and j["state"] != "superseded":
                 lines += [f"        {text}" for text in _result_lines(j)]
+            if j.get("result_error"):
+                lines.append(f"        result unreadable: {j['result_error']}")
         for destination, states in sorted((s.get("deliveries") or {}).items()):
             lines.append(f"    to {destination}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
     for d in report["dead_letters"]:
@@ -340,13 +355,14 @@ def export_rows(index: Index, data_dir: Path) -> list[dict[str, Any]]:
                 f"job {j['id']} {j['state']}" for j in index.jobs_of(job["study_uid"]) if j["id"] != job["id"]
             ),
         }
-        try:
-            result = json.loads((data_dir / job["result_dir"] / "out" / "result.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            result = {}
-        if isinstance(result, dict):
-            result.pop("input", None)
-            row.update(flatten(result))
+        path = data_dir / job["result_dir"] / "out" / "result.json"
+        if path.exists():
+            try:
+                result = read_result(path)
+            except ResultFileError as exc:
+                row["result_error"] = str(exc)  # (a column of its own, rather than empty values)
+            else:
+                row.update(flatten({key: value for key, value in result.items() if key != "input"}))
         rows.append(row)
     return rows
 

@@ -22,6 +22,7 @@ from node.store.index import Index
 from workers.encode.fhir import FhirContext, build_fhir
 from workers.job import JOB, OUT
 from workers.jsonfile import read_json, write_json
+from workers.result import NOT_FOUND, ResultFileError, read_result
 
 log = logging.getLogger("bodycomp.report_out")
 
@@ -47,8 +48,12 @@ def _write_private(path: Path, text: str) -> None:
 def write_reports(index: Index, settings: NodeSettings, job: sqlite3.Row) -> int:
     """Write ``fhir.json`` and ``oru.hl7`` of a done job and queue the ORU; return rows queued."""
     job_dir = settings.data_dir / job["result_dir"]
-    result = read_json(job_dir / OUT / "result.json")
-    if result is None or result["status"] not in ("ok", "review"):
+    try:
+        result = read_result(job_dir / OUT / "result.json")
+    except ResultFileError as exc:
+        log.warning("event=reports_skipped job=%d reason=%s", job["id"], exc)
+        return 0
+    if result["status"] == NOT_FOUND or result["status"] == "failed":
         return 0
     spec = read_json(job_dir / JOB)
     corrected = spec is not None and "correction" in spec

@@ -72,8 +72,9 @@ from workers.batch.records import (
     FailureRecord,
 )
 from workers.errors import BodycompError, InputError, NotInFieldOfViewError
-from workers.jsonfile import read_json, write_json
+from workers.jsonfile import write_json
 from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
+from workers.result import ResultDocument, ResultFileError, read_result
 
 log = logging.getLogger("bodycomp.batch")
 
@@ -266,7 +267,7 @@ def _clear(study_dir: Path) -> None:
             item.unlink()
 
 
-def _relocate(result: dict[str, Any], task: StudyTask, out: Path) -> None:
+def _relocate(result: ResultDocument, task: StudyTask, out: Path) -> None:
     """Paths in the result as they are after the outputs moved into the study's folder, and the
     archive's path instead of the staged links (those are removed)."""
     result["files"] = {
@@ -299,14 +300,17 @@ def analyse_study(task: StudyTask) -> Outcome:
     staged = stage_input(task.study, partial / "input")
     out = partial / "out"
     status = "done"
+    result: ResultDocument
     try:
         result = analyse(staged, task.options, out_dir=out)
     except NotInFieldOfViewError:
         status = "l3_not_found"  # a measured fact about the scan (written by analyse), not a failure
-        loaded = read_json(out / RESULT)
-        if loaded is None:
-            return fail(task, "L3 not in the field of view, but no result written", "InputError", 0.0)
-        result = loaded
+        try:
+            result = read_result(out / RESULT)
+        except ResultFileError as exc:
+            return fail(
+                task, f"L3 not in the field of view, but no result written ({exc})", "InputError", 0.0
+            )
     except BodycompError as exc:
         return fail(task, str(exc), type(exc).__name__, time.perf_counter() - start)
     except Exception as exc:  # a bug or a library's surprise: this study fails, the cohort goes on

@@ -37,13 +37,42 @@ from workers.batch.records import (
     batch_section,
 )
 from workers.jsonfile import read_json
+from workers.result import (
+    NOT_FOUND,
+    DeterminationJson,
+    DeterminationKey,
+    MeasuredResult,
+    NumberInputJson,
+    NumberMetric,
+    ResultDocument,
+    SexInputJson,
+    TissueJson,
+    TissueKey,
+    check_result,
+)
 
 log = logging.getLogger("bodycomp.batch")
 
 CSV = "results.csv"
 PARQUET = "results.parquet"
 #: Column prefix and result.json key of each tissue.
-TISSUES = (("sm", "skeletal_muscle"), ("imat", "imat"), ("vat", "vat"), ("sat", "sat"))
+TISSUES: tuple[tuple[str, TissueKey], ...] = (
+    ("sm", "skeletal_muscle"),
+    ("imat", "imat"),
+    ("vat", "vat"),
+    ("sat", "sat"),
+)
+#: The number metrics of the table, in column order.
+METRICS: tuple[NumberMetric, ...] = (
+    "smi_cm2_m2",
+    "sati_cm2_m2",
+    "vati_cm2_m2",
+    "bmi",
+    "vat_sat_ratio",
+    "imat_percent",
+    "waist_circumference_cm",
+)
+VERDICTS: tuple[DeterminationKey, ...] = ("lsmm", "myosteatosis", "high_vsr")
 #: result.json's name of a value from the DICOM header; the table writes ``dicom`` (the other
 #: sources, ``heights-file`` and ``command line``, as they are).
 DICOM_HEADER = "dicom-header"
@@ -56,7 +85,7 @@ class TissueValues:
     sd_hu: float | None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TissueValues:
+    def from_json(cls, data: TissueJson) -> TissueValues:
         return cls(data["area_cm2"], data["mean_hu"], data["sd_hu"])
 
 
@@ -68,7 +97,7 @@ class Verdict:
     status: str
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Verdict:
+    def from_json(cls, data: DeterminationJson) -> Verdict:
         return cls(data["value"], data["status"])
 
 
@@ -80,7 +109,7 @@ class PatientValue:
     source: str
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PatientValue:
+    def from_json(cls, data: NumberInputJson | SexInputJson) -> PatientValue:
         source = data["source"] if data["raw"] is not None and data["source"] else ""
         return cls(data["value"], "dicom" if source == DICOM_HEADER else source)
 
@@ -108,7 +137,7 @@ class Measurement:
     segmenter: str
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Measurement:
+    def from_json(cls, data: MeasuredResult) -> Measurement:
         l3, qc, metrics = data["l3"], data["qc"], data["metrics"]
         return cls(
             slice_index=int(l3["slice_index"]),
@@ -122,26 +151,14 @@ class Measurement:
             qc_flags=tuple(qc["flags"]),
             qc_reasons=tuple(qc["reasons"]),
             tissues={name: TissueValues.from_json(data["tissues"][name]) for _, name in TISSUES},
-            metrics={
-                name: metrics[name]
-                for name in (
-                    "smi_cm2_m2",
-                    "sati_cm2_m2",
-                    "vati_cm2_m2",
-                    "bmi",
-                    "vat_sat_ratio",
-                    "imat_percent",
-                    "waist_circumference_cm",
-                )
-            },
+            metrics={name: metrics[name] for name in METRICS},
             # an optional key: present only when SMI could not be computed
             smi_missing_reason=metrics["reasons"].get("smi_cm2_m2"),
-            verdicts={
-                name: Verdict.from_json(metrics[name]) for name in ("lsmm", "myosteatosis", "high_vsr")
-            },
+            verdicts={name: Verdict.from_json(metrics[name]) for name in VERDICTS},
             patient={
-                name: PatientValue.from_json(data["patient_inputs"][name])
-                for name in ("height_m", "weight_kg", "sex")
+                "height_m": PatientValue.from_json(data["patient_inputs"]["height_m"]),
+                "weight_kg": PatientValue.from_json(data["patient_inputs"]["weight_kg"]),
+                "sex": PatientValue.from_json(data["patient_inputs"]["sex"]),
             },
             segmenter=str(data["segmentation"]["segmenter"]),
         )
@@ -164,15 +181,17 @@ class ResultRecord:
     batch: BatchSection
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], batch: BatchSection) -> ResultRecord:
-        found = data["l3"] is not None
-        search = data["l3"] if found else data["l3_search"]
+    def from_json(cls, data: ResultDocument, batch: BatchSection) -> ResultRecord:
+        if data["status"] == NOT_FOUND:
+            levels_seen, reason, measurement = data["l3_search"]["levels_seen"], data["reason"], None
+        else:
+            levels_seen, reason, measurement = data["l3"]["levels_seen"], None, Measurement.from_json(data)
         return cls(
             status=str(data["status"]),
             series_uid=data["input"]["chosen_series_instance_uid"],
-            levels_seen=tuple(search["levels_seen"]),
-            l3_not_found_reason=None if found else str(data["reason"]),
-            measurement=Measurement.from_json(data) if found else None,
+            levels_seen=tuple(levels_seen),
+            l3_not_found_reason=reason,
+            measurement=measurement,
             rule_set=str(data["rule_set"]["id"]),
             hu_preset=str(data["hu_preset"]["id"]),
             bodycomp_version=str(data["bodycomp_version"]),
@@ -302,8 +321,8 @@ def _measured(row: dict[str, Any], m: Measurement) -> None:
         smi_missing_reason=m.smi_missing_reason,
         segmenter=m.segmenter,
     )
-    for prefix, name in TISSUES:
-        tissue = m.tissues[name]
+    for prefix, key in TISSUES:
+        tissue = m.tissues[key]
         row[f"{prefix}_area_cm2"] = tissue.area_cm2
         row[f"{prefix}_mean_hu"] = tissue.mean_hu
         row[f"{prefix}_sd_hu"] = tissue.sd_hu
@@ -348,7 +367,7 @@ def read_record(study_dir: Path) -> ResultRecord | FailureRecord | None:
     section = batch_section(result) if result is not None else None
     if result is not None and section is not None:
         try:
-            return ResultRecord.from_json(result, section)
+            return ResultRecord.from_json(check_result(result, str(study_dir / RESULT)), section)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning(
                 "event=result_unreadable study=%s error=%s: %s", section.study_key, type(exc).__name__, exc

@@ -16,7 +16,6 @@ under the same data directory:
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,40 +23,52 @@ import numpy as np
 
 from workers.corrections.reader_seg import read_reader_seg
 from workers.corrections.revision import LEVEL, OUTLINE, CorrectionSpec, Revision, kept_qc
+from workers.errors import InputError
 from workers.pipeline import AnalysisOptions, PatientOverrides
+from workers.result import NOT_FOUND, PatientValuesJson, ResultDocument, ResultFileError, read_result
 
 #: The superseded job's files the correction reads (see :mod:`workers.tasks`).
 PREVIOUS_RESULT, PREVIOUS_LABELS = "out/result.json", "out/l3_labels.npy"
 
 
-def _previous_result(data_dir: Path, spec: CorrectionSpec) -> dict[str, Any] | None:
+def _previous_result(data_dir: Path, spec: CorrectionSpec) -> ResultDocument | None:
+    """The superseded result (None: none named, or its folder has no ``result.json``).
+
+    Raises :class:`InputError` naming the key when it has one but not a result document: a
+    correction must not go on as if the earlier result had measured nothing."""
     if spec.previous_job_dir is None:
         return None
+    path = data_dir / spec.previous_job_dir / PREVIOUS_RESULT
+    if not path.exists():
+        return None
     try:
-        data = json.loads((data_dir / spec.previous_job_dir / PREVIOUS_RESULT).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        return read_result(path)
+    except ResultFileError as exc:
+        raise InputError(f"the result to correct is unreadable: {exc}") from None
 
 
-def _previous_slice(previous: dict[str, Any] | None) -> str | None:
+def _previous_slice(previous: ResultDocument | None) -> str | None:
     """The SOP Instance UID of the superseded result's one analysed slice (None: several or none)."""
-    slices = (previous or {}).get("slices") or []
-    if len(slices) != 1:
+    if previous is None or previous["status"] == NOT_FOUND or len(previous["slices"]) != 1:
         return None
-    uid = slices[0].get("sop_instance_uid")
+    uid = previous["slices"][0].get("sop_instance_uid")  # (absent for NIfTI input)
     return str(uid) if uid else None
 
 
-def _patient_values(spec: CorrectionSpec, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+def _patient_values(spec: CorrectionSpec, previous: ResultDocument | None) -> PatientValuesJson | None:
     """The patient values this correction gives, over those earlier corrections gave (None: none)."""
-    earlier = ((previous or {}).get("correction") or {}).get("patient_values") or {}
-    given = {"height_m": spec.height_m, "weight_kg": spec.weight_kg, "sex": spec.sex}
-    merged = {k: v if v is not None else earlier.get(k) for k, v in given.items()}
-    if all(v is None for v in merged.values()):
+    earlier = None
+    if previous is not None and previous["status"] != NOT_FOUND:
+        correction = previous.get("correction")  # (only a corrected result has one)
+        earlier = None if correction is None else correction["patient_values"]
+    height = spec.height_m if spec.height_m is not None else earlier["height_m"] if earlier else None
+    weight = spec.weight_kg if spec.weight_kg is not None else earlier["weight_kg"] if earlier else None
+    sex = spec.sex if spec.sex is not None else earlier["sex"] if earlier else None
+    if height is None and weight is None and sex is None:
         return None
-    source = spec.source if any(v is not None for v in given.values()) else earlier.get("source", spec.source)
-    return {**merged, "source": source}
+    given = spec.height_m is not None or spec.weight_kg is not None or spec.sex is not None
+    source = spec.source if given or earlier is None else earlier["source"]
+    return {"height_m": height, "weight_kg": weight, "sex": sex, "source": source}
 
 
 def correction_options(
@@ -93,7 +104,8 @@ def correction_options(
             changes["slice_sop_uid"] = uid
             changes["labels"] = np.load(stored)
             changes["labels_source"] = "stored masks of the superseded result"
-    level_kept = LEVEL not in kinds and previous is not None and previous.get("l3")
+    previous_l3 = None if previous is None or previous["status"] == NOT_FOUND else previous["l3"]
+    level_kept = LEVEL not in kinds and previous_l3 is not None
     changes["revision"] = Revision(
         key=spec.key,
         description=dataclasses.replace(spec, kinds=tuple(kinds)).describe(),
@@ -101,7 +113,7 @@ def correction_options(
         source_instance_uid=spec.source_instance_uid,
         predecessor_sr=spec.previous_sr_uids,
         kept_qc=kept_qc(previous, tuple(kinds)),
-        previous_l3=dict(previous["l3"]) if level_kept and previous is not None else None,
+        previous_l3=previous_l3 if level_kept else None,
         patient_values=patient,
     )
     return dataclasses.replace(options, slices=1, **changes)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workers.result import NOT_FOUND, CorrectionJson, L3Json, PatientValuesJson, ResultDocument
+
 #: What a correction can change, as ``job.json`` and ``result.json`` name it.
 LEVEL, OUTLINE, PATIENT = "level", "outline", "patient"
 #: Words for each kind in the SR and in ``bodycomp status``.
@@ -100,13 +102,13 @@ class Revision:
     """(Study, Series, SOP Instance, SOP Class UID) of the SR this one supersedes."""
     kept_qc: tuple[tuple[str, str], ...] = field(default=())
     """(flag, reason) of the predecessor's QC that still apply."""
-    previous_l3: dict[str, Any] | None = field(default=None, compare=False)
+    previous_l3: L3Json | None = field(default=None, compare=False)
     """The predecessor's ``l3`` (how the level was found), kept when the level is not corrected."""
-    patient_values: dict[str, Any] | None = field(default=None, compare=False)
+    patient_values: PatientValuesJson | None = field(default=None, compare=False)
     """Height, weight, sex given by this or an earlier correction, and by whom: a later correction
     (another slice, a reader's outline) keeps them rather than going back to the header's."""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> CorrectionJson:
         return {
             "description": self.description,
             "kinds": list(self.kinds),
@@ -117,12 +119,15 @@ class Revision:
         }
 
 
-def kept_qc(previous_result: dict[str, Any] | None, kinds: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    """The predecessor's QC (flag, reason) pairs a correction of ``kinds`` leaves standing."""
-    qc = (previous_result or {}).get("qc") or {}
+def kept_qc(previous_result: ResultDocument | None, kinds: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The predecessor's QC (flag, reason) pairs a correction of ``kinds`` leaves standing (none
+    when there is no predecessor or it was not measured: L3 not found)."""
+    if previous_result is None or previous_result["status"] == NOT_FOUND:
+        return ()
+    qc = previous_result["qc"]
     replaced = tuple(p for k in kinds for p in REPLACED_REASONS.get(k, ()))
     kept = []
-    for flag, reason in zip(qc.get("flags") or [], qc.get("reasons") or [], strict=False):
+    for flag, reason in zip(qc["flags"], qc["reasons"], strict=False):
         if not str(reason).startswith(replaced) and not str(reason).startswith("correction:"):
             kept.append((str(flag), str(reason)))
     return tuple(kept)

@@ -14,6 +14,8 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from workers.result import TissueKey
+
 PRIVATE_SCHEME = "99BODYCOMP"
 PRIVATE_SCHEME_NAME = "bodycomp body composition concepts"
 PRIVATE_SCHEME_VERSION = "1"
@@ -42,7 +44,7 @@ def coding_scheme_identification() -> Dataset:
 class TissueCodes:
     """How one tissue is described in SEG and SR."""
 
-    key: str
+    key: TissueKey
     """result.json key: skeletal_muscle, imat, vat, sat."""
     label: int
     """Value in the label image and segment number in the SEG."""

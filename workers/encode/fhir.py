@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +28,7 @@ from highdicom.sr import CodedConcept
 
 import workers.encode.codes as c
 from workers.encode.report_items import Quantity, report_items
+from workers.result import MeasuredResult
 
 #: FHIR code system URIs of the coding schemes used by bodycomp.
 SYSTEMS = {
@@ -82,7 +82,7 @@ def _date(study_date: str) -> str | None:
         return None
 
 
-def build_fhir(result: Mapping[str, Any], context: FhirContext, now: float | None = None) -> dict[str, Any]:
+def build_fhir(result: MeasuredResult, context: FhirContext, now: float | None = None) -> dict[str, Any]:
     """The Bundle (a JSON-ready dict)."""
     items = report_items(result)
     issued = dt.datetime.fromtimestamp(

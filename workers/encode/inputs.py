@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +11,7 @@ from pydicom.dataset import Dataset
 
 from workers.corrections.revision import Revision
 from workers.encode.uids import OutputIdentity
+from workers.result import MeasuredResult
 
 MANUFACTURER = "bodycomp"
 MODEL_NAME = "bodycomp L3 body composition"
@@ -26,7 +26,7 @@ class EncodeInput:
     labels: npt.NDArray[np.uint8]
     """(n, rows, cols) label images in each source instance's own pixel grid: 0 other, 1 SM,
     2 IMAT, 3 VAT, 4 SAT."""
-    result: Mapping[str, Any]
+    result: MeasuredResult
     """The analysis result (result.json): tissues, metrics, patient inputs, rule set, preset, QC."""
     overlay_rgb: npt.NDArray[np.uint8]
     """The colour overlay picture (rows, cols, 3) for the secondary capture."""

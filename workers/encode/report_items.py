@@ -8,13 +8,13 @@ Why one list: the ORU, the FHIR resources and the SR must say the same thing wit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from highdicom.sr import CodedConcept
 
 import workers.encode.codes as c
+from workers.result import DeterminationKey, MeasuredResult, NumberMetric
 
 
 @dataclass(frozen=True)
@@ -60,26 +60,29 @@ class ReportItems:
 
 
 #: Derived metrics reported, with their concept and unit (result.json ``metrics`` keys).
-METRICS: tuple[tuple[str, CodedConcept, CodedConcept], ...] = (
+METRICS: tuple[tuple[NumberMetric, CodedConcept, CodedConcept], ...] = (
     ("smi_cm2_m2", c.SMI, c.UNIT_CM2_PER_M2),
     ("bmi", c.BMI, c.UNIT_KG_PER_M2),
     ("vat_sat_ratio", c.VAT_SAT_RATIO, c.UNIT_RATIO),
     ("imat_percent", c.IMAT_PERCENT, c.UNIT_PERCENT),
     ("waist_circumference_cm", c.WAIST, c.UNIT_CM),
 )
-VERDICTS: tuple[tuple[str, CodedConcept], ...] = (("lsmm", c.LSMM), ("myosteatosis", c.MYOSTEATOSIS))
+VERDICTS: tuple[tuple[DeterminationKey, CodedConcept], ...] = (
+    ("lsmm", c.LSMM),
+    ("myosteatosis", c.MYOSTEATOSIS),
+)
 
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def report_items(result: Mapping[str, Any]) -> ReportItems:
+def report_items(result: MeasuredResult) -> ReportItems:
     """The reported values of ``result`` (a done analysis' ``result.json``)."""
-    tissues_json: Mapping[str, Any] = result["tissues"]
+    tissues_json = result["tissues"]
     tissues = []
     for tissue in c.TISSUES:
-        entry: Mapping[str, Any] = tissues_json[tissue.key]
+        entry = tissues_json[tissue.key]
         area = _number(entry["area_cm2"])
         if area is None:
             continue
@@ -95,25 +98,25 @@ def report_items(result: Mapping[str, Any]) -> ReportItems:
                 else Quantity(f"{prefix}.sd_hu", c.STANDARD_DEVIATION, sd, c.UNIT_HU),
             )
         )
-    metrics: Mapping[str, Any] = result["metrics"]
+    metrics = result["metrics"]
     quantities = [
         Quantity(f"metrics.{key}", concept, value, unit)
         for key, concept, unit in METRICS
         if (value := _number(metrics[key])) is not None
     ]
-    inputs: Mapping[str, Any] = result["patient_inputs"]
+    inputs = result["patient_inputs"]
     sources = []
-    for key, concept, unit in (
-        ("height_m", c.BODY_HEIGHT, c.UNIT_M),
-        ("weight_kg", c.BODY_WEIGHT, c.UNIT_KG),
+    for key, given, concept, unit in (
+        ("height_m", inputs["height_m"], c.BODY_HEIGHT, c.UNIT_M),
+        ("weight_kg", inputs["weight_kg"], c.BODY_WEIGHT, c.UNIT_KG),
     ):
-        value = _number(inputs[key]["value"])
+        value = _number(given["value"])
         if value is not None:
             quantities.append(Quantity(f"patient_inputs.{key}.value", concept, value, unit))
-            sources.append(str(inputs[key]["source"]))
+            sources.append(str(given["source"]))
     verdicts = []
     for key, concept in VERDICTS:
-        determination: Mapping[str, Any] = metrics[key]
+        determination = metrics[key]
         flag = determination["value"]
         answer = c.UNDETERMINED if flag is None else c.PRESENT if flag else c.ABSENT
         verdicts.append(

@@ -62,7 +62,7 @@ def _algorithm_type(data: EncodeInput) -> hd.seg.SegmentAlgorithmTypeValues:
 
 
 def build_segmentation(data: EncodeInput) -> hd.seg.Segmentation:
-    preset = str(data.result.get("hu_preset", {}).get("id", data.identity.preset))
+    preset = str(data.result["hu_preset"]["id"])
     algorithm = algorithm_identification(data.version, preset)
     descriptions = [
         hd.seg.SegmentDescription(

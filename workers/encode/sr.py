@@ -36,7 +36,7 @@ copies the SEG frame number onto the single-frame CT reference, which dciodvfy r
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
@@ -48,6 +48,7 @@ import workers.encode.codes as c
 from workers.encode.contours import deepest_point, largest_outline, polyline_length_mm, to_scoord
 from workers.encode.inputs import MANUFACTURER, MODEL_NAME, EncodeInput
 from workers.encode.seg import ALGORITHM_NAME
+from workers.result import MeasuredResult
 
 OHIF_ARROW = "Cornerstone3DTools@^0.1.0:ArrowAnnotate"
 #: The "Activity Session" text of the two groups of each tissue, so that a reader of the SR's
@@ -202,13 +203,13 @@ def _tissue_groups(
     central = data.central
     ct_class, ct_uid = str(central.SOPClassUID), str(central.SOPInstanceUID)
     l3 = [hd.sr.FindingSite(c.L3_VERTEBRA)]
-    tissues: Mapping[str, Any] = data.result.get("tissues", {})
+    tissues = data.result["tissues"]
     groups: list[Any] = []
     labels = data.labels[data.central_index]
-    needs_review = (data.result.get("qc") or {}).get("status", "review") != "ok"
+    needs_review = data.result["qc"]["status"] != "ok"
     for tissue in c.TISSUES:
-        values = tissues.get(tissue.key, {})
-        area, mean, sd = (_number(values.get(k)) for k in ("area_cm2", "mean_hu", "sd_hu"))
+        values = tissues[tissue.key]
+        area, mean, sd = _number(values["area_cm2"]), _number(values["mean_hu"]), _number(values["sd_hu"])
         empty = "no pixels of this tissue"
         marker = _marker(data, deepest_point(labels == tissue.label) or deepest_point(labels > 0))
         tracking_uid = data.identity.uid(f"tracking/{tissue.key}")
@@ -298,43 +299,52 @@ def viewer_label(name: str, area_cm2: float | None, mean_hu: float | None, revie
     return f"{name}: {area}, mean {mean}" + (" (QC: review)" if review else "")
 
 
-def patient_inputs(result: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class UsedInputs:
     """Height, weight, sex actually used (after plausibility checks) and where they came from."""
-    raw: Mapping[str, Any] = result.get("patient_inputs", {})
-    used: dict[str, Any] = {}
-    sources = []
-    for key in ("height_m", "weight_kg", "sex"):
-        entry = raw.get(key, {})
-        value = entry.get("value") if isinstance(entry, Mapping) else entry
-        used[key] = value
-        if isinstance(entry, Mapping) and entry.get("source") and value is not None:
-            sources.append(str(entry["source"]))
-    used["source"] = ", ".join(sorted(set(sources))) or "none"
-    return used
+
+    height_m: float | None
+    weight_kg: float | None
+    sex: str | None
+    source: str
+    """The sources of the values used, joined (``none`` when none was used)."""
+
+
+def used_inputs(result: MeasuredResult) -> UsedInputs:
+    """The patient values of ``result`` the metrics used, and from where."""
+    given = result["patient_inputs"]
+    height, weight, sex = given["height_m"], given["weight_kg"], given["sex"]
+    sources = [
+        str(entry["source"])
+        for entry in (height, weight, sex)
+        if entry["source"] and entry["value"] is not None
+    ]
+    source = ", ".join(sorted(set(sources))) or "none"
+    return UsedInputs(_number(height["value"]), _number(weight["value"]), sex["value"], source)
 
 
 def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) -> Any:
-    metrics: Mapping[str, Any] = data.result.get("metrics", {})
-    patient = patient_inputs(data.result)
-    rule_set = str(data.result.get("rule_set", {}).get("id", data.identity.rule_set))
+    metrics = data.result["metrics"]
+    patient = used_inputs(data.result)
+    rule_set = str(data.result["rule_set"]["id"])
     l3 = [hd.sr.FindingSite(c.L3_VERTEBRA)]
-    height, weight = _number(patient.get("height_m")), _number(patient.get("weight_kg"))
+    height, weight = patient.height_m, patient.weight_kg
     no_height = "height not recorded or implausible" if height is None else "not available"
     no_weight = "weight not recorded" if weight is None else no_height
     section = _region(data, data.labels[data.central_index] > 0)
     group = _Group()
     group.add(
         c.SMI,
-        _number(metrics.get("smi_cm2_m2")),
+        _number(metrics["smi_cm2_m2"]),
         c.UNIT_CM2_PER_M2,
         sites=l3,
         reason=no_height,
         coordinates=section,
     )
-    group.add(c.BMI, _number(metrics.get("bmi")), c.UNIT_KG_PER_M2, reason=no_weight)
+    group.add(c.BMI, _number(metrics["bmi"]), c.UNIT_KG_PER_M2, reason=no_weight)
     group.add(
         c.VAT_SAT_RATIO,
-        _number(metrics.get("vat_sat_ratio")),
+        _number(metrics["vat_sat_ratio"]),
         c.UNIT_RATIO,
         sites=l3,
         reason="no SAT",
@@ -342,7 +352,7 @@ def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) 
     )
     group.add(
         c.IMAT_PERCENT,
-        _number(metrics.get("imat_percent")),
+        _number(metrics["imat_percent"]),
         c.UNIT_PERCENT,
         sites=l3,
         reason="no muscle",
@@ -350,7 +360,7 @@ def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) 
     )
     group.add(
         c.WAIST,
-        _number(metrics.get("waist_circumference_cm")),
+        _number(metrics["waist_circumference_cm"]),
         c.UNIT_CM,
         sites=l3,
         reason="body outline truncated",
@@ -359,20 +369,16 @@ def _derived_group(data: EncodeInput, algorithm: hd.sr.AlgorithmIdentification) 
     group.add(c.BODY_HEIGHT, height, c.UNIT_M, reason="not recorded")
     group.add(c.BODY_WEIGHT, weight, c.UNIT_KG, reason="not recorded")
 
-    def flag(key: str) -> bool | None:
-        value = metrics.get(key)
-        return value.get("value") if isinstance(value, Mapping) else None
-
-    sex = str(patient.get("sex") or "").upper()
+    sex = str(patient.sex or "").upper()
     sex_code = {
         "M": hd.sr.CodedConcept("248153007", "SCT", "Male"),
         "F": hd.sr.CodedConcept("248152002", "SCT", "Female"),
     }
-    source = str(patient.get("source") or "none")
+    source = patient.source
     evaluations = [
         *group.missing,
-        _qualitative(c.LSMM, flag("lsmm")),
-        _qualitative(c.MYOSTEATOSIS, flag("myosteatosis")),
+        _qualitative(c.LSMM, metrics["lsmm"]["value"]),
+        _qualitative(c.MYOSTEATOSIS, metrics["myosteatosis"]["value"]),
         hd.sr.QualitativeEvaluation(
             name=hd.sr.CodedConcept("46098-0", "LN", "Sex"), value=sex_code.get(sex, c.UNDETERMINED)
         ),
@@ -403,7 +409,7 @@ def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
     )
 
 
-def quality_evaluations(result: Mapping[str, Any]) -> hd.sr.ContainerContentItem:
+def quality_evaluations(result: MeasuredResult) -> hd.sr.ContainerContentItem:
     """TID 1500's document-level "Qualitative Evaluations": the QC verdict and its reasons, the
     level, how it was found and how sure, and the slice, for a reader who opens only the SR.
 
@@ -412,9 +418,8 @@ def quality_evaluations(result: Mapping[str, Any]) -> hd.sr.ContainerContentItem
     CODE items carry the verdict and the level (a machine can select on them), TEXT items the
     reasons, in the words ``bodycomp status`` and the overlay use.
     """
-    qc: Mapping[str, Any] = result.get("qc") or {}
-    l3: Mapping[str, Any] = result.get("l3") or {}
-    review = qc.get("status") != "ok"
+    qc, l3 = result["qc"], result["l3"]
+    review = qc["status"] != "ok"
     items: list[hd.sr.ContentItem] = [
         hd.sr.CodeContentItem(
             name=c.QC_VERDICT,
@@ -422,29 +427,25 @@ def quality_evaluations(result: Mapping[str, Any]) -> hd.sr.ContainerContentItem
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     ]
-    items += [_text(c.QC_REASON, str(reason)) for reason in qc.get("reasons") or []]
+    items += [_text(c.QC_REASON, str(reason)) for reason in qc["reasons"]]
     items.append(
         hd.sr.CodeContentItem(
             name=c.FINDING_SITE, value=c.L3_VERTEBRA, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
         )
     )
-    method = str(l3.get("method") or "unknown")
+    method = str(l3["method"] or "unknown")
     items.append(_text(c.LEVEL_METHOD, method))
-    confidence = _number(l3.get("confidence"))
-    if confidence is not None and not l3.get("manual"):
+    confidence = _number(l3["confidence"])
+    if confidence is not None and not l3["manual"]:
         items.append(_text(c.LEVEL_CONFIDENCE, f"{confidence:.2f}"))
-    slices = [s for s in result.get("slices") or [] if isinstance(s, Mapping)]
-    for slice_ in slices:
-        where = f"z = {slice_['z_mm']} mm" if "z_mm" in slice_ else ""
-        number = f"instance {slice_['instance_number']}" if slice_.get("instance_number") else ""
-        uid = f"SOP Instance UID {slice_['sop_instance_uid']}" if slice_.get("sop_instance_uid") else ""
-        text = ", ".join(part for part in (number, where, uid) if part)
-        if text:
-            items.append(_text(c.SLICE_ANALYSED, text))
-    correction: Mapping[str, Any] = result.get("correction") or {}
-    if correction:
-        items.append(_text(CORRECTION, str(correction.get("description") or "corrected")))
-        if correction.get("source_instance_uid"):
+    for slice_ in result["slices"]:
+        where = f"z = {slice_['z_mm']} mm"
+        uid = slice_.get("sop_instance_uid")  # (DICOM input only)
+        items.append(_text(c.SLICE_ANALYSED, where + (f", SOP Instance UID {uid}" if uid else "")))
+    correction = result.get("correction")  # (a corrected result only)
+    if correction is not None:
+        items.append(_text(CORRECTION, str(correction["description"] or "corrected")))
+        if correction["source_instance_uid"]:
             items.append(_text(CORRECTED_FROM, f"SOP Instance UID {correction['source_instance_uid']}"))
     container = hd.sr.ContainerContentItem(
         name=c.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydicom.uid import UID
 
 from workers.load.selection import SeriesCandidate
 from workers.load.volume import Volume
+from workers.result import InputJson, MeasuredResult
 
 
 def transfer_syntax_name(uid: str) -> str:
@@ -15,7 +14,7 @@ def transfer_syntax_name(uid: str) -> str:
     return name if name and name != uid else uid
 
 
-def describe(volume: Volume) -> dict[str, Any]:
+def describe(volume: Volume) -> InputJson:
     """Everything ``bodycomp inspect --json`` prints; no patient names or IDs."""
     return {
         "input": str(volume.source_path),
@@ -98,31 +97,34 @@ def format_text(volume: Volume) -> str:
     return "\n".join(lines)
 
 
-def summary_text(result: dict[str, Any]) -> str:
+def summary_text(result: MeasuredResult) -> str:
     """What ``bodycomp analyze`` prints: a few lines to check at a glance (result.json has all)."""
-    lines = [f"status: {result.get('status')}"]
-    l3 = result.get("l3") or {}
-    if l3:
-        lines.append(
-            f"L3: slice {l3.get('slice_index')} at z = {l3.get('z_mm')} mm, "
-            f"confidence {l3.get('confidence')}, method {l3.get('method')}"
-        )
-    for key, name in (("skeletal_muscle", "muscle"), ("imat", "IMAT"), ("vat", "VAT"), ("sat", "SAT")):
-        tissue = result.get("tissues", {}).get(key)
-        if tissue:
-            mean = tissue.get("mean_hu")
-            shown = "n/a" if mean is None else f"{mean:.1f}"
-            lines.append(f"  {name:7s} {tissue['area_cm2']:7.1f} cm²   mean {shown} HU")
-    metrics = result.get("metrics", {})
-    smi = metrics.get("smi_cm2_m2")
-    reason = metrics.get("reasons", {}).get("smi_cm2_m2", "no height")
-    lsmm = metrics.get("lsmm", {})
+    lines = [f"status: {result['status']}"]
+    l3 = result["l3"]
+    lines.append(
+        f"L3: slice {l3['slice_index']} at z = {l3['z_mm']} mm, "
+        f"confidence {l3['confidence']}, method {l3['method']}"
+    )
+    tissues = result["tissues"]
+    for tissue, name in (
+        (tissues["skeletal_muscle"], "muscle"),
+        (tissues["imat"], "IMAT"),
+        (tissues["vat"], "VAT"),
+        (tissues["sat"], "SAT"),
+    ):
+        mean = tissue["mean_hu"]
+        shown = "n/a" if mean is None else f"{mean:.1f}"
+        lines.append(f"  {name:7s} {tissue['area_cm2']:7.1f} cm²   mean {shown} HU")
+    metrics = result["metrics"]
+    smi = metrics["smi_cm2_m2"]
+    reason = metrics["reasons"].get("smi_cm2_m2", "no height")  # (only a missing value has a reason)
+    lsmm = metrics["lsmm"]
     lines.append(
         ("SMI: not computable (" + str(reason) + ")" if smi is None else f"SMI: {smi} cm²/m²")
-        + f"; low skeletal muscle mass: {lsmm.get('value')} ({lsmm.get('rule_set')})"
+        + f"; low skeletal muscle mass: {lsmm['value']} ({lsmm['rule_set']})"
     )
-    lines += [f"review: {reason}" for reason in result.get("qc", {}).get("reasons", [])]
-    files = result.get("files", {})
+    lines += [f"review: {reason}" for reason in result["qc"]["reasons"]]
+    files = result["files"]
     if "result_json" in files:
         lines.append(f"written: {files['result_json']} and the pictures beside it")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from pydicom.multival import MultiValue
 
 from workers.errors import NoSeriesError
 from workers.load.scan import DicomFile
+from workers.result import SeriesJson
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -167,7 +168,7 @@ class SeriesCandidate:
         in_band = 1 if spacing is not None and low - 1e-3 <= spacing <= high + 1e-3 else 0
         return (original, classify_kernel(self.kernel), in_band, round(self.coverage_mm, 1), self.n_slices)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> SeriesJson:
         return {
             "series_instance_uid": self.series_instance_uid,
             "series_number": self.series_number,

@@ -24,6 +24,7 @@ from workers.errors import InputError
 from workers.load.orientation import Orientation, orientation_code
 from workers.load.selection import SeriesCandidate
 from workers.load.stack import Gap
+from workers.result import HeaderPatientJson, VolumeJson
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class PatientInfo:
     sex: str | None = None
     source: str = "none"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> HeaderPatientJson:
         return {
             "height_m": self.height_m,
             "weight_kg": self.weight_kg,
@@ -198,7 +199,7 @@ class Volume:
             "dtype": str(self.hu.dtype),
         }
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> VolumeJson:
         """What ``inspect``/``analyze`` report about the loaded volume (no patient names or IDs)."""
         return {
             "source_kind": self.source_kind,

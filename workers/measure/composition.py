@@ -20,6 +20,7 @@ from skimage import measure
 
 from workers.measure.presets import WindowPreset, get_preset
 from workers.measure.rules import Determination, RuleSet, evaluate, get_rule_set
+from workers.result import Measurement, MetricsJson, PatientInputsJson, TissueJson
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT
 
 __all__ = [
@@ -57,7 +58,7 @@ class TissueStats:
     sd_hu: float | None
     pixels: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> TissueJson:
         return {
             "area_cm2": round(self.area_cm2, 3),
             "mean_hu": None if self.mean_hu is None else round(self.mean_hu, 2),
@@ -148,7 +149,7 @@ class PatientInputs:
             s = None
         return h, w, s, flags
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> PatientInputsJson:
         h, w, s, flags = self.validated()
         return {
             "height_m": {"value": h, "raw": self.height_m, "source": self.sources.get("height_m")},
@@ -175,7 +176,7 @@ class Metrics:
     reasons: dict[str, str]
     flags: list[str]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> MetricsJson:
         def r(x: float | None, nd: int = 2) -> float | None:
             return None if x is None else round(x, nd)
 
@@ -207,9 +208,15 @@ class BodyCompositionResult:
     inputs: PatientInputs
     n_slices: int = 1
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> Measurement:
+        t = self.tissues
         return {
-            "tissues": {k: v.to_json() for k, v in self.tissues.items()},
+            "tissues": {
+                "skeletal_muscle": t["skeletal_muscle"].to_json(),
+                "imat": t["imat"].to_json(),
+                "vat": t["vat"].to_json(),
+                "sat": t["sat"].to_json(),
+            },
             "metrics": self.metrics.to_json(),
             "hu_preset": self.preset.to_json(),
             "rule_set": self.rule_set.to_json(),

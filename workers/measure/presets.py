@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from workers.result import HuPresetJson, HuWindowJson
 from workers.versioned import lookup
 
 __all__ = ["DEFAULT_PRESET", "PRESETS", "HUWindow", "WindowPreset", "get_preset"]
@@ -34,7 +35,7 @@ class HUWindow:
         """Boolean mask of pixels inside the window (inclusive, like the reference tools)."""
         return (hu >= self.lo) & (hu <= self.hi)
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> HuWindowJson:
         return {"min_hu": float(self.lo), "max_hu": float(self.hi)}
 
 
@@ -62,7 +63,7 @@ class WindowPreset:
             min(self.sat.lo, self.vat.lo, self.imat.lo), max(self.sat.hi, self.vat.hi, self.imat.hi)
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> HuPresetJson:
         return {
             "id": self.id,
             "name": self.name,

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from workers.result import BranchesJson, CodeJson, CriterionJson, DeterminationJson, RuleSetJson
 from workers.versioned import lookup
 
 __all__ = [
@@ -83,7 +84,7 @@ class Criterion:
         op = {"<=": "≤", ">=": "≥"}.get(self.op, self.op)
         return f"{_MEASURE[self.finding]} {op} {self.value:g} {_UNITS[self.finding]} ({', '.join(parts)})"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> CriterionJson:
         return {
             "operator": self.op,
             "value": self.value,
@@ -114,7 +115,7 @@ class RuleSet:
     def findings(self) -> set[str]:
         return {c.finding for c in self.criteria}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RuleSetJson:
         return {
             "id": self.id,
             "citation": self.citation,
@@ -133,7 +134,7 @@ class Determination:
     rule_set: str
     status: Status
     reason: str
-    threshold: dict[str, Any] | None = None
+    threshold: CriterionJson | BranchesJson | None = None
     measured: float | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
 
@@ -146,8 +147,11 @@ class Determination:
         """(SCT code, meaning) for DICOM SR (CID 240); None when not computable."""
         return SCT_CODES[self.status]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> DeterminationJson:
         code = self.code
+        coded: CodeJson | None = (
+            None if code is None else {"scheme": "SCT", "value": code[0], "meaning": code[1]}
+        )
         return {
             "value": self.value,
             "status": self.status,
@@ -156,7 +160,7 @@ class Determination:
             "reason": self.reason,
             "measured": self.measured,
             "inputs": self.inputs,
-            "code": None if code is None else {"scheme": "SCT", "value": code[0], "meaning": code[1]},
+            "code": coded,
         }
 
 

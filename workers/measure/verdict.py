@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.result import QcJson, QcStatus
+
 #: Flags that only inform (recorded, but a reader need not look).
 INFORMATIONAL = {
     "contrast_enhanced",
@@ -34,7 +36,7 @@ FATAL = {"no_body", "no_spine_found"}
 
 @dataclass
 class QualityReport:
-    status: str = "ok"
+    status: QcStatus = "ok"
     reasons: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
 
@@ -48,7 +50,7 @@ class QualityReport:
         elif flag not in INFORMATIONAL and self.status == "ok":
             self.status = "review"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> QcJson:
         return {"status": self.status, "flags": self.flags, "reasons": self.reasons}
 
 

@@ -10,7 +10,7 @@ returns an RGB image (the caller may wrap it into DICOM SC).
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,15 @@ from PIL import Image, ImageDraw
 
 from workers.pictures.text import default_font as _font
 from workers.pictures.text import drawable
+from workers.result import (
+    CorrectionJson,
+    HuPresetJson,
+    Measurement,
+    MetricsJson,
+    QcJson,
+    TissueKey,
+    TissuesJson,
+)
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT
 
 __all__ = ["TISSUE_COLOURS", "render_overlay"]
@@ -47,12 +56,19 @@ TISSUE_COLOURS: dict[int, tuple[int, int, int]] = {
     LABEL_VAT: (0, 158, 115),  # bluish green
     LABEL_SAT: (86, 180, 233),  # sky blue
 }
-_NAMES = {
+_NAMES: dict[int, tuple[TissueKey, str]] = {
     LABEL_SM: ("skeletal_muscle", "SM"),
     LABEL_IMAT: ("imat", "IMAT"),
     LABEL_VAT: ("vat", "VAT"),
     LABEL_SAT: ("sat", "SAT"),
 }
+#: The preset's windows, in the order the panel lists them.
+_WINDOWS: tuple[tuple[TissueKey, str], ...] = (
+    ("skeletal_muscle", "SM"),
+    ("imat", "IMAT"),
+    ("vat", "VAT"),
+    ("sat", "SAT"),
+)
 LINE_COLOUR = (204, 121, 167)  # reddish purple: peritoneal line
 CORRECTION_COLOUR = (120, 200, 255)  # light blue: the note of a corrected result
 ALPHA = 0.5
@@ -71,23 +87,65 @@ def _fmt(x: Any, nd: int = 1) -> str:
     return str(x)
 
 
-def render_overlay(  # noqa: C901 (long: to split into named stages, issue #22)
+def render_overlay(
     hu: npt.NDArray[Any],
     labels: npt.NDArray[np.uint8],
     spacing_yx_mm: Sequence[float],
-    summary: Mapping[str, Any] | None,
+    summary: Measurement | None,
     path_or_none: str | Path | None = None,
     *,
+    qc: QcJson | None = None,
+    correction: CorrectionJson | None = None,
     peritoneal_contour_px: npt.NDArray[np.float64] | None = None,
     title: str = "bodycomp: body composition at L3",
 ) -> Image.Image:
     """Render the overlay; save it as PNG if a path is given; return the RGB image.
 
-    ``summary`` is the result.json-like dict (``tissues``, ``metrics``, ``hu_preset``, ``rule_set``,
-    optional ``qc``/``flags``/``slice``); missing parts are shown as n/a.
+    ``summary`` is what was measured (a :class:`workers.result.MeasuredResult` is one): tissues,
+    metrics, HU preset; None shows every value as n/a. ``qc`` is the verdict with its reasons
+    (without one, the metrics' flags are shown), ``correction`` what a corrected result corrects.
     """
     if hu.shape != labels.shape:
         raise ValueError("hu and labels must have the same shape")
+    pic = _picture(hu, labels, spacing_yx_mm, peritoneal_contour_px)
+    out_w, out_h = pic.size
+    panel_h = max(out_h, 470)
+    # room for any number of wrapped lines; cut to what was drawn at the end
+    canvas = Image.new("RGB", (out_w + PANEL_W, panel_h + 600), (0, 0, 0))
+    canvas.paste(pic, (0, 0))
+    panel = _Panel(ImageDraw.Draw(canvas), out_w + 12, 8)
+    panel.draw.text((panel.x, panel.y), title, fill=(255, 255, 255), font=_font(16))
+    panel.y += 26
+    drawn_line = peritoneal_contour_px is not None and len(peritoneal_contour_px) > 2
+    _tissue_table(panel, None if summary is None else summary["tissues"], drawn_line)
+    metrics = None if summary is None else summary["metrics"]
+    _metric_lines(panel, metrics)
+    _preset_lines(panel, None if summary is None else summary["hu_preset"])
+    _qc_lines(panel, qc, [] if metrics is None else metrics["flags"])
+    _correction_lines(panel, correction)
+    y = max(panel.y + 6, panel_h - 40)
+    small = panel.font
+    panel.draw.text(
+        (panel.x, y), "Automated measurement. Not for diagnostic", fill=(255, 200, 200), font=small
+    )
+    panel.draw.text(
+        (panel.x, y + 16), "use without review by a qualified reader.", fill=(255, 200, 200), font=small
+    )
+    canvas = canvas.crop((0, 0, canvas.width, y + 40))
+    if path_or_none is not None:
+        canvas.save(str(path_or_none), format="PNG")
+    return canvas
+
+
+def _picture(
+    hu: npt.NDArray[Any],
+    labels: npt.NDArray[np.uint8],
+    spacing_yx_mm: Sequence[float],
+    peritoneal_contour_px: npt.NDArray[np.float64] | None,
+) -> Image.Image:
+    """The slice in square millimetre pixels (:data:`TARGET_PX` on its longest side) with the
+    tissues blended in, the peritoneal line, the orientation letters and a 5 cm bar. Why
+    resampled: anisotropic pixels would distort the anatomy a reader checks."""
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
     h, w = hu.shape
     mm_per_px = max(h * dy, w * dx) / TARGET_PX
@@ -117,99 +175,104 @@ def render_overlay(  # noqa: C901 (long: to split into named stages, issue #22)
     y0 = out_h - 14
     draw.line([(10, y0), (10 + bar, y0)], fill=(255, 255, 255), width=3)
     draw.text((12, y0 - 17), "5 cm", fill=(255, 255, 255), font=small)
+    return pic
 
-    panel_h = max(out_h, 470)
-    # room for any number of wrapped lines; cut to what was drawn at the end
-    canvas = Image.new("RGB", (out_w + PANEL_W, panel_h + 600), (0, 0, 0))
-    canvas.paste(pic, (0, 0))
-    d = ImageDraw.Draw(canvas)
-    x = out_w + 12
-    y = 8
-    big = _font(16)
-    d.text((x, y), title, fill=(255, 255, 255), font=big)
-    y += 26
-    s = dict(summary or {})
-    tissues = s.get("tissues", {}) or {}
-    metrics = s.get("metrics", {}) or {}
-    d.text((x, y), "tissue     area cm2   mean HU", fill=(200, 200, 200), font=small)
-    y += 18
+
+class _Panel:
+    """The text panel right of the picture: where the next line goes."""
+
+    def __init__(self, draw: ImageDraw.ImageDraw, x: int, y: int) -> None:
+        self.draw, self.x, self.y = draw, x, y
+        self.font = _font(13)
+
+    def line(self, text: str, colour: tuple[int, int, int] = (255, 255, 255)) -> None:
+        self.draw.text((self.x, self.y), text, fill=colour, font=self.font)
+        self.y += 17
+
+
+def _tissue_table(panel: _Panel, tissues: TissuesJson | None, peritoneal_line: bool) -> None:
+    """Area and mean HU per tissue beside its colour, and the peritoneal line's key when drawn."""
+    d, x, small = panel.draw, panel.x, panel.font
+    d.text((x, panel.y), "tissue     area cm2   mean HU", fill=(200, 200, 200), font=small)
+    panel.y += 18
     for value in (LABEL_SM, LABEL_IMAT, LABEL_VAT, LABEL_SAT):
         key, short = _NAMES[value]
-        t = tissues.get(key, {}) or {}
-        d.rectangle([x, y + 2, x + 12, y + 14], fill=TISSUE_COLOURS[value], outline=(255, 255, 255))
+        t = None if tissues is None else tissues[key]
+        area, mean = (None, None) if t is None else (t["area_cm2"], t["mean_hu"])
+        d.rectangle(
+            [x, panel.y + 2, x + 12, panel.y + 14], fill=TISSUE_COLOURS[value], outline=(255, 255, 255)
+        )
         d.text(
-            (x + 18, y),
-            f"{short:<6} {_fmt(t.get('area_cm2')):>9}  {_fmt(t.get('mean_hu')):>8}",
+            (x + 18, panel.y),
+            f"{short:<6} {_fmt(area):>9}  {_fmt(mean):>8}",
             fill=(255, 255, 255),
             font=small,
         )
-        y += 18
-    if peritoneal_contour_px is not None and len(peritoneal_contour_px) > 2:  # only what is drawn
-        d.line([(x, y + 6), (x + 14, y + 6)], fill=LINE_COLOUR, width=2)
-        d.text((x + 18, y), "peritoneal line", fill=(255, 255, 255), font=small)
-        y += 6
-    y += 18
+        panel.y += 18
+    if peritoneal_line:  # only what is drawn
+        d.line([(x, panel.y + 6), (x + 14, panel.y + 6)], fill=LINE_COLOUR, width=2)
+        d.text((x + 18, panel.y), "peritoneal line", fill=(255, 255, 255), font=small)
+        panel.y += 6
+    panel.y += 18
 
-    def line(text: str, colour: tuple[int, int, int] = (255, 255, 255)) -> None:
-        nonlocal y
-        d.text((x, y), text, fill=colour, font=small)
-        y += 17
 
-    line(
-        f"SMI: {_fmt(metrics.get('smi_cm2_m2'))} cm2/m2"
-        + (
-            ""
-            if metrics.get("smi_cm2_m2") is not None
-            else f" ({(metrics.get('reasons') or {}).get('smi_cm2_m2', '')})"
-        )
+def _metric_lines(panel: _Panel, metrics: MetricsJson | None) -> None:
+    """SMI (or why not), BMI, VAT/SAT, IMAT %, waist, and the two verdicts with their rule set."""
+    if metrics is None:
+        panel.line("SMI: n/a cm2/m2 ()")
+        panel.line("BMI: n/a kg/m2   VAT/SAT: n/a")
+        panel.line("IMAT: n/a %   waist: n/a cm")
+        panel.line("Low muscle mass (LSMM): n/a")
+        panel.line("Myosteatosis: n/a")
+        return
+    smi = metrics["smi_cm2_m2"]
+    # (a reason is there only for a value that is missing)
+    panel.line(
+        f"SMI: {_fmt(smi)} cm2/m2"
+        + ("" if smi is not None else f" ({metrics['reasons'].get('smi_cm2_m2', '')})")
     )
-    line(f"BMI: {_fmt(metrics.get('bmi'))} kg/m2   VAT/SAT: {_fmt(metrics.get('vat_sat_ratio'), 2)}")
-    line(
-        f"IMAT: {_fmt(metrics.get('imat_percent'))} %   "
-        f"waist: {_fmt(metrics.get('waist_circumference_cm'))} cm"
+    panel.line(f"BMI: {_fmt(metrics['bmi'])} kg/m2   VAT/SAT: {_fmt(metrics['vat_sat_ratio'], 2)}")
+    panel.line(
+        f"IMAT: {_fmt(metrics['imat_percent'])} %   waist: {_fmt(metrics['waist_circumference_cm'])} cm"
     )
-    for key, label in (("lsmm", "Low muscle mass (LSMM)"), ("myosteatosis", "Myosteatosis")):
-        det = metrics.get(key) or {}
-        det_value = det.get("value")
-        status = det.get("status") or ("present" if det_value else "absent" if det_value is False else "n/a")
-        line(
-            f"{label}: {str(status).replace('_', ' ')}",
-            (255, 220, 120) if det.get("value") else (255, 255, 255),
+    for det, label in (
+        (metrics["lsmm"], "Low muscle mass (LSMM)"),
+        (metrics["myosteatosis"], "Myosteatosis"),
+    ):
+        panel.line(
+            f"{label}: {det['status'].replace('_', ' ')}",
+            (255, 220, 120) if det["value"] else (255, 255, 255),
         )
-        if det.get("rule_set"):
-            line(f"   rule set {det.get('rule_set')}", (200, 200, 200))
-    preset = s.get("hu_preset") or {}
-    pid = preset.get("id") if isinstance(preset, Mapping) else preset
-    line(f"HU preset: {pid or 'n/a'}", (200, 200, 200))
-    if isinstance(preset, Mapping) and preset.get("windows"):
-        wins = preset["windows"]
-        for k, short in (("skeletal_muscle", "SM"), ("imat", "IMAT"), ("vat", "VAT"), ("sat", "SAT")):
-            win = wins.get(k) or {}
-            line(f"   {short}: {win.get('min_hu')}..{win.get('max_hu')} HU", (170, 170, 170))
-    # the QC reasons are the readable form of the flags: show them, one per line, and the raw flags
-    # only when no reason was given (both at once printed "fov truncated, fov_truncated")
-    qc = s.get("qc") or {}
-    reasons = [str(r) for r in (qc.get("reasons") or [])]
+        if det["rule_set"]:
+            panel.line(f"   rule set {det['rule_set']}", (200, 200, 200))
+
+
+def _preset_lines(panel: _Panel, preset: HuPresetJson | None) -> None:
+    """The HU preset and its windows: the areas are only comparable with them."""
+    panel.line(f"HU preset: {'n/a' if preset is None else preset['id'] or 'n/a'}", (200, 200, 200))
+    if preset is not None and preset["windows"]:
+        for key, short in _WINDOWS:
+            win = preset["windows"][key]
+            panel.line(f"   {short}: {win['min_hu']}..{win['max_hu']} HU", (170, 170, 170))
+
+
+def _qc_lines(panel: _Panel, qc: QcJson | None, metric_flags: Sequence[str]) -> None:
+    """The verdict and its reasons, the readable form of the flags: shown one per line, and the
+    raw flags only when no reason was given (both at once printed "fov truncated, fov_truncated")."""
+    reasons = [str(r) for r in qc["reasons"]] if qc is not None else []
     if not reasons:
-        reasons = [str(f) for f in list(s.get("flags", []) or []) + list(metrics.get("flags", []) or [])]
+        reasons = [str(f) for f in metric_flags]
     reasons = list(dict.fromkeys(reasons))
-    if reasons or qc.get("status"):
-        line(f"QC: {qc.get('status') or 'review'}", (255, 160, 160))
+    if reasons or qc is not None:
+        panel.line(f"QC: {qc['status'] if qc is not None else 'review'}", (255, 160, 160))
         for text in qc_lines(reasons):
-            line(text, (255, 160, 160))
-    # a corrected result says so on the picture itself: a reader comparing two overlays in the
-    # study must see which one stands
-    correction = s.get("correction") or {}
-    if correction.get("description"):
-        line("Corrected result, supersedes the earlier one:", CORRECTION_COLOUR)
-        for text in qc_lines([str(correction["description"])]):
-            line(text, CORRECTION_COLOUR)
-    if s.get("slice") is not None:
-        line(f"slice: {s.get('slice')}", (200, 200, 200))
-    y = max(y + 6, panel_h - 40)
-    d.text((x, y), "Automated measurement. Not for diagnostic", fill=(255, 200, 200), font=small)
-    d.text((x, y + 16), "use without review by a qualified reader.", fill=(255, 200, 200), font=small)
-    canvas = canvas.crop((0, 0, canvas.width, y + 40))
-    if path_or_none is not None:
-        canvas.save(str(path_or_none), format="PNG")
-    return canvas
+            panel.line(text, (255, 160, 160))
+
+
+def _correction_lines(panel: _Panel, correction: CorrectionJson | None) -> None:
+    """A corrected result says so on the picture itself: a reader comparing two overlays in the
+    study must see which one stands."""
+    if correction is not None and correction["description"]:
+        panel.line("Corrected result, supersedes the earlier one:", CORRECTION_COLOUR)
+        for text in qc_lines([correction["description"]]):
+            panel.line(text, CORRECTION_COLOUR)
