@@ -22,7 +22,7 @@ from node.patients.sources import HL7_SOURCE, StudyIdentity, hl7_values, study_t
 from node.schedule.corrections import Correction, CorrectionError, request_correction
 from node.store.index import Index
 from workers.job import OUT
-from workers.jsonfile import read_json
+from workers.result import NOT_FOUND, ResultFileError, read_result
 
 log = logging.getLogger("bodycomp.late_height")
 
@@ -37,9 +37,16 @@ class LateValues:
 
 
 def _missing(result_path: Path) -> tuple[bool, bool] | None:
-    """(height missing, weight missing) in a result, None when there is no usable result."""
-    result = read_json(result_path)
-    if result is None or "patient_inputs" not in result:
+    """(height missing, weight missing) in a result, None when there is no usable result (none,
+    unreadable: logged, or L3 not found: no metrics a height could complete)."""
+    if not result_path.exists():
+        return None
+    try:
+        result = read_result(result_path)
+    except ResultFileError as exc:
+        log.warning("event=late_height_result_unreadable reason=%s", exc)
+        return None
+    if result["status"] == NOT_FOUND:
         return None
     inputs = result["patient_inputs"]
     return inputs["height_m"]["value"] is None, inputs["weight_kg"]["value"] is None
