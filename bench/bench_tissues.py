@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.phantoms import make_abdomen  # noqa: E402
 from workers.measure.composition import tissue_stats, waist_circumference_cm  # noqa: E402
-from workers.measure.presets import get_preset  # noqa: E402
 from workers.pictures.overlay import render_overlay  # noqa: E402
 from workers.tissues.engine import get_segmenter  # noqa: E402
+from workers.tissues.presets import get_preset  # noqa: E402
 
 CT = Path("/work/shared/data/example_ct/example_ct.nii.gz")
 

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workers.measure.composition import compute_result, tissue_stats, waist_circumference_cm  # noqa: E402
-from workers.measure.presets import get_preset  # noqa: E402
 from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter  # noqa: E402
+from workers.tissues.presets import get_preset  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import validate_tissues_realct as realct  # noqa: E402

@@ -16,7 +16,6 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from workers.load.source import load_series
-from workers.measure.presets import get_preset
 from workers.tissues.classical import ZONE_SAT, ZONE_SM, ZONE_VAT, _skin
 from workers.tissues.engine import (
     LABEL_IMAT,
@@ -26,6 +25,7 @@ from workers.tissues.engine import (
     TissueSegmentation,
     get_segmenter,
 )
+from workers.tissues.presets import get_preset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HCC = SHARED / "hcc_tace_seg_048"

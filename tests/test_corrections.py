@@ -312,7 +312,7 @@ def test_a_correction_has_its_own_uids_and_an_automatic_result_keeps_its_own() -
 
 
 def test_kept_qc_reasons_are_those_the_correction_does_not_touch() -> None:
-    from workers.corrections.revision import LEVEL, OUTLINE, PATIENT, kept_qc
+    from workers.revision import LEVEL, OUTLINE, PATIENT, kept_qc
 
     previous = {
         "status": "review",

@@ -2,6 +2,10 @@
 
 * No import circles between the modules of ``node`` and ``workers``: every import counts, those
   inside functions too (a local import hides a circle from Python, not from a reader).
+* No circles between their folders either: the folders draw the data path (``workers/load`` →
+  ``l3`` → ``tissues`` → ``measure`` → ``pictures`` → ``encode``; ``node/receive`` → ``store`` →
+  ``schedule`` → ``send``), so a folder never needs one that comes after it. A module directly
+  in ``node/`` or ``workers/`` (config, logs, job contract, result document) counts on its own.
 * The analysis (everything in ``workers`` but the Celery shell, :data:`CELERY_SHELL`) imports
   neither Celery, kombu, pynetdicom nor sockets, and of the node only :data:`NODE_ALLOWED`
   (redaction and the log set-up): it runs without the network, in a test, a notebook or
@@ -95,6 +99,26 @@ def test_no_import_circles_in_node_and_workers() -> None:
     assert _cycles(graph) == []
 
 
+def _folder(module: str) -> str:
+    """``node.receive.scp`` → ``node.receive``; a module directly in a top-level package (or the
+    package itself) stands for itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or (len(parts) == 2 and module in _folders()) else module
+
+
+def _folders() -> set[str]:
+    return {name for name, path in _modules().items() if path.name == "__init__.py" and name.count(".") == 1}
+
+
+def test_no_import_circles_between_folders() -> None:
+    folders: dict[str, set[str]] = {}
+    for module, targets in _graph().items():
+        edges = folders.setdefault(_folder(module), set())
+        edges.update(_folder(t) for t in targets if _folder(t) != _folder(module))
+    assert {"workers.load", "workers.measure", "node.receive", "node.send"} <= set(folders)
+    assert _cycles(folders) == []
+
+
 def test_the_circle_check_finds_a_circle() -> None:
     """The check itself: a circle of three, through a package, is reported."""
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
@@ -158,3 +182,24 @@ def test_sql_is_written_only_in_the_index() -> None:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
                 found.append(f"{name}:{node.lineno}")
     assert found == []
+
+
+#: What a receiving process must not load: the broker client and the analysis' heavy libraries
+#: (Pillow is not among them: pydicom imports it for its own pixel handling).
+RECEIVER_FORBIDDEN = ("celery", "kombu", "scipy", "skimage", "highdicom")
+
+
+def test_a_receiving_process_loads_no_broker_or_analysis_libraries() -> None:
+    """Each extra receiving process (``node.receivers`` > 1) is spawned fresh and imports the SCP:
+    before issue #22 it loaded the command line, Celery and the whole analysis stack with it,
+    ~1 s and tens of MB per process for nothing. In a fresh interpreter, as its spawn does."""
+    code = (
+        "import sys\n"
+        "import node.receive.processes, node.receive.scp\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(RECEIVER_FORBIDDEN)!r}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

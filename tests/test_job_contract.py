@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from workers.corrections.revision import CorrectionSpec
 from workers.job import JobSpec, JobState, Outcome, PatientValues
+from workers.revision import CorrectionSpec
 
 
 def test_a_job_spec_survives_json_and_the_broker_both_ways() -> None:

@@ -17,8 +17,8 @@ from workers.measure.composition import (
     tissue_stats,
     waist_circumference_cm,
 )
-from workers.measure.presets import PRESETS, get_preset
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT
+from workers.tissues.presets import PRESETS, get_preset
 
 
 def _stats(

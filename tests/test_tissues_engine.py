@@ -11,7 +11,6 @@ from PIL import Image
 from tests.phantoms import make_abdomen
 from workers.errors import UnknownNameError
 from workers.measure.composition import PatientInputs, compute_result, tissue_stats
-from workers.measure.presets import get_preset
 from workers.pictures.overlay import (
     ALPHA,
     PANEL_W,
@@ -29,6 +28,7 @@ from workers.tissues.engine import (
     get_segmenter,
     register_segmenter,
 )
+from workers.tissues.presets import get_preset
 
 
 class _Dummy:

@@ -19,11 +19,11 @@ from scipy import ndimage as ndi
 
 from tests.conftest import SHARED_DATA, validation_script
 from workers.load.source import load_series
-from workers.measure.presets import get_preset
 from workers.tissues.body import find_body
 from workers.tissues.bone import find_spine
 from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, TissueSegmentation, get_segmenter
 from workers.tissues.frame import FRAME_RULE, PatientFrame, Turn, find_frame
+from workers.tissues.presets import get_preset
 
 TISSUES = {"SM": LABEL_SM, "VAT": LABEL_VAT, "SAT": LABEL_SAT}
 ANGLES = (-15.0, -10.0, -5.0, 5.0, 10.0, 15.0)

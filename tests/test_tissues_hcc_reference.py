@@ -24,8 +24,8 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from workers.load.source import load_series
-from workers.measure.presets import get_preset
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
+from workers.tissues.presets import get_preset
 
 HCC = SHARED_DATA / "hcc_tace_seg_048"
 REFERENCE = HCC / "reference"

@@ -26,8 +26,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from tests.conftest import validation_script
-from workers.measure.presets import get_preset
 from workers.tissues.engine import LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
+from workers.tissues.presets import get_preset
 
 SLICES = (74, 86, 95)
 SPACING_MM = 3.0

@@ -14,8 +14,8 @@ import pytest
 
 from tests.phantoms import Phantom, make_abdomen, make_concentric
 from workers.measure.composition import tissue_stats
-from workers.measure.presets import get_preset
 from workers.tissues.engine import TissueSegmentation, get_segmenter
+from workers.tissues.presets import get_preset
 
 TISSUES = ("skeletal_muscle", "vat", "sat")
 

@@ -17,8 +17,8 @@ from scipy import ndimage as ndi
 
 from tests.conftest import validation_script
 from workers.measure.composition import PatientInputs, compute_result, tissue_stats, waist_circumference_cm
-from workers.measure.presets import get_preset
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT, get_segmenter
+from workers.tissues.presets import get_preset
 
 OFFSET = 82
 SPACING = (3.0, 3.0)

@@ -16,8 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from workers.corrections.revision import CorrectionSpec
 from workers.jsonfile import read_json
+from workers.revision import CorrectionSpec
 
 log = logging.getLogger("bodycomp.worker")
 T = TypeVar("T")

@@ -29,7 +29,6 @@ import numpy.typing as npt
 from PIL import Image
 
 from workers import __version__
-from workers.corrections.revision import LEVEL, Revision
 from workers.errors import InputError, NotInFieldOfViewError
 from workers.l3.engine import get_localiser
 from workers.l3.grid import TARGET_INPLANE_MM
@@ -46,7 +45,6 @@ from workers.measure.composition import (
     tissue_stats,
     waist_circumference_cm,
 )
-from workers.measure.presets import WindowPreset, get_preset
 from workers.measure.rules import RuleSet, get_rule_set
 from workers.measure.verdict import assess
 from workers.pictures.level import render_l3_qc
@@ -64,7 +62,9 @@ from workers.result import (
     SegmentationJson,
     SliceJson,
 )
+from workers.revision import LEVEL, Revision
 from workers.tissues.engine import TissueSegmentation, get_segmenter
+from workers.tissues.presets import WindowPreset, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class AnalysisOptions:
     labels_source: str = ""
     """Where ``labels`` come from, as ``result.json`` records it under ``segmentation``."""
     revision: Revision | None = None
-    """This analysis corrects an earlier result (:mod:`workers.corrections.revision`)."""
+    """This analysis corrects an earlier result (:mod:`workers.revision`)."""
 
     @property
     def manual_slice(self) -> bool:

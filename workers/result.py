@@ -18,7 +18,7 @@ missing. Only key presence (and that parts are objects and lists) is checked, no
 
 The shapes are those of the producers' ``to_json`` (:mod:`workers.l3.result`,
 :mod:`workers.tissues.result`, :mod:`workers.measure`, :mod:`workers.load.describe`,
-:mod:`workers.corrections.revision`) and of the pipeline's own parts. No
+:mod:`workers.revision`) and of the pipeline's own parts. No
 ``from __future__ import annotations`` here: Python 3.11 reads ``NotRequired`` only from
 evaluated annotations, and :func:`read_result` relies on ``__required_keys__``.
 """
@@ -109,7 +109,7 @@ class InputJson(TypedDict):
     hu_range: list[float]
 
 
-# --- presets and rule sets (workers.measure.presets, workers.measure.rules) ---------------------
+# --- presets and rule sets (workers.tissues.presets, workers.measure.rules) ---------------------
 
 
 class HuWindowJson(TypedDict):
@@ -125,7 +125,7 @@ class WindowsJson(TypedDict):
 
 
 class HuPresetJson(TypedDict):
-    """``hu_preset`` (:meth:`workers.measure.presets.WindowPreset.to_json`)."""
+    """``hu_preset`` (:meth:`workers.tissues.presets.WindowPreset.to_json`)."""
 
     id: str
     name: str
@@ -355,7 +355,7 @@ class PatientValuesJson(TypedDict):
 
 class CorrectionJson(TypedDict):
     """``correction`` of a result that corrects an earlier one
-    (:meth:`workers.corrections.revision.Revision.to_json`)."""
+    (:meth:`workers.revision.Revision.to_json`)."""
 
     description: str
     kinds: list[str]

@@ -37,13 +37,13 @@ from celery.signals import task_failure
 
 from workers.app import app
 from workers.corrections.options import correction_options
-from workers.corrections.revision import CorrectionSpec
 from workers.errors import BodycompError
 from workers.job import INPUT, OUT, OUTCOME, STARTED, JobSpec, JobState, Outcome, read_outcome
 from workers.jsonfile import read_json, write_json
 from workers.load.selection import SelectionPolicy
 from workers.load.stack import StackPolicy
 from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
+from workers.revision import CorrectionSpec
 
 log = logging.getLogger("bodycomp.worker")
 

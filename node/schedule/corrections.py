@@ -7,7 +7,7 @@ no sockets) that other parts of the node can call too (a new height from the hos
 
 It creates a job like any other (:mod:`node.schedule.dispatch`): a row in the index, a job folder with the
 series' instances linked into ``input/`` and ``job.json``, which carries the correction
-(:class:`workers.corrections.revision.CorrectionSpec`). The node's scheduler publishes it
+(:class:`workers.revision.CorrectionSpec`). The node's scheduler publishes it
 (:func:`node.schedule.dispatch.publish_waiting`, every tick), the worker runs it, and its outputs go to the
 destinations through the outbox like any result. The job's input hash is the series' hash mixed
 with the correction's key, so the same correction asked twice (a reader SR routed twice) is one
@@ -30,8 +30,8 @@ import pydicom
 from node.config import ConfigError, NodeSettings
 from node.schedule.dispatch import job_dir_for, job_flags, patient_fallbacks, prepare_job_dir
 from node.store.index import Index, input_hash
-from workers.corrections.revision import LEVEL, OUTLINE, PATIENT, CorrectionSpec
 from workers.job import OUT, JobSpec, JobState, read_outcome
+from workers.revision import LEVEL, OUTLINE, PATIENT, CorrectionSpec
 
 log = logging.getLogger("bodycomp.corrections")
 

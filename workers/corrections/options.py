@@ -1,6 +1,6 @@
 """A correction job's analysis options: the slice, the masks and the patient values it names.
 
-The node writes the correction into ``job.json`` (:class:`workers.corrections.revision.CorrectionSpec`); this
+The node writes the correction into ``job.json`` (:class:`workers.revision.CorrectionSpec`); this
 module turns it into :class:`workers.pipeline.AnalysisOptions` (a plain function: the Celery task
 stays a thin shell). The superseded result is read from its job folder, which the worker sees
 under the same data directory:
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from workers.corrections.reader_seg import read_reader_seg
-from workers.corrections.revision import LEVEL, OUTLINE, CorrectionSpec, Revision, kept_qc
 from workers.errors import InputError
 from workers.pipeline import AnalysisOptions, PatientOverrides
 from workers.result import NOT_FOUND, PatientValuesJson, ResultDocument, ResultFileError, read_result
+from workers.revision import LEVEL, OUTLINE, CorrectionSpec, Revision, kept_qc
 
 #: The superseded job's files the correction reads (see :mod:`workers.tasks`).
 PREVIOUS_RESULT, PREVIOUS_LABELS = "out/result.json", "out/l3_labels.npy"

@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from workers.corrections.revision import Revision
 from workers.encode.uids import OutputIdentity
 from workers.result import MeasuredResult
+from workers.revision import Revision
 
 MANUFACTURER = "bodycomp"
 MODEL_NAME = "bodycomp L3 body composition"

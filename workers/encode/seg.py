@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.sr.codedict import codes
 
-from workers.corrections.revision import OUTLINE
 from workers.encode.codes import TISSUES, coding_scheme_identification
 from workers.encode.inputs import MANUFACTURER, MODEL_NAME, EncodeInput
+from workers.revision import OUTLINE
 
 ALGORITHM_NAME = "bodycomp classical L3 body composition"
 

@@ -6,7 +6,7 @@ preset, rule set or input set must produce *new* ones, so earlier results stay. 
 ``2.25.<uuid5>`` of a key built from exactly those inputs (the 2.25 root needs no registered
 organisation root; uuid5 is a SHA-1 name-based UUID, stable across machines).
 
-A correction (another slice, a reader's masks, other patient values: :mod:`workers.corrections.revision`) is a
+A correction (another slice, a reader's masks, other patient values: :mod:`workers.revision`) is a
 new result that must not replace the original in the PACS: its key gets the correction's key, so
 its UIDs differ from the original's and from any other correction's, and are stable across retries.
 """

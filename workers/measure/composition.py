@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 from skimage import measure
 
-from workers.measure.presets import WindowPreset, get_preset
 from workers.measure.rules import Determination, RuleSet, evaluate, get_rule_set
 from workers.result import Measurement, MetricsJson, PatientInputsJson, TissueJson
 from workers.tissues.engine import LABEL_IMAT, LABEL_SAT, LABEL_SM, LABEL_VAT
+from workers.tissues.presets import WindowPreset, get_preset
 
 __all__ = [
     "HEIGHT_RANGE_M",

@@ -20,7 +20,6 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from workers.measure.presets import HUWindow, WindowPreset
 from workers.tissues.body import BodyResult, find_body
 from workers.tissues.bone import SpineResult, find_spine
 from workers.tissues.bowel import find_bowel_lumen
@@ -37,6 +36,7 @@ from workers.tissues.geometry import (
 )
 from workers.tissues.params import TISSUE_PARAMS
 from workers.tissues.posterior import find_posterior_block
+from workers.tissues.presets import HUWindow, WindowPreset
 from workers.tissues.result import (
     LABEL_IMAT,
     LABEL_SAT,

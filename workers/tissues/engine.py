@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy.typing as npt
 
 from workers.errors import UnknownNameError
-from workers.measure.presets import WindowPreset
+from workers.tissues.presets import WindowPreset
 from workers.tissues.result import (
     LABEL_IMAT,
     LABEL_NAMES,
