@@ -30,7 +30,7 @@ from PIL import Image
 from workers import __version__
 from workers.batch.pseudonym import Pseudonymiser
 from workers.batch.records import STUDIES
-from workers.batch.table import Row
+from workers.batch.table import Row, StudyStatus
 
 GALLERY = "gallery"
 PICTURES = {"overlay": "l3_overlay.png", "level": "l3_qc.png"}
@@ -64,7 +64,7 @@ def _split(text: str | None, separator: str) -> list[str]:
 
 def verdict(row: Row) -> str:
     """What the reader filters on: the QC verdict of a measured study, else the study's status."""
-    return row.qc_status if row.status == "done" and row.qc_status else row.status
+    return row.qc_status if row.status == StudyStatus.DONE and row.qc_status else row.status
 
 
 def tile(row: Row, out: Path) -> dict[str, Any]:

@@ -71,6 +71,7 @@ from workers.batch.records import (
     BatchSection,
     FailureRecord,
 )
+from workers.batch.table import StudyStatus
 from workers.errors import BodycompError, InputError, NotInFieldOfViewError
 from workers.jsonfile import write_json
 from workers.pipeline import AnalysisOptions, PatientOverrides, analyse
@@ -124,7 +125,7 @@ class Outcome:
     """How a study's analysis ended: ``done``, ``l3_not_found`` or ``failed`` (with the error)."""
 
     study_key: str
-    status: str
+    status: StudyStatus
     error: str | None
     wall_s: float
 
@@ -288,7 +289,7 @@ def fail(task: StudyTask, error: str, error_type: str, wall_s: float, trace: str
     )
     write_json(task.study_dir / FAILURE, record.to_json())
     shutil.rmtree(task.study_dir / PARTIAL, ignore_errors=True)
-    return Outcome(task.study.key, "failed", error, wall_s)
+    return Outcome(task.study.key, StudyStatus.FAILED, error, wall_s)
 
 
 def analyse_study(task: StudyTask) -> Outcome:
@@ -299,12 +300,13 @@ def analyse_study(task: StudyTask) -> Outcome:
     shutil.rmtree(partial, ignore_errors=True)
     staged = stage_input(task.study, partial / "input")
     out = partial / "out"
-    status = "done"
+    status = StudyStatus.DONE
     result: ResultDocument
     try:
         result = analyse(staged, task.options, out_dir=out)
     except NotInFieldOfViewError:
-        status = "l3_not_found"  # a measured fact about the scan (written by analyse), not a failure
+        # a measured fact about the scan (written by analyse), not a failure
+        status = StudyStatus.L3_NOT_FOUND
         try:
             result = read_result(out / RESULT)
         except ResultFileError as exc:
@@ -512,19 +514,19 @@ def run_batch(options: BatchOptions) -> BatchSummary:
             log.warning(
                 "event=corrections_unmatched count=%d (study keys not in this cohort: ignored)", len(unknown)
             )
-        counts = {"done": 0, "l3_not_found": 0, "failed": 0}
+        counts = {StudyStatus.DONE: 0, StudyStatus.L3_NOT_FOUND: 0, StudyStatus.FAILED: 0}
         for task in tasks:
             if task.study.problem is not None:
                 _count(fail(task, task.study.problem, "InputError", 0.0), counts)
         todo = [t for t in tasks if t.study.problem is None and not is_current(t)]
-        skipped = len(tasks) - len(todo) - counts["failed"]
+        skipped = len(tasks) - len(todo) - counts[StudyStatus.FAILED]
         interrupted = False
         with _bar(progress, desc="analysing", unit="study", total=len(todo)) as bar:
 
             def on_done(outcome: Outcome) -> None:
                 _count(outcome, counts)
                 bar.update()
-                bar.set_postfix(failed=counts["failed"], refresh=False)
+                bar.set_postfix(failed=counts[StudyStatus.FAILED], refresh=False)
 
             try:
                 run_tasks(todo, jobs, options.verbose, lifeline, on_done)
@@ -540,7 +542,7 @@ def run_batch(options: BatchOptions) -> BatchSummary:
         studies=len(tasks),
         analysed=len(todo),
         skipped=skipped,
-        failed=counts["failed"],
+        failed=counts[StudyStatus.FAILED],
         by_status=by_status,
         files_seen=discovery.files_seen,
         files_skipped=dict(discovery.skipped),
@@ -552,7 +554,7 @@ def run_batch(options: BatchOptions) -> BatchSummary:
     )
 
 
-def _count(outcome: Outcome, counts: dict[str, int]) -> None:
+def _count(outcome: Outcome, counts: dict[StudyStatus, int]) -> None:
     counts[outcome.status] += 1
-    if outcome.status == "failed":
+    if outcome.status == StudyStatus.FAILED:
         log.warning("event=study_failed study=%s error=%s", outcome.study_key, outcome.error)

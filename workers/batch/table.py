@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -200,12 +201,23 @@ class ResultRecord:
         )
 
 
+class StudyStatus(StrEnum):
+    """A cohort study's ``status`` column (and how its analysis ended)."""
+
+    DONE = "done"
+    L3_NOT_FOUND = "l3_not_found"
+    """A measured fact about the scan (L3 not covered), not a failure."""
+    FAILED = "failed"
+    PENDING = "pending"
+    """Not analysed yet (an interrupted run): ``bodycomp batch`` again resumes it."""
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of ``results.csv``; field order is column order (units: docs/research.md)."""
 
     study_key: str
-    status: str
+    status: StudyStatus
     error: str | None
     source_kind: str
     source: str | None
@@ -279,7 +291,7 @@ class Row:
 COLUMNS = tuple(f.name for f in dataclasses.fields(Row))
 
 
-def _blank_row(study: Study, keys: Pseudonymiser, pseudonymise: bool, status: str) -> dict[str, Any]:
+def _blank_row(study: Study, keys: Pseudonymiser, pseudonymise: bool, status: StudyStatus) -> dict[str, Any]:
     """Every column empty but the study's identity, status and identifiers."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     ids = {
@@ -339,7 +351,7 @@ def _measured(row: dict[str, Any], m: Measurement) -> None:
 def _from_result(row: dict[str, Any], record: ResultRecord) -> None:
     t = record.timings_s
     row.update(
-        status="done" if record.measurement is not None else "l3_not_found",
+        status=StudyStatus.DONE if record.measurement is not None else StudyStatus.L3_NOT_FOUND,
         series_instance_uid=record.series_uid,
         levels_seen=";".join(record.levels_seen),
         l3_not_found_reason=record.l3_not_found_reason,
@@ -390,12 +402,15 @@ def build_row(
     correction: Correction | None,
 ) -> Row:
     record = read_record(study_dir)
-    row = _blank_row(study, keys, pseudonymise, "pending")
+    row = _blank_row(study, keys, pseudonymise, StudyStatus.PENDING)
     if isinstance(record, ResultRecord):
         _from_result(row, record)
     elif isinstance(record, FailureRecord):
         row.update(
-            status="failed", error=record.error, time_wall_s=record.wall_s, analysed_at=record.failed_at
+            status=StudyStatus.FAILED,
+            error=record.error,
+            time_wall_s=record.wall_s,
+            analysed_at=record.failed_at,
         )
     if pseudonymise and row["series_instance_uid"]:
         row["series_instance_uid"] = keys.pseudonym("series_instance_uid", row["series_instance_uid"])

@@ -7,17 +7,22 @@ conservative: a missed anchor costs confidence, a false anchor costs a whole ver
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from workers.l3.grid import WorkGrid
+from workers.l3.params import L3_PARAMS
 from workers.l3.posterior import PosteriorProfile
 from workers.l3.spine import SpineTrack
 
 ANCHOR_BONE_HU = 180.0
 SI_MIN_AREA_MM2 = 400.0  # filled bone beyond 40 mm on EACH side (real SI level: 500-2500)
 RIB_CAGE_MIN = 10  # rib cross-sections per slice that mean "inside the thoracic cage"
+RIB = L3_PARAMS.ribs  # the numbers of find_ribs and rib_cage_count
+SACRUM = L3_PARAMS.sacrum
+CREST = L3_PARAMS.crests
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,10 @@ class StubRule:
     - below_lowest_rib_mm (18, 45): with a full rib in view the stub lies one vertebra below it.
     - max_bar_ratio 0.6: a stub's width over its length (principal axes; stubs 0.31-0.49, a full
       rib <= 0.35). Processes pass this too; the bar test only keeps plates and blobs out.
+    - lateral_end_mm 8: the descent is measured to the stub's lateral end, its voxels within this of
+      its farthest reach.
+    - below_mm (15, 45): the processes it must be longer than are those 15-45 mm below its medial
+      end (the vertebra below).
     """
 
     name: str = "stub@1"
@@ -52,6 +61,8 @@ class StubRule:
     longer_than_below_mm: float = 8.0
     below_lowest_rib_mm: tuple[float, float] = (18.0, 45.0)
     max_bar_ratio: float = 0.6
+    lateral_end_mm: float = 8.0
+    below_mm: tuple[float, float] = (15.0, 45.0)
 
 
 STUB_RULE = StubRule()
@@ -110,7 +121,7 @@ def find_sacrum(g: WorkGrid, body: np.ndarray, t: SpineTrack, si_hu: float = 150
             continue
         dxf = (xx - t.x[k]) * g.dx
         dyf = (yy - t.y_canal[k]) * g.dy
-        sel = (np.abs(dxf) <= 6.0) & (np.abs(dyf) <= 50.0) & bone
+        sel = (np.abs(dxf) <= SACRUM.seed_half_width_mm) & (np.abs(dyf) <= SACRUM.seed_depth_mm) & bone
         ids = np.unique(lab[sel])
         ids = ids[ids > 0]
         if ids.size == 0:
@@ -118,11 +129,11 @@ def find_sacrum(g: WorkGrid, body: np.ndarray, t: SpineTrack, si_hu: float = 150
         comp = np.isin(lab, ids)
         reach_l = float(dxf[comp].max())
         reach_r = float(-dxf[comp].min())
-        if min(reach_l, reach_r) < 60.0:
+        if min(reach_l, reach_r) < SACRUM.min_reach_mm:
             continue
         fill = ndi.binary_fill_holes(comp)
-        a_l = float((fill & (dxf > 40.0)).sum()) * px_area
-        a_r = float((fill & (dxf < -40.0)).sum()) * px_area
+        a_l = float((fill & (dxf > SACRUM.lateral_mm)).sum()) * px_area
+        a_r = float((fill & (dxf < -SACRUM.lateral_mm)).sum()) * px_area
         if min(a_l, a_r) >= SI_MIN_AREA_MM2:
             hit[k] = True
             area[k] = 0.5 * (a_l + a_r)
@@ -139,7 +150,7 @@ def find_sacrum(g: WorkGrid, body: np.ndarray, t: SpineTrack, si_hu: float = 150
     ks = np.nonzero(hit)[0]
     runs: list[list[int]] = [[int(ks[0])]]
     for k in ks[1:]:
-        if z[k] - z[runs[-1][-1]] <= 10.0:
+        if z[k] - z[runs[-1][-1]] <= SACRUM.run_gap_mm:
             runs[-1].append(int(k))
         else:
             runs.append([int(k)])
@@ -147,7 +158,7 @@ def find_sacrum(g: WorkGrid, body: np.ndarray, t: SpineTrack, si_hu: float = 150
     best_score = 0.0
     for r in runs:
         length = z[r[-1]] - z[r[0]] + _slice_thickness(z, r[0])
-        if length < 6.0 or len(r) < 2:
+        if length < SACRUM.min_run_mm or len(r) < SACRUM.min_run_slices:
             continue
         s = float(area[r].sum())
         if s > best_score:
@@ -170,13 +181,13 @@ def _from_canal_mm(g: WorkGrid, t: SpineTrack) -> tuple[np.ndarray, np.ndarray]:
 
 def _slice_thickness(z: np.ndarray, k: int) -> float:
     if z.size < 2:
-        return 3.0
+        return RIB.single_slice_mm
     if k + 1 < z.size:
         return float(z[k + 1] - z[k])
     return float(z[k] - z[k - 1])
 
 
-def _rib_shaped(z: np.ndarray, y: np.ndarray, x: np.ndarray, max_ratio: float = 0.35) -> bool:
+def _rib_shaped(z: np.ndarray, y: np.ndarray, x: np.ndarray, max_ratio: float = RIB.bar_ratio) -> bool:
     """A rib is a thin bar: its point cloud has one long principal axis, a much shorter second one
     (curvature only) and almost no thickness. Iliac-bone fragments and cortical shells of the pelvis
     are plates (second axis > 0.35 of the first, or thick), contrast-filled kidneys are blobs.
@@ -187,10 +198,10 @@ def _rib_shaped(z: np.ndarray, y: np.ndarray, x: np.ndarray, max_ratio: float = 
     p -= p.mean(axis=0)
     ev = np.sort(np.linalg.eigvalsh(np.cov(p.T)))[::-1]
     sd = np.sqrt(np.clip(ev, 0.0, None))
-    return bool(sd[0] > 0 and sd[1] <= max_ratio * sd[0] and sd[2] <= 5.0)
+    return bool(sd[0] > 0 and sd[1] <= max_ratio * sd[0] and sd[2] <= RIB.max_thickness_mm)
 
 
-def find_ribs(  # noqa: C901 (long: to split into named stages, issue #22)
+def find_ribs(
     g: WorkGrid,
     body: np.ndarray,
     t: SpineTrack,
@@ -208,63 +219,145 @@ def find_ribs(  # noqa: C901 (long: to split into named stages, issue #22)
     Shorter pieces are rudimentary ribs when they are shaped like one (:class:`StubRule`: running
     down as they go out, longer than the processes of the vertebra below); that needs the
     processes' reach (``posterior``), without it stubs are not looked for.
+
+    Stages: cut the bone into pieces at the cylinder (:func:`_bone_beside_canal`), judge each piece
+    (:func:`_rib_piece`, :func:`_medial_end`), then take the lowest rib (:func:`_lowest_rib`).
+    The numbers are :class:`workers.l3.params.RibParams`.
     """
-    nz = g.nz
-    R = 30.0
+    pieces = _bone_beside_canal(g, body, t, bone_hu)
+    if pieces is None:
+        return None
+    front = (t.y_body * g.dy) - 0.5 * t.depth_mm  # anterior surface of the body per slice, mm
+    ribs: list[Rib] = []
+    stubs: list[Rib] = []
+    for i, sl in enumerate(ndi.find_objects(pieces.labels), start=1):
+        if sl is None:
+            continue
+        rib = _rib_piece(g, t, pieces, i, sl, front, sacrum, posterior, stub)
+        if rib is not None:
+            (stubs if rib.rudimentary else ribs).append(rib)
+    return _lowest_rib(ribs, stubs, stub)
+
+
+class _BonePieces(NamedTuple):
+    """Bone outside the cylinder around the canal as labelled 3-D pieces ([z, y, x]), every
+    voxel's distance from the canal (mm), and one voxel's volume (ml)."""
+
+    labels: np.ndarray
+    r_mm: np.ndarray
+    vox_ml: float
+
+
+def _bone_beside_canal(g: WorkGrid, body: np.ndarray, t: SpineTrack, bone_hu: float) -> _BonePieces | None:
+    """Bone in the body outside a ``RIB.canal_radius_mm`` cylinder around the canal, on slices with
+    a tracked spine, cut into connected pieces (None: no bone).
+
+    Why: a rib starts at its vertebra and runs outwards; cutting at the cylinder separates each rib
+    from the spine (and from the other ribs), so each rib is one piece whose medial end touches the
+    cylinder. Only slices with a tracked spine can carry a rib anchor."""
     dx, dy = _from_canal_mm(g, t)
     r = np.hypot(dy, dx).astype(np.float32)
-    bone = (g.hu > bone_hu) & body & (r > R)
-    # Only slices with a tracked spine can carry a rib anchor.
+    bone = (g.hu > bone_hu) & body & (r > RIB.canal_radius_mm)
     bone &= t.valid[:, None, None]
     lab, n = ndi.label(bone, structure=np.ones((3, 3, 3), dtype=bool))
     if n == 0:
         return None
-    vox_ml = g.dx * g.dy * float(np.median(np.diff(g.z_mm)) if nz > 1 else 3.0) / 1000.0
-    ribs: list[Rib] = []
-    stubs: list[Rib] = []
-    front = (t.y_body * g.dy) - 0.5 * t.depth_mm  # anterior surface of the body per slice, mm
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        m = lab[sl] == i
-        nvox = int(m.sum())
-        if nvox < 3:
-            continue
-        rr = np.broadcast_to(r[:, :, :], lab.shape)[sl][m]
-        r_min, r_max = float(rr.min()), float(rr.max())
-        full = r_max >= R + 45.0
-        if r_min > R + 6.0 or (not full and (posterior is None or r_max < stub.min_reach_mm)):
-            continue
-        vol = nvox * vox_ml
-        length = r_max - r_min
-        if vol * 1000.0 / max(length, 1.0) > 250.0 or vol > 60.0:
-            continue
-        kk, jj, ii = np.nonzero(m)
-        kk = kk + sl[0].start
-        jj = jj + sl[1].start
-        ii = ii + sl[2].start
-        if not _rib_shaped(g.z_mm[kk], jj * g.dy, ii * g.dx, 0.35 if full else stub.max_bar_ratio):
-            continue
-        med = rr <= r_min + 10.0
-        k_med = kk[med]
-        if k_med.max() >= nz - 1:
-            continue  # cut by the top of the image: its head may lie above, so its level is unknown
-        if (jj[med] * g.dy < front[k_med] - 5.0).mean() > 0.5:
-            continue  # medial end in front of the vertebral body: not a rib head
-        z_med = float(np.median(g.z_mm[k_med]))
-        if sacrum is not None and z_med < sacrum.z_top + 90.0:
-            continue  # T12 lies at least five vertebrae above the sacroiliac joints
-        side = "left" if float(np.median(ii[med] * g.dx - t.x[k_med] * g.dx)) > 0 else "right"
-        touches = bool(kk.min() == 0 or kk.max() == nz - 1)
-        if full:
-            ribs.append(Rib(side, z_med, length, vol, touches))
-        elif posterior is not None and _stub_shaped(g, kk, jj, ii, rr, z_med, side, posterior, stub):
-            stubs.append(Rib(side, z_med, length, vol, touches, rudimentary=True))
+    dz = float(np.median(np.diff(g.z_mm)) if g.nz > 1 else RIB.single_slice_mm)
+    return _BonePieces(lab, r, g.dx * g.dy * dz / 1000.0)
+
+
+def _rib_piece(
+    g: WorkGrid,
+    t: SpineTrack,
+    pieces: _BonePieces,
+    i: int,
+    sl: tuple[slice, ...],
+    front: np.ndarray,
+    sacrum: SacrumAnchor | None,
+    posterior: PosteriorProfile | None,
+    stub: StubRule,
+) -> Rib | None:
+    """Piece ``i`` as a rib (``rudimentary`` for a stub), or None when it is not one.
+
+    Why each test: a rib's medial end touches the cylinder and it reaches far out (a stub less far,
+    then its shape decides); it is thin (a small cross-section for its length, not a kidney, iliac
+    bone or aorta) and shaped like a bar; its medial end is a rib head (:func:`_medial_end`); and
+    the 12th rib lies at least five vertebrae above the sacroiliac joints."""
+    m = pieces.labels[sl] == i
+    nvox = int(m.sum())
+    if nvox < RIB.min_voxels:
+        return None
+    rr = np.broadcast_to(pieces.r_mm[:, :, :], pieces.labels.shape)[sl][m]
+    r_min, r_max = float(rr.min()), float(rr.max())
+    full = r_max >= RIB.canal_radius_mm + RIB.full_reach_mm
+    if r_min > RIB.canal_radius_mm + RIB.medial_touch_mm or (
+        not full and (posterior is None or r_max < stub.min_reach_mm)
+    ):
+        return None
+    vol = nvox * pieces.vox_ml
+    length = r_max - r_min
+    if vol * 1000.0 / max(length, 1.0) > RIB.max_section_mm2 or vol > RIB.max_volume_ml:
+        return None
+    kk, jj, ii = np.nonzero(m)
+    kk = kk + sl[0].start
+    jj = jj + sl[1].start
+    ii = ii + sl[2].start
+    if not _rib_shaped(g.z_mm[kk], jj * g.dy, ii * g.dx, RIB.bar_ratio if full else stub.max_bar_ratio):
+        return None
+    medial = _medial_end(g, t, kk, jj, ii, rr <= r_min + RIB.medial_end_mm, front)
+    if medial is None:
+        return None
+    if sacrum is not None and medial.z_mm < sacrum.z_top + RIB.above_sacrum_mm:
+        return None  # T12 lies at least five vertebrae above the sacroiliac joints
+    touches = bool(kk.min() == 0 or kk.max() == g.nz - 1)
+    if full:
+        return Rib(medial.side, medial.z_mm, length, vol, touches)
+    if posterior is not None and _stub_shaped(g, kk, jj, ii, rr, medial.z_mm, medial.side, posterior, stub):
+        return Rib(medial.side, medial.z_mm, length, vol, touches, rudimentary=True)
+    return None
+
+
+class _MedialEnd(NamedTuple):
+    """A rib's medial end: its patient z (mm, the rib neck) and the patient's side."""
+
+    z_mm: float
+    side: str
+
+
+def _medial_end(
+    g: WorkGrid,
+    t: SpineTrack,
+    kk: np.ndarray,
+    jj: np.ndarray,
+    ii: np.ndarray,
+    med: np.ndarray,
+    front: np.ndarray,
+) -> _MedialEnd | None:
+    """The medial end (voxels ``med``) of a piece as a rib head's neighbourhood, or None.
+
+    Why: a piece cut by the top of the image may have its head above, so its level is unknown; a
+    medial end in front of the vertebral body is not a rib head (a vessel, the crus, bowel)."""
+    k_med = kk[med]
+    if k_med.max() >= g.nz - 1:
+        return None  # cut by the top of the image: its head may lie above, so its level is unknown
+    if (jj[med] * g.dy < front[k_med] - RIB.front_tol_mm).mean() > 0.5:
+        return None  # medial end in front of the vertebral body: not a rib head
+    z_med = float(np.median(g.z_mm[k_med]))
+    side = "left" if float(np.median(ii[med] * g.dx - t.x[k_med] * g.dx)) > 0 else "right"
+    return _MedialEnd(z_med, side)
+
+
+def _lowest_rib(ribs: list[Rib], stubs: list[Rib], stub: StubRule) -> RibAnchor | None:
+    """The lowest of the ribs found, which marks T12 (12 rib pairs assumed).
+
+    Why: with a full rib in view a stub counts only one vertebra below it (``stub.below_lowest_rib_mm``),
+    where a rudimentary 12th rib lies; the sides are compared to flag a rib seen on one side only,
+    and a short lowest rib could be a transverse process."""
     if ribs:
         lo, hi = stub.below_lowest_rib_mm
         z_full = min(rb.z_medial for rb in ribs)
         stubs = [s_ for s_ in stubs if lo <= z_full - s_.z_medial <= hi]
-    ribs += stubs
+    ribs = ribs + stubs
     if not ribs:
         return None
     lowest = min(ribs, key=lambda rb: rb.z_medial)
@@ -273,12 +366,12 @@ def find_ribs(  # noqa: C901 (long: to split into named stages, issue #22)
         zs = [rb.z_medial for rb in ribs if rb.side == s]
         if zs:
             per_side[s] = min(zs)
-    agree = len(per_side) == 2 and abs(per_side["left"] - per_side["right"]) <= 15.0
+    agree = len(per_side) == 2 and abs(per_side["left"] - per_side["right"]) <= RIB.sides_agree_mm
     return RibAnchor(
         z_lowest=lowest.z_medial,
         ribs=tuple(sorted(ribs, key=lambda rb: rb.z_medial)),
         sides_agree=agree,
-        lowest_short=lowest.length_mm < 70.0,
+        lowest_short=lowest.length_mm < RIB.short_rib_mm,
         lowest_rudimentary=lowest.rudimentary,
     )
 
@@ -298,7 +391,7 @@ def _stub_shaped(
     goes out, spans enough z for that, and reaches farther than the processes of the vertebra below
     (:class:`StubRule` gives the numbers and where they come from)."""
     z = g.z_mm[kk]
-    lateral = rr >= rr.max() - 8.0
+    lateral = rr >= rr.max() - rule.lateral_end_mm
     if z_med - float(np.median(z[lateral])) < rule.min_descent_mm:
         return False
     if float(z.max() - z.min()) < max(rule.min_z_extent_mm, 2.0 * float(np.median(np.diff(g.z_mm)))):
@@ -309,7 +402,8 @@ def _stub_shaped(
     if np.degrees(np.arctan2(abs(axis[0]), float(np.hypot(axis[1], axis[2])))) < rule.min_elevation_deg:
         return False
     reach = posterior.reach_left if side == "left" else posterior.reach_right
-    below = (g.z_mm >= z_med - 45.0) & (g.z_mm <= z_med - 15.0) & np.isfinite(reach)
+    near, far = rule.below_mm
+    below = (g.z_mm >= z_med - far) & (g.z_mm <= z_med - near) & np.isfinite(reach)
     if below.sum() < 2:
         return False  # nothing below to compare with: a stub cannot be told from a process
     reach_below = float(np.sort(reach[below])[-2])
@@ -332,18 +426,19 @@ def rib_cage_count(
     st = np.ones((3, 3), dtype=bool)
     yy, xx = np.mgrid[0:ny, 0:nx]
     px = g.dx * g.dy
-    depth_px = max(1, round(40.0 / min(g.dx, g.dy)))
+    depth_px = max(1, round(RIB.cage_rim_mm / min(g.dx, g.dy)))
     for k in range(nz) if slices is None else (int(i) for i in slices):
         if not body[k].any():
             continue
         rim = body[k] & ~ndi.binary_erosion(body[k], st, iterations=depth_px)
         r = np.hypot((yy - t.y_canal[k]) * g.dy, (xx - t.x[k]) * g.dx)
-        bone = (g.hu[k] > bone_hu) & rim & (r > 60.0)
+        bone = (g.hu[k] > bone_hu) & rim & (r > RIB.cage_min_from_canal_mm)
         lab, n = ndi.label(bone, st)
         if n == 0:
             continue
         areas = np.bincount(lab.ravel())[1:] * px
-        out[k] = int(((areas >= 15.0) & (areas <= 500.0)).sum())
+        lo, hi = RIB.cage_section_mm2
+        out[k] = int(((areas >= lo) & (areas <= hi)).sum())
     return out
 
 
@@ -386,18 +481,18 @@ def find_iliac_crests(
     if nz < 3:
         return None
     dx, dy = _from_canal_mm(g, t)
-    lateral = (g.hu > bone_hu) & body & (np.hypot(dx, dy) > 45.0)
+    lateral = (g.hu > bone_hu) & body & (np.hypot(dx, dy) > CREST.lateral_mm)
     dz = float(np.median(np.diff(g.z_mm)))
     vox_ml = g.dx * g.dy * dz / 1000.0
     tops: dict[str, float] = {}
     # Each side on its own: through the sacroiliac joints both wings join the sacrum.
-    for side, on_side in (("left", dx > 45.0), ("right", dx < -45.0)):
+    for side, on_side in (("left", dx > CREST.lateral_mm), ("right", dx < -CREST.lateral_mm)):
         lab, _ = ndi.label(lateral & on_side, structure=np.ones((3, 3, 3), dtype=bool))
         for i, sl in enumerate(ndi.find_objects(lab), start=1):
             if sl is None or sl[0].stop >= nz:
                 continue
             z_top = _wing_top(g, lab, i, sl, dx, dy, vox_ml, cortex_hu)
-            if z_top is None or (ribs is not None and z_top > ribs.z_lowest - 20.0):
+            if z_top is None or (ribs is not None and z_top > ribs.z_lowest - CREST.below_rib_mm):
                 continue
             tops[side] = max(tops.get(side, -np.inf), z_top)
     if not tops:
@@ -428,22 +523,22 @@ def _wing_top(
     kk = kk + sl[0].start
     sdx = np.broadcast_to(dx, lab.shape)[sl][m]
     sdy = np.broadcast_to(dy, lab.shape)[sl][m]
-    if np.median(np.abs(sdx)) < 50.0:
+    if np.median(np.abs(sdx)) < CREST.wing_lateral_mm:
         return None
     z = g.z_mm[kk]
     z_top, z_bot = float(z.max()), float(z.min())
-    if z_top - z_bot < 50.0 and sl[0].start > 0:
+    if z_top - z_bot < CREST.wing_min_height_mm and sl[0].start > 0:
         return None
-    top = z >= z_top - 30.0
-    if float(np.median(sdy[z >= z_top - 15.0])) < -40.0:
+    top = z >= z_top - CREST.plate_top_mm
+    if float(np.median(sdy[z >= z_top - CREST.crest_top_mm])) < -CREST.crest_front_max_mm:
         return None
     p = np.stack([z[top], (jj[top] + sl[1].start) * g.dy, (ii[top] + sl[2].start) * g.dx], axis=1)
-    if p.shape[0] < 6:
+    if p.shape[0] < CREST.plate_min_voxels:
         return None
     ev = np.sort(np.linalg.eigvalsh(np.cov((p - p.mean(axis=0)).T)))
     if np.sqrt(max(float(ev[0]), 0.0)) > ILIUM_MAX_THICKNESS_MM:
         return None
     hu_top = g.hu[kk[top], jj[top] + sl[1].start, ii[top] + sl[2].start]
-    if float(np.percentile(hu_top, 90)) < cortex_hu:
+    if float(np.percentile(hu_top, CREST.cortex_percentile)) < cortex_hu:
         return None
     return z_top

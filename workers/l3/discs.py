@@ -21,13 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-GRID_MM = 1.0
-GAP_MIN_MM = 20.0
-GAP_SOFT = (27.0, 44.0)  # free range for vertebra + disc height
-GAP_HARD_MAX_MM = 60.0
-MERGE_MM = 6.0
-SCORE_OFFSET = 0.3  # a dip must be at least 0.3 of a typical disc to be worth including
-GAP_CHANGE_FREE = 0.12  # |log(height ratio)| between neighbours allowed without penalty (~13 %)
+from workers.l3.params import L3_PARAMS
+
+P = L3_PARAMS.discs  # the numbers of the disc chain (workers/l3/params.py)
 
 
 @dataclass(frozen=True)
@@ -54,44 +50,44 @@ def find_discs(z_mm: np.ndarray, profile: np.ndarray, valid: np.ndarray) -> Disc
     """Detect the disc chain. ``valid`` marks slices where the spine track was plausible."""
     ok = valid & np.isfinite(profile)
     empty = DiscResult((), np.zeros(0), np.zeros(0), np.zeros(0, dtype=bool), 0.0)
-    if ok.sum() < 4:
+    if ok.sum() < P.min_slices:
         return empty
     zs, ps = z_mm[ok], profile[ok]
     z0, z1 = float(zs[0]), float(zs[-1])
-    if z1 - z0 < 2 * GAP_MIN_MM:
+    if z1 - z0 < 2 * P.gap_min_mm:
         return empty
-    gz = np.arange(z0, z1 + 1e-6, GRID_MM)
+    gz = np.arange(z0, z1 + 1e-6, P.grid_mm)
     gp = np.interp(gz, zs, ps)
     # Grid points farther than 4 mm (or 0.75 of the local spacing) from any slice are unobserved.
     nearest = np.abs(gz[:, None] - zs[None, :]).min(axis=1) if gz.size * zs.size < 4e6 else _nearest(gz, zs)
-    spacing = float(np.median(np.diff(zs))) if zs.size > 1 else 3.0
-    observed = nearest <= max(4.0, 0.75 * spacing)
-    sigma = max(1.0, 0.3 * spacing) / GRID_MM
+    spacing = float(np.median(np.diff(zs))) if zs.size > 1 else P.single_slice_mm
+    observed = nearest <= max(P.observed_min_mm, P.observed_spacing_fraction * spacing)
+    sigma = max(P.smooth_min_mm, P.smooth_spacing_fraction * spacing) / P.grid_mm
     gp = ndi.gaussian_filter1d(gp, sigma, mode="nearest")
     # Black top-hat: how far each point lies below the brightest bone within +-(8 mm + half a
     # slice). A disc sits between two bright endplates that close; a broad low-density region
     # inside a body (osteopenic centre, venous plexus) is wider than the window and scores low.
-    half_w = round((8.0 + 0.5 * spacing) / GRID_MM)
+    half_w = round((P.tophat_half_mm + 0.5 * spacing) / P.grid_mm)
     closed = ndi.grey_closing(gp, size=2 * half_w + 1, mode="nearest")
     d = gp - closed
 
-    # Local minima, merged within MERGE_MM.
-    half = max(1, round(MERGE_MM / 2 / GRID_MM))
+    # Local minima, merged within P.merge_mm.
+    half = max(1, round(P.merge_mm / 2 / P.grid_mm))
     is_min = (d == ndi.minimum_filter1d(d, 2 * half + 1, mode="nearest")) & (d < 0) & observed
     # A "dip" at the first or last slice is an edge effect (nothing to compare with on one side).
-    edge = max(4.0, spacing) / GRID_MM
+    edge = max(P.edge_min_mm, spacing) / P.grid_mm
     is_min &= (np.arange(d.size) >= edge) & (np.arange(d.size) <= d.size - 1 - edge)
     cand = np.nonzero(is_min)[0]
     if cand.size == 0:
         return DiscResult((), gz, d, observed, 0.0)
     depths = -d[cand]
     # Typical disc depth: upper part of the candidate depths (most real discs are among the deepest).
-    n_expected = max(1, round((z1 - z0) / 35.0))
+    n_expected = max(1, round((z1 - z0) / P.vertebra_mm))
     typical = float(np.median(np.sort(depths)[::-1][:n_expected]))
-    typical = max(typical, 1.0)
-    score = np.minimum(depths / typical, 1.5)
+    typical = max(typical, P.typical_depth_min_hu)
+    score = np.minimum(depths / typical, P.score_max)
 
-    chain = _chain(gz[cand], score - SCORE_OFFSET)
+    chain = _chain(gz[cand], score - P.score_offset)
     discs = [_disc_at(int(cand[i]), gz, d, typical) for i in chain]
     return DiscResult(tuple(discs), gz, d, observed, typical)
 
@@ -101,10 +97,10 @@ def _disc_at(c: int, gz: np.ndarray, d: np.ndarray, typical: float) -> Disc:
     stays below half that depth (at most 8 mm each side)."""
     lvl = 0.5 * d[c]
     lo = c
-    while lo > 0 and d[lo - 1] < lvl and (c - lo) * GRID_MM < 8.0:
+    while lo > 0 and d[lo - 1] < lvl and (c - lo) * P.grid_mm < P.extent_max_mm:
         lo -= 1
     hi = c
-    while hi < d.size - 1 and d[hi + 1] < lvl and (hi - c) * GRID_MM < 8.0:
+    while hi < d.size - 1 and d[hi + 1] < lvl and (hi - c) * P.grid_mm < P.extent_max_mm:
         hi += 1
     return Disc(
         z=float(gz[c]),
@@ -134,7 +130,7 @@ def _chain(zc: np.ndarray, score: np.ndarray) -> list[int]:
     for i in range(n):
         for j in range(i):
             g = zc[i] - zc[j]
-            if g < GAP_MIN_MM or g > GAP_HARD_MAX_MM:
+            if g < P.gap_min_mm or g > P.gap_hard_max_mm:
                 continue
             base = score[j] + score[i] - _gap_penalty(g)
             pair[j, i] = base
@@ -160,17 +156,17 @@ def _chain(zc: np.ndarray, score: np.ndarray) -> list[int]:
 
 
 def _change_penalty(g_prev: np.ndarray, g: float) -> np.ndarray:
-    excess = np.clip(np.abs(np.log(g / g_prev)) - GAP_CHANGE_FREE, 0.0, None)
-    out: np.ndarray = 0.5 * (excess / GAP_CHANGE_FREE) ** 2
+    excess = np.clip(np.abs(np.log(g / g_prev)) - P.gap_change_free, 0.0, None)
+    out: np.ndarray = 0.5 * (excess / P.gap_change_free) ** 2
     return out
 
 
 def _gap_penalty(gap: float) -> float:
-    lo, hi = GAP_SOFT
+    lo, hi = P.gap_soft_mm
     if gap < lo:
-        return ((lo - gap) / 5.0) ** 2
+        return ((lo - gap) / P.gap_short_scale_mm) ** 2
     if gap > hi:
-        return ((gap - hi) / 6.0) ** 2
+        return ((gap - hi) / P.gap_long_scale_mm) ** 2
     return 0.0
 
 
@@ -180,7 +176,9 @@ def _nearest(gz: np.ndarray, zs: np.ndarray) -> np.ndarray:
     return out
 
 
-def weak_disc_near(dr: DiscResult, z_target: float, tol_mm: float, min_sep_mm: float = 18.0) -> Disc | None:
+def weak_disc_near(
+    dr: DiscResult, z_target: float, tol_mm: float, min_sep_mm: float = P.weak_min_sep_mm
+) -> Disc | None:
     """The deepest dip within +-tol_mm of z_target that is at least min_sep_mm from every chained
     disc: used to recover a faint L5/S1 disc (tilted, partial-volumed) when the sacrum says where it
     must be. Returns None when the profile has no dip there."""
@@ -198,4 +196,4 @@ def weak_disc_near(dr: DiscResult, z_target: float, tol_mm: float, min_sep_mm: f
     if not mins:
         return None
     c = min(mins, key=lambda i: float(d[i]))
-    return _disc_at(c, dr.grid_z, d, max(dr.typical_depth_hu, 1.0))
+    return _disc_at(c, dr.grid_z, d, max(dr.typical_depth_hu, P.typical_depth_min_hu))

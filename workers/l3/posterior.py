@@ -24,14 +24,10 @@ from scipy import ndimage as ndi
 
 from workers.l3.cues import ProcessSpan
 from workers.l3.grid import WorkGrid
+from workers.l3.params import L3_PARAMS
 from workers.l3.spine import SpineTrack
 
-RING_RAYS = 16
-RING_RADII_MM = (5.0, 25.0)
-#: Bone connected to the canal wall farther than this from the midline is not a transverse
-#: process (ribs joined to the vertebra by partial volume, iliac bone at L5).
-TP_MAX_REACH_MM = 75.0
-TP_BAND_MM = 25.0  # AP band around the canal where transverse processes lie
+P = L3_PARAMS.posterior  # the numbers of the ring and the processes (workers/l3/params.py)
 
 
 @dataclass(frozen=True)
@@ -61,9 +57,9 @@ def measure_posterior(
     ring = np.full(nz, np.nan)
     right = np.full(nz, np.nan)
     left = np.full(nz, np.nan)
-    ang = np.linspace(0.0, 2.0 * np.pi, RING_RAYS, endpoint=False)
+    ang = np.linspace(0.0, 2.0 * np.pi, P.ring_rays, endpoint=False)
     step = 0.5 * min(g.dy, g.dx)
-    radii = np.arange(RING_RADII_MM[0], RING_RADII_MM[1] + 1e-6, step)
+    radii = np.arange(P.ring_radii_mm[0], P.ring_radii_mm[1] + 1e-6, step)
     ray_dy = np.sin(ang)[:, None] * radii[None, :] / g.dy
     ray_dx = np.cos(ang)[:, None] * radii[None, :] / g.dx
     yy, xx = np.mgrid[0:ny, 0:nx]
@@ -80,9 +76,9 @@ def measure_posterior(
             continue
         dxm = (xx - cx) * g.dx
         dym = (yy - cy) * g.dy
-        wall = bone & (np.hypot(dxm, dym) <= 20.0)
+        wall = bone & (np.hypot(dxm, dym) <= P.wall_mm)
         ids = np.unique(lab[wall])
-        comp = np.isin(lab, ids[ids > 0]) & (np.abs(dym) <= TP_BAND_MM) & (np.abs(dxm) <= TP_MAX_REACH_MM)
+        comp = np.isin(lab, ids[ids > 0]) & (np.abs(dym) <= P.tp_band_mm) & (np.abs(dxm) <= P.tp_max_reach_mm)
         if not comp.any():
             right[k] = left[k] = 0.0
             continue
@@ -95,7 +91,7 @@ def measure_posterior(
 def ring_at(p: PosteriorProfile, z_mm: np.ndarray, z: float) -> float:
     """Ring closure at patient z (linear between work slices; NaN outside the tracked spine)."""
     ok = np.isfinite(p.ring)
-    if ok.sum() < 2 or z < z_mm[ok][0] - 1.0 or z > z_mm[ok][-1] + 1.0:
+    if ok.sum() < 2 or z < z_mm[ok][0] - P.ring_edge_tol_mm or z > z_mm[ok][-1] + P.ring_edge_tol_mm:
         return float("nan")
     return float(np.interp(z, z_mm[ok], p.ring[ok]))
 
@@ -106,7 +102,7 @@ def segment_span(p: PosteriorProfile, z_mm: np.ndarray, lo: float, hi: float) ->
 
     Each side's reach is the second largest in the segment, so a single slice where a vessel or an
     osteophyte touches the process does not decide it; ``z_mm`` is the slice of the widest span."""
-    m = (z_mm > lo + 3.0) & (z_mm < hi - 3.0) & np.isfinite(p.span)
+    m = (z_mm > lo + P.segment_margin_mm) & (z_mm < hi - P.segment_margin_mm) & np.isfinite(p.span)
     if m.sum() < 2:
         return None
     ks = np.nonzero(m)[0]

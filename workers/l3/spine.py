@@ -22,9 +22,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from workers.l3.grid import WorkGrid, running_max_z, running_mean_z, running_median_z
+from workers.l3.params import L3_PARAMS
 
-BONE_HU = 200.0
-FRONT_FRACTION = 0.5
+P = L3_PARAMS.spine  # the numbers of the spine tracking (workers/l3/params.py)
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ class SpineTrack:
 def _midline_path(g: WorkGrid, body: np.ndarray, bone_hu: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rough spinal-canal (x, y) per slice, and whether canal-like evidence was present."""
     ev = _canal_evidence(g, body, bone_hu)
-    sig = (0.0, 6.0 / g.dy, 6.0 / g.dx)
+    sig = (0.0, P.evidence_smooth_mm / g.dy, P.evidence_smooth_mm / g.dx)
     dens = ndi.gaussian_filter(ev, sig)
-    dens = running_mean_z(dens, g.z_mm, 20.0)
+    dens = running_mean_z(dens, g.z_mm, P.evidence_z_mm)
     nz, ny, nx = g.hu.shape
     yy = (np.arange(ny, dtype=np.float32) * g.dy)[:, None]
     xx = (np.arange(nx, dtype=np.float32) * g.dx)[None, :]
@@ -53,7 +53,7 @@ def _midline_path(g: WorkGrid, body: np.ndarray, bone_hu: float) -> tuple[np.nda
     cx = np.full(nz, np.nan)
     for k in range(nz):
         ys, xs = np.nonzero(body[k])
-        if ys.size >= 50:
+        if ys.size >= P.min_body_px:
             cy[k], cx[k] = ys.mean() * g.dy, xs.mean() * g.dx
     if np.isnan(cx).all():
         z = np.zeros(nz)
@@ -68,7 +68,7 @@ def _midline_path(g: WorkGrid, body: np.ndarray, bone_hu: float) -> tuple[np.nda
         for k in range(nz):
             # Spine: near the left-right middle, behind the body centre.
             w = np.exp(-0.5 * ((xx - x_prior[k]) / sigma_x) ** 2) * np.clip(
-                1.0 + (yy - cy[k] + 30.0) / 40.0, 0.0, 1.0
+                1.0 + (yy - cy[k] + P.prior_front_mm) / P.prior_ramp_mm, 0.0, 1.0
             )
             s = dens[k] * w
             j = int(np.argmax(s))
@@ -77,8 +77,8 @@ def _midline_path(g: WorkGrid, body: np.ndarray, bone_hu: float) -> tuple[np.nda
             ym, xm = y0 * g.dy, x0 * g.dx
             # Mean shift within +-30 mm: converges to the centre of the two pedicles/laminae
             # instead of jumping between them.
-            for _ in range(3):
-                win = (np.abs(xx - xm) <= 30.0) & (np.abs(yy - ym) <= 30.0)
+            for _ in range(P.mean_shift_steps):
+                win = (np.abs(xx - xm) <= P.mean_shift_mm) & (np.abs(yy - ym) <= P.mean_shift_mm)
                 ww = s * win
                 tot = float(ww.sum())
                 if tot <= 0:
@@ -88,24 +88,21 @@ def _midline_path(g: WorkGrid, body: np.ndarray, bone_hu: float) -> tuple[np.nda
             px[k], py[k] = xm / g.dx, ym / g.dy
         return px, py, peak
 
-    px, py, peak = scan(cx, 50.0)
+    px, py, peak = scan(cx, P.first_sigma_x_mm)
     strong = peak >= np.quantile(peak, 0.5)
     # Second pass: the spine is a nearly straight line in x; a prior around its robust global
     # position stops the track from wandering to an iliac bone or femur in the pelvis.
     x_glob = float(np.median(px[strong])) * g.dx
-    px, py, peak = scan(np.full(nz, x_glob), 25.0)
-    ok = peak > 0.05
+    px, py, peak = scan(np.full(nz, x_glob), P.second_sigma_x_mm)
+    ok = peak > P.min_peak
     if ok.sum() == 0:
         return px, py, ok
     idx = np.arange(nz)
     px = np.interp(idx, idx[ok], px[ok])
     py = np.interp(idx, idx[ok], py[ok])
-    px = running_median_z(px, g.z_mm, 20.0)
-    py = running_median_z(py, g.z_mm, 20.0)
+    px = running_median_z(px, g.z_mm, P.path_z_mm)
+    py = running_median_z(py, g.z_mm, P.path_z_mm)
     return px, py, ok
-
-
-CANAL_RAY_MM = (6.0, 9.0, 12.0, 15.0)
 
 
 def _canal_evidence(g: WorkGrid, body: np.ndarray, bone_hu: float) -> np.ndarray:
@@ -116,13 +113,15 @@ def _canal_evidence(g: WorkGrid, body: np.ndarray, bone_hu: float) -> np.ndarray
     along the spine) outscored the spine's thin cortex and captured the track. The aorta has no
     dark centre, so it scores zero here."""
     bone = (g.hu > bone_hu) & body
-    dark = (g.hu < 60.0) & (g.hu > -300.0) & body  # CSF and epidural fat, not trabecular bone
+    dark = (
+        (g.hu < P.canal_dark_hu[1]) & (g.hu > P.canal_dark_hu[0]) & body
+    )  # CSF and epidural fat, not trabecular bone
     _, ny, nx = bone.shape
     hits = np.zeros(bone.shape, dtype=np.uint8)
     for dy_u, dx_u in ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)):
         norm = float(np.hypot(dy_u, dx_u))
         ray = np.zeros(bone.shape, dtype=bool)
-        for r_mm in CANAL_RAY_MM:
+        for r_mm in P.canal_ray_mm:
             sy = round(dy_u * r_mm / norm / g.dy)
             sx = round(dx_u * r_mm / norm / g.dx)
             src = bone[:, max(0, sy) : ny + min(0, sy), max(0, sx) : nx + min(0, sx)]
@@ -130,17 +129,17 @@ def _canal_evidence(g: WorkGrid, body: np.ndarray, bone_hu: float) -> np.ndarray
         hits += ray
     out: np.ndarray = np.where(dark, hits.astype(np.float32) / 8.0, 0.0).astype(np.float32)
     # Require a mostly closed ring (>= 5 of 8 directions): bowel or fat next to one bone is not a canal.
-    out[out < 0.6] = 0.0
+    out[out < P.canal_ring_fraction] = 0.0
     return out
 
 
-def _slab(g: WorkGrid, x: np.ndarray, half_mm: float = 7.5) -> np.ndarray:
+def _slab(g: WorkGrid, x: np.ndarray, half_mm: float = P.slab_half_mm) -> np.ndarray:
     """75th percentile over a band of columns around x on each slice: a sagittal through the spine."""
     nz, ny, nx = g.hu.shape
     h = max(1, round(half_mm / g.dx))
     cols = np.clip(np.round(x).astype(int)[:, None] + np.arange(-h, h + 1)[None, :], 0, nx - 1)
     band = np.take_along_axis(g.hu, np.broadcast_to(cols[:, None, :], (nz, ny, cols.shape[1])), axis=2)
-    return np.percentile(band, 75, axis=2).astype(np.float32)
+    return np.percentile(band, P.slab_percentile, axis=2).astype(np.float32)
 
 
 def _box_mean(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -182,36 +181,38 @@ def _viterbi(score: np.ndarray, z_mm: np.ndarray, dy: float, slope: float, penal
     return path
 
 
-def track_spine(g: WorkGrid, body: np.ndarray, bone_hu: float = BONE_HU) -> SpineTrack:
+def track_spine(g: WorkGrid, body: np.ndarray, bone_hu: float = P.bone_hu) -> SpineTrack:
     """Midline, canal and vertebral-body centre per slice (see module docstring)."""
     nz, ny, _ = g.hu.shape
     x, y_seed, has_bone = _midline_path(g, body, bone_hu)
     slab = _slab(g, x)
-    clipped = np.clip(slab, -150.0, 350.0)
-    sz = running_mean_z(clipped, g.z_mm, 6.0)
-    sp = running_max_z(clipped, g.z_mm, 10.0)
-    cr = max(1, round(3.0 / g.dy))
-    wing = max(2, round(15.0 / g.dy))
+    clipped = np.clip(slab, *P.slab_clip_hu)
+    sz = running_mean_z(clipped, g.z_mm, P.canal_z_mean_mm)
+    sp = running_max_z(clipped, g.z_mm, P.posterior_z_max_mm)
+    cr = max(1, round(P.canal_half_mm / g.dy))
+    wing = max(2, round(P.wing_mm / g.dy))
     canal = _box_mean(sz, -cr, cr)
     ante = _box_mean(sz, -cr - wing, -cr - 1)
     # The anterior wall of the canal is a whole vertebral body (>= 25 mm deep), not a cortex: this
     # rejects the trabecular interior of an osteoporotic body (dark, walled by cortex) as a canal.
-    far = max(1, round(12.0 / g.dy))
+    far = max(1, round(P.deep_mm / g.dy))
     ante_deep = np.minimum(_box_mean(sz, -cr - far, -cr - 1), _box_mean(sz, -cr - 2 * far, -cr - far - 1))
     post = _box_mean(sp, cr + 1, cr + wing)
     score = np.minimum(np.minimum(ante, ante_deep), post) - canal
     score = np.nan_to_num(score, nan=-1e3)
     # Stay within 50 mm of the rough spine position: the canal is inside the bony spine.
     yy = np.arange(ny)[None, :]
-    score = np.where(np.abs(yy - y_seed[:, None]) * g.dy <= 50.0, score, -1e3)
-    y_canal = _viterbi(score / 100.0, g.z_mm, g.dy, slope=1.0, penalty=0.05)
+    score = np.where(np.abs(yy - y_seed[:, None]) * g.dy <= P.seed_max_mm, score, -1e3)
+    y_canal = _viterbi(
+        score / P.score_scale_hu, g.z_mm, g.dy, slope=P.path_slope, penalty=P.path_penalty_per_mm
+    )
 
     # The anterior column: bright run directly in front of the canal.
     y_body = np.zeros(nz)
     depth = np.zeros(nz)
     valid = np.zeros(nz, dtype=bool)
     contrasts = []
-    max_run = round(60.0 / g.dy)
+    max_run = round(P.column_max_mm / g.dy)
     for k in range(nz):
         yc = int(y_canal[k])
         c_lvl = float(canal[k, yc])
@@ -227,14 +228,18 @@ def track_spine(g: WorkGrid, body: np.ndarray, bone_hu: float = BONE_HU) -> Spin
         ya = j + 1
         y_body[k] = 0.5 * (ya + yp)
         depth[k] = (yp - ya + 1) * g.dy
-        valid[k] = has_bone[k] and (a_lvl - c_lvl) > 25.0 and 12.0 <= depth[k] <= 65.0
+        valid[k] = (
+            has_bone[k]
+            and (a_lvl - c_lvl) > P.min_contrast_hu
+            and P.column_depth_mm[0] <= depth[k] <= P.column_depth_mm[1]
+        )
         if valid[k]:
             contrasts.append(a_lvl - c_lvl)
     if valid.sum() >= 3:
         idx = np.arange(nz)
-        depth_s = running_median_z(np.interp(idx, idx[valid], depth[valid]), g.z_mm, 20.0)
+        depth_s = running_median_z(np.interp(idx, idx[valid], depth[valid]), g.z_mm, P.depth_z_mm)
         y_post = y_body[valid] + 0.5 * depth[valid] / g.dy  # posterior wall: the canal keeps it stable
-        yp_s = running_median_z(np.interp(idx, idx[valid], y_post), g.z_mm, 12.0)
+        yp_s = running_median_z(np.interp(idx, idx[valid], y_post), g.z_mm, P.posterior_wall_z_mm)
         y_body = yp_s - 0.5 * depth_s / g.dy
         depth = depth_s
     contrast = float(np.median(contrasts)) if contrasts else 0.0
@@ -249,7 +254,7 @@ def track_spine(g: WorkGrid, body: np.ndarray, bone_hu: float = BONE_HU) -> Spin
     )
 
 
-def body_profile(g: WorkGrid, t: SpineTrack, half_x_mm: float = 8.0) -> np.ndarray:
+def body_profile(g: WorkGrid, t: SpineTrack, half_x_mm: float = P.box_half_x_mm) -> np.ndarray:
     """75th percentile HU in a small box inside the vertebral body on every slice.
 
     The 75th percentile, not the mean: endplate cortex and partial volume blur the minimum at a disc
@@ -259,11 +264,11 @@ def body_profile(g: WorkGrid, t: SpineTrack, half_x_mm: float = 8.0) -> np.ndarr
     out = np.full(nz, np.nan)
     hx = max(1, round(half_x_mm / g.dx))
     for k in range(nz):
-        hy = max(1, round(float(np.clip(0.25 * t.depth_mm[k], 3.0, 8.0)) / g.dy))
+        hy = max(1, round(float(np.clip(P.box_half_y_fraction * t.depth_mm[k], *P.box_half_y_mm)) / g.dy))
         y_front = t.y_body[k] - 0.5 * t.depth_mm[k] / g.dy
-        yc = round(y_front + FRONT_FRACTION * t.depth_mm[k] / g.dy)
+        yc = round(y_front + P.front_fraction * t.depth_mm[k] / g.dy)
         xc = round(t.x[k])
         box = g.hu[k, max(0, yc - hy) : min(ny, yc + hy + 1), max(0, xc - hx) : min(nx, xc + hx + 1)]
         if box.size:
-            out[k] = float(np.percentile(box, 75))
+            out[k] = float(np.percentile(box, P.body_percentile))
     return out

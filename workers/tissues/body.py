@@ -53,7 +53,7 @@ def find_body(
     lab, _ = ndi.label(raw, structure=np.ones((3, 3), bool))
     ids = np.unique(lab[core])
     ids = ids[ids > 0]
-    body = np.isin(lab, ids) & dilate_mm(core, P.table_open_mm + 1.5, spacing_yx_mm)
+    body = np.isin(lab, ids) & dilate_mm(core, P.table_open_mm + P.reattach_margin_mm, spacing_yx_mm)
     body = ndi.binary_fill_holes(body)
     separate_parts = raw & ~body
     # arms touching the trunk: split with a large opening, assign pixels to the nearest opened part
@@ -70,7 +70,10 @@ def find_body(
             if i == trunk_id:
                 continue
             part = body & (nearest == i)
-            if part.sum() * px_mm2 >= P.arm_min_area_mm2 and (hu[part] > P.arm_bone_hu).sum() * px_mm2 > 50:
+            if (
+                part.sum() * px_mm2 >= P.arm_min_area_mm2
+                and (hu[part] > P.arm_bone_hu).sum() * px_mm2 > P.arm_bone_min_mm2
+            ):
                 removed |= part
         if removed.any():
             body = largest_component(body & ~removed)
@@ -89,10 +92,13 @@ def find_body(
                 flags.append("arms_in_fov")
                 notes.append("arm lying against the trunk was cut off at the skin crease")
     # arms lying separately beside the trunk
-    slab, ns = ndi.label(separate_parts & open_mm(separate_parts, 5.0, spacing_yx_mm))
+    slab, ns = ndi.label(separate_parts & open_mm(separate_parts, P.separate_open_mm, spacing_yx_mm))
     for i in range(1, ns + 1):
         part = slab == i
-        if part.sum() * px_mm2 >= P.arm_min_area_mm2 and (hu[part] > P.arm_bone_hu).sum() * px_mm2 > 50:
+        if (
+            part.sum() * px_mm2 >= P.arm_min_area_mm2
+            and (hu[part] > P.arm_bone_hu).sum() * px_mm2 > P.arm_bone_min_mm2
+        ):
             if "arms_in_fov" not in flags:
                 flags.append("arms_in_fov")
                 notes.append("arms (or other limbs) lie in the field of view outside the trunk; excluded")
@@ -163,7 +169,7 @@ def _split_limbs(body: BoolArray, limb: BoolArray, spacing_yx_mm: Sequence[float
 
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
     dist = ndi.distance_transform_edt(body, sampling=(dy, dx))
-    core = dist >= 0.6 * float(dist.max())
+    core = dist >= P.trunk_core_fraction * float(dist.max())
     markers = np.zeros(body.shape, dtype=np.int32)
     markers[core] = 1
     lab, n = ndi.label(limb)

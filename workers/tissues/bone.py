@@ -37,10 +37,10 @@ def find_spine(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[fl
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
     bone = (hu > P.bone_hu) & body
     # trabecular bone of older patients is only ~60-130 HU: find bone *regions* on a smoothed image
-    sig = (2.5 / dy, 2.5 / dx)
-    smooth = ndi.gaussian_filter(np.clip(hu, -200, 1000).astype(np.float32), sig)
+    sig = (P.trabecular_smooth_mm / dy, P.trabecular_smooth_mm / dx)
+    smooth = ndi.gaussian_filter(np.clip(hu, *P.smooth_clip_hu).astype(np.float32), sig)
     dense = ((smooth > P.trabecular_hu) | bone) & body
-    closed = close_mm(dense, 3.0, spacing_yx_mm) | dense
+    closed = close_mm(dense, P.bone_region_close_mm, spacing_yx_mm) | dense
     interior = ndi.binary_fill_holes(closed)
     empty = np.zeros_like(body)
     if not body.any() or not interior.any():
@@ -56,13 +56,17 @@ def find_spine(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[fl
             continue
         comp = lab[sl] == i
         area = comp.sum() * dy * dx
-        if area < 300.0:  # < 3 cm²: not a vertebra
+        if area < P.vert_min_area_mm2:  # < 3 cm²: not a vertebra
             continue
         yy, xx = np.nonzero(comp)
         my = (yy.mean() + sl[0].start - r0) / max(r1 - r0, 1)  # 0 front .. 1 back
         mx = abs(xx.mean() + sl[1].start - cx) * dx
         width_mm = (cols[-1] - cols[0] + 1) * dx
-        score = np.log(area) - 6.0 * abs(my - 0.7) - 8.0 * mx / max(width_mm, 1.0)
+        score = (
+            np.log(area)
+            - P.vert_depth_weight * abs(my - P.vert_depth)
+            - P.vert_midline_weight * mx / max(width_mm, 1.0)
+        )
         if score > best_score:
             best, best_score = i, score
     if best == 0:
@@ -76,9 +80,12 @@ def find_spine(hu: npt.NDArray[Any], body: BoolArray, spacing_yx_mm: Sequence[fl
     rmax = float(dist.max())
     vy, vx = ndi.center_of_mass(vbody)
     # what is excluded from muscle/fat: dense bone, marrow enclosed by it, the vertebral body
-    raw_bone = (hu > 150) & body
+    raw_bone = (hu > P.raw_bone_hu) & body
     # (close only pixel-size gaps: larger closings would fill muscle between lamina and processes)
-    interior = ndi.binary_fill_holes(close_mm(raw_bone, min(3.0, max(dy, dx)), spacing_yx_mm)) | vbody
+    interior = (
+        ndi.binary_fill_holes(close_mm(raw_bone, min(P.raw_bone_close_max_mm, max(dy, dx)), spacing_yx_mm))
+        | vbody
+    )
     canal = _find_canal(hu, vert, vbody, (float(vy), float(vx)), spacing_yx_mm, rmax)
     return SpineResult(bone, interior, vert, vbody, canal, (float(vy), float(vx)))
 
@@ -112,16 +119,16 @@ def _find_canal(
         i += 1
     start = i
     lamina = None
-    while i < h - 1 and (i - start) * dy < 35.0:
-        if col_hu[i] > 150 and (i - start) * dy >= 4.0:
+    while i < h - 1 and (i - start) * dy < P.lamina_search_mm:
+        if col_hu[i] > P.raw_bone_hu and (i - start) * dy >= P.lamina_min_gap_mm:
             lamina = i
             break
         i += 1
     if lamina is None:
-        mid_r, rad = start + 7.0 / dy, 7.0
+        mid_r, rad = start + P.canal_default_radius_mm / dy, P.canal_default_radius_mm
     else:
         mid_r = 0.5 * (start + lamina)
-        rad = float(np.clip(0.5 * (lamina - start) * dy + 0.5 * dy, 5.0, 12.0))
+        rad = float(np.clip(0.5 * (lamina - start) * dy + 0.5 * dy, *P.canal_radius_range_mm))
     yy, xx = np.ogrid[:h, :w]
     disk = ((yy - mid_r) * dy) ** 2 + ((xx - vc[1]) * dx) ** 2 <= rad**2
     if lamina is not None:
@@ -130,13 +137,15 @@ def _find_canal(
         # the body and the lamina, inside the vertebra, across the canal's half-width
         band = (yy >= start) & (yy < lamina) & (np.abs(xx - vc[1]) * dx <= P.canal_half_width_mm)
         disk = disk | (band & vert)
-    disk &= ~vbody & (hu < 150)
+    disk &= ~vbody & (hu < P.raw_bone_hu)
     # the rest of the canal inside the bony ring: the parts of it that the disk's soft tissue reaches
     # without crossing bone (not the multifidus between the laminae and the spinous process)
-    ring = _inside_the_bony_ring(hu, vbody, (mid_r, vc[1]), start, spacing_yx_mm) & ~vbody & (hu < 150)
+    ring = (
+        _inside_the_bony_ring(hu, vbody, (mid_r, vc[1]), start, spacing_yx_mm) & ~vbody & (hu < P.raw_bone_hu)
+    )
     # (a lamina's partial-volumed pixels below 150 HU must not connect: pass at a pixel from bone)
     square = np.ones((3, 3), bool)
-    core = (ring | disk) & ~ndi.binary_dilation(hu >= 150, structure=square)
+    core = (ring | disk) & ~ndi.binary_dilation(hu >= P.raw_bone_hu, structure=square)
     lab, _n = ndi.label(core)
     ids = np.unique(lab[disk & core])
     reached = ndi.binary_dilation(np.isin(lab, ids[ids > 0]), structure=square)
@@ -227,9 +236,9 @@ def _body_run(
         if (last - start + 1) * dy >= P.vb_min_depth_mm:
             runs.append((start, last))
         r = last + 1
-    lamina_lo, lamina_hi = int(np.ceil(P.body_gap_mm / dy)), int(35.0 / dy)
+    lamina_lo, lamina_hi = int(np.ceil(P.body_gap_mm / dy)), int(P.lamina_search_mm / dy)
     with_lamina = [
-        (a, b) for a, b in runs if (raw_col[b + lamina_lo : min(b + lamina_hi + 1, n)] > 150).any()
+        (a, b) for a, b in runs if (raw_col[b + lamina_lo : min(b + lamina_hi + 1, n)] > P.raw_bone_hu).any()
     ]
     if with_lamina:
         # the body is the deepest such run (a lamina with the spinous process behind it is shorter)
@@ -249,7 +258,7 @@ def _front_of_aorta_cut(
     """The body's front row: ``top``, unless the run is deeper than the body is wide; then the row
     after the darkest row (strip median, below P.body_run_hu) in the run's front part."""
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
-    back_rows = slice(max(back - int(15.0 / dy), top), back + 1)
+    back_rows = slice(max(back - int(P.vb_width_back_mm / dy), top), back + 1)
     cols = np.flatnonzero((vert[back_rows] & (hu[back_rows] > P.bone_hu)).any(axis=0))
     if cols.size == 0:
         return top
@@ -285,7 +294,7 @@ def _midline_strip(
     mid: int,
     half: int,
     spacing_yx_mm: Sequence[float],
-    lamina_half_width_mm: float = 3.0,
+    lamina_half_width_mm: float = P.midline_half_width_mm,
 ) -> _MidlineStrip:
     """The body run on the ±``half``-pixel strip around column ``mid`` (see ``_body_run``); the
     lamina behind the canal is looked for within ``lamina_half_width_mm`` of the midline."""
@@ -323,14 +332,17 @@ def _vertebral_body(
     the body.
     """
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
-    sm = ndi.gaussian_filter(np.clip(hu, -200, 1000).astype(np.float32), (1.0 / dy, 1.0 / dx))
+    sm = ndi.gaussian_filter(
+        np.clip(hu, *P.smooth_clip_hu).astype(np.float32),
+        (P.midline_smooth_mm / dy, P.midline_smooth_mm / dx),
+    )
     xs = np.nonzero(vert)[1]
     mid = round(float(np.median(xs)))
-    half = max(round(3.0 / dx), 0)
+    half = max(round(P.midline_half_width_mm / dx), 0)
     # midline = median column of dense cortical bone (an enhanced aorta glued to the vertebra
     # in the smoothed image must not pull it); the body starts at the first cortical bone on it
-    dense = vert & (hu > 200)
-    if dense.sum() >= 5:
+    dense = vert & (hu > P.bone_hu)
+    if dense.sum() >= P.midline_min_px:
         mid = round(float(np.median(np.nonzero(dense)[1])))
     strip = _midline_strip(hu, sm, vert, body, mid, half, spacing_yx_mm)
     if strip.run is not None and (strip.run[1] - strip.run[0]) * dy > P.vb_max_depth_mm:
@@ -339,7 +351,7 @@ def _vertebral_body(
         # symmetric, so its own front half gives the midline
         dys, dxs = np.nonzero(dense)
         front = dys <= dys.min() + 0.5 * (dys.max() - dys.min())
-        if front.sum() >= 5:
+        if front.sum() >= P.midline_min_px:
             # the laminae meet behind the canal in a V whose arms may pass beside the strip
             alt_mid = round(float(np.median(dxs[front])))
             alt = _midline_strip(hu, sm, vert, body, alt_mid, half, spacing_yx_mm, P.lamina_half_width_mm)
@@ -357,13 +369,13 @@ def _vertebral_body(
         top, back = run
     else:
         top = v_top
-        cortex = np.flatnonzero(raw_col[top : top + int(30.0 / dy) + 1] > 200)
+        cortex = np.flatnonzero(raw_col[top : top + int(P.cortex_search_mm / dy) + 1] > P.bone_hu)
         if cortex.size:
             top += int(cortex[0])
         back = top
         r = top
         gap = 0
-        max_rows = int(60.0 / dy)
+        max_rows = int(P.walk_max_depth_mm / dy)
         while r < hu.shape[0] - 1 and r - top < max_rows:
             if col[r] > P.body_run_hu:
                 back = r
@@ -375,7 +387,11 @@ def _vertebral_body(
             r += 1
     rows = np.zeros(hu.shape[0], dtype=bool)
     rows[top : back + 1] = True
-    region = ((hu > 150) | ((sm > P.body_region_hu) & (hu > 80))) & rows[:, None] & body
+    region = (
+        ((hu > P.raw_bone_hu) | ((sm > P.body_region_hu) & (hu > P.body_region_raw_hu)))
+        & rows[:, None]
+        & body
+    )
     lab, _ = ndi.label(region)
     ids = np.unique(lab[top : back + 1, mid])
     ids = ids[ids > 0]
@@ -389,6 +405,6 @@ def _vertebral_body(
     core = np.isin(lab, ids) if ids.size else vert & rows[:, None]
     # lateral limit: the vertebral body is at most ~60 mm wide
     cols = np.arange(hu.shape[1])
-    core &= (np.abs(cols - mid) * dx <= 32.0)[None, :]
+    core &= (np.abs(cols - mid) * dx <= P.vb_half_width_max_mm)[None, :]
     core[top : back + 1, mid] = True
     return _convex_hull(core)

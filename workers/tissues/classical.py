@@ -68,7 +68,7 @@ class ClassicalSegmenter:
         h = as_float(hu)
         outside = np.asarray(hu) <= P.padding_hu
         body = find_body(h, sp, outside_fov=outside)
-        if "no_body" in body.flags or abs(sp[0] - sp[1]) > 0.01 * max(sp):
+        if "no_body" in body.flags or abs(sp[0] - sp[1]) > P.square_pixel_tol * max(sp):
             # (a turn in pixel space is a turn in the patient only with square pixels)
             return self._segment_slice(h, sp, preset, body)
         box = _body_box(body.mask)
@@ -168,7 +168,7 @@ class ClassicalSegmenter:
     ) -> TissueSegmentation:
         """All steps after the body mask, on the body's bounding box."""
         shape = h.shape
-        if float((h[bmask] > P.metal_hu).sum()) * sp[0] * sp[1] > 20.0:
+        if float((h[bmask] > P.metal_hu).sum()) * sp[0] * sp[1] > P.metal_min_area_mm2:
             flags.append("metal_suspected")
             notes.append("pixels above 2500 HU: metal streaks may corrupt HU values")
         if spine is None:
@@ -507,7 +507,7 @@ def _drop_kidney_pole(
     # the psoas's own edge (partial volume, further darkened by the smoothing over ~1.5 sigma) stays
     # muscle by the window convention
     out: npt.NDArray[np.bool_] = (
-        dilate_mm(attached, max(1.01 * max(sp), 1.5 * P.kidney_smooth_mm), sp) & block
+        dilate_mm(attached, max(1.01 * max(sp), P.psoas_edge_sigmas * P.kidney_smooth_mm), sp) & block
     )
     return out
 
@@ -636,13 +636,13 @@ def _paraspinal_reference_hu(
     rows = np.arange(h.shape[0])[:, None]
     cols = np.arange(h.shape[1])[None, :]
     depth = ndi.distance_transform_edt(body, sampling=sp)
-    lateral = np.abs(cols - spine.body_center_rc[1]) * sp[1] <= 45.0
+    lateral = np.abs(cols - spine.body_center_rc[1]) * sp[1] <= P.paraspinal_half_width_mm
     base = body & lateral & preset.sm.contains(h) & ~spine.bone_interior
     # second try: a vertebral body mask that ran through a small canal into the laminae (thin
     # 3 mm slices through an endplate) pushes vb_back too far; the erector spinae still lie
     # directly behind the laminae, so accept muscle closer to the spine and to the skin
-    for behind_mm, depth_mm in ((25.0, 15.0), (10.0, 10.0)):
+    for behind_mm, depth_mm in P.paraspinal_behind_depth_mm:
         m = base & (rows >= vb_back + behind_mm / sp[0]) & (depth >= depth_mm)
-        if m.sum() * sp[0] * sp[1] >= 300.0:
+        if m.sum() * sp[0] * sp[1] >= P.paraspinal_min_mm2:
             return float(np.median(h[m]))
     return None

@@ -41,6 +41,18 @@ class BodyParams:
     limb_lateral_fraction: float = 0.30
     #: a limb bulges out of the trunk: at most half of it lies inside the convex hull of the rest
     limb_max_inside_hull: float = 0.5
+    #: raw pixels connected to the opened body are kept within this beyond the opening's reach
+    #: (table_open_mm): restores the skin detail the opening took, not the table it cut off
+    reattach_margin_mm: float = 1.5
+    #: a piece outside the trunk (or cut off by arm_open_mm) is a limb only with more than this much
+    #: cortical bone (arm_bone_hu) in it
+    arm_bone_min_mm2: float = 50.0
+    #: parts lying separately beside the trunk are opened by this before they are judged as limbs
+    #: (thin pieces such as blankets, pads and skin folds fall apart)
+    separate_open_mm: float = 5.0
+    #: the trunk's marker for the watershed that cuts off an arm lying against the flank: pixels at
+    #: least this fraction of the deepest distance from the skin (the trunk's core, not the arm)
+    trunk_core_fraction: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,61 @@ class BoneParams:
     #: a vertebral body is at least 0.6 of its width deep: the cut in front of it is searched in front of
     #: that depth
     vb_min_depth_to_width: float = 0.6
+    #: ...and the body's width for that test is measured on the cortex of its back 15 mm (its front may
+    #: be the aorta)
+    vb_width_back_mm: float = 15.0
+    #: the trabecular_hu image: HU clipped to this range (air and metal must not dominate the
+    #: smoothing), then smoothed by trabecular_smooth_mm (and by midline_smooth_mm for the midline)
+    smooth_clip_hu: tuple[float, float] = (-200.0, 1000.0)
+    #: the smoothing (Gaussian sigma) of the image trabecular_hu reads
+    trabecular_smooth_mm: float = 2.5
+    #: bone regions on that image are closed by this before their holes are filled (marrow between
+    #: them)
+    bone_region_close_mm: float = 3.0
+    #: a bone region smaller than 3 cm^2 is not a vertebra
+    vert_min_area_mm2: float = 300.0
+    #: the vertebra is the bone region scored best by log(area) - depth_weight * |depth - vert_depth|
+    #: - midline_weight * (distance from the midline / body width), depth 0 at the body's front and 1
+    #: at its back: it lies behind the body's middle, on the midline
+    vert_depth: float = 0.7
+    #: see vert_depth
+    vert_depth_weight: float = 6.0
+    #: see vert_depth
+    vert_midline_weight: float = 8.0
+    #: thin cortical bone on the raw image (laminae, the spinous process, the canal's walls, the
+    #: body's cortex at coarse pixels): what is excluded from muscle and fat, and what ends the canal
+    raw_bone_hu: float = 150.0
+    #: the marrow enclosed by that bone is filled after a closing of at most this (or one pixel):
+    #: larger closings would fill muscle between lamina and processes
+    raw_bone_close_max_mm: float = 3.0
+    #: the lamina (raw_bone_hu) lies within this behind the vertebral body's back
+    lamina_search_mm: float = 35.0
+    #: bone closer than this behind the body's back on the midline is still its own cortex, not the
+    #: lamina
+    lamina_min_gap_mm: float = 4.0
+    #: without a lamina, the canal is a disk of this radius centred this far behind the body's back
+    canal_default_radius_mm: float = 7.0
+    #: with a lamina, the canal is the disk spanning the gap to it, its radius clipped to this range
+    #: (a lumbar canal is 15-25 mm wide)
+    canal_radius_range_mm: tuple[float, float] = (5.0, 12.0)
+    #: the midline strip is this wide either side of the vertebra's midline column: its median keeps
+    #: one noisy bright pixel in the canal from bridging it; its first lamina search is as wide
+    midline_half_width_mm: float = 3.0
+    #: the midline profile reads a lightly smoothed image (noise)
+    midline_smooth_mm: float = 1.0
+    #: the midline is taken from the vertebra's dense cortical bone when at least this many pixels of
+    #: it are there (else from the whole vertebra)
+    midline_min_px: int = 5
+    #: without a run on the midline, the body starts at the first cortical bone within this of the
+    #: vertebra's front...
+    cortex_search_mm: float = 30.0
+    #: ...and ends after at most this depth
+    walk_max_depth_mm: float = 60.0
+    #: pixels of the body region also reach this on the raw image (smoothing spreads bone brightness
+    #: into the tissue around it)
+    body_region_raw_hu: float = 80.0
+    #: the vertebral body is at most ~60 mm wide: its region is cut this far either side of the midline
+    vb_half_width_max_mm: float = 32.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +307,8 @@ class PosteriorParams:
 
     #: soft tissue of the block: the lower end of the SM window (-29 HU) on a 0.6 mm-smoothed image
     soft_lo: float = -29.0
+    #: the smoothing (Gaussian sigma) of that image: pixel noise, not anatomy
+    soft_smooth_mm: float = 0.6
     #: opening that cuts thin bridges (a kidney with its fat rim, a bowel loop) from the block; thinner
     #: than any muscle
     open_mm: float = 3.5
@@ -300,6 +369,11 @@ class ClassicalParams:
     #: above any bone: metal (implants, clips) whose streaks may corrupt HU; > 20 mm^2 of it flags the
     #: slice
     metal_hu: float = 2500.0
+    #: ...the area of metal that flags the slice (metal_suspected)
+    metal_min_area_mm2: float = 20.0
+    #: pixels are square when their sides differ by at most this fraction: only then is a turn in
+    #: pixel space a turn in the patient (the patient-frame search is skipped otherwise)
+    square_pixel_tol: float = 0.01
     #: out-of-field fill (-2000, -3024 ...) marks the edge of the reconstruction circle
     padding_hu: float = -1500.0
     #: what a turned slice's new corners hold: outside the field of view
@@ -381,6 +455,9 @@ class ClassicalParams:
     psoas_match_hu: float = 20.0
     #: a separated piece this large and of psoas density is psoas
     kidney_keep_min_mm2: float = 150.0
+    #: the psoas's own edge, darkened by the kidney test's smoothing over ~1.5 sigma
+    #: (kidney_smooth_mm), is given back to it up to this many sigmas (at least a pixel)
+    psoas_edge_sigmas: float = 1.5
     #: a piece cut off by the kidney test stays psoas if its median is within 15 HU of the psoas
     kidney_keep_delta_hu: float = 15.0
     #: A muscle-edge pixel touching an organ (kidney, bowel, vessel) and darker than the psoas by this
@@ -398,6 +475,15 @@ class ClassicalParams:
     organ_min_area_mm2: float = 1000.0
     #: ray centre: body centroid (kept in front of the vertebral body)
     center_toward_spine: float = 0.0
+    #: the patient's own muscle density (organ and fluid tests) is the median of the paraspinal muscles
+    #: within this of the midline (the erector spinae either side of the spinous process)
+    paraspinal_half_width_mm: float = 45.0
+    #: ...behind the vertebral body's back by the first, and deeper under the skin than the second
+    #: (mm): first clear of the laminae and the skin; then, for a body mask that ran into the laminae
+    #: (thin slices through an endplate), closer to the spine and the skin
+    paraspinal_behind_depth_mm: tuple[tuple[float, float], ...] = ((25.0, 15.0), (10.0, 10.0))
+    #: ...from at least this much muscle (3 cm^2), else no reference
+    paraspinal_min_mm2: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def find_posterior_block(
     dy, dx = float(spacing_yx_mm[0]), float(spacing_yx_mm[1])
     if not vertebra.any():
         return np.zeros_like(region)
-    smooth = ndi.gaussian_filter(hu.astype(np.float32), (0.6 / dy, 0.6 / dx))
+    smooth = ndi.gaussian_filter(hu.astype(np.float32), (P.soft_smooth_mm / dy, P.soft_smooth_mm / dx))
     soft = ((smooth >= P.soft_lo) | vertebra) & region
     if stop is not None:
         soft &= ~stop
