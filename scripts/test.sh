@@ -11,8 +11,9 @@
 # - Python dependencies go into ./.venv (created when missing), bodycomp itself in editable mode.
 # - Then: ruff (lint), mypy (types), pytest (all tests). The script fails when any step fails.
 # - pytest runs in parallel processes (pytest-xdist): BODYCOMP_TEST_WORKERS of them (default 2,
-#   the 2-core machine the suite is timed on; 0 runs it in this process). Tests that must not
-#   overlap share an xdist_group (--dist loadgroup). On a slow machine give the tests' deadlines
+#   the 2-core machine the suite is timed on; 0 runs it in this process). A test file runs whole
+#   on one worker (--dist loadfile: module fixtures set up once, a file's tests in order), the
+#   long reliability files first (tests/conftest.py). On a slow machine give the tests' deadlines
 #   more time with BODYCOMP_TEST_TIMEOUT_SCALE (e.g. 2; tests/timing.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +67,7 @@ echo "== mypy"
 mypy
 echo "== pytest"
 set +e
-python -m pytest -n "${BODYCOMP_TEST_WORKERS:-2}" --dist loadgroup "$@"
+python -m pytest -n "${BODYCOMP_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -44,6 +44,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ]
     if loose:
         raise pytest.UsageError(f"marked long or viewer but not slow: {', '.join(loose)}")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _arrange_for_xdist(items)
+
+
+def _arrange_for_xdist(items: list[pytest.Item]) -> None:
+    """In a parallel run (pytest-xdist with ``--dist loadfile --no-loadscope-reorder``, as
+    scripts/test.sh runs it), files are handed to the workers in collection order: modules with
+    reliability scenarios (minutes each) come first, then the other ``slow`` modules, so that no
+    long file starts last while the other worker idles. Each module's tests keep their order, and
+    every worker sorts the same collection the same way (xdist checks that)."""
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        mine = 0 if item.get_closest_marker("reliability") else 1 if item.get_closest_marker("slow") else 2
+        rank[module] = min(rank.get(module, 2), mine)
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
 
 
 @pytest.fixture(autouse=True)

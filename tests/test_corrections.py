@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.test_node_support import (
     study_status,
     wait_for,
 )
+from tests.timing import quiet_period
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -207,7 +207,7 @@ def test_reanalyze_slice_z_and_patient_values_supersede_and_own_results_change_n
                 30,
                 node.log,
             )
-            time.sleep(1.5 + 4)  # the stable time, and more: a reaction would have started by now
+            quiet_period(1.5 + 4)  # the stable time, and more: a reaction would have started by now
             study = study_status(node.data_dir, study_uid)
             assert study is not None and len(study["jobs"]) == 5, study["jobs"]
             assert study["state"] == "done"

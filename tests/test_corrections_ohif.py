@@ -15,7 +15,6 @@ the vertebral body with the Length tool, as a reader checking the level would.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from tests.test_corrections_orthanc import instances
 from tests.test_node_orthanc import LUA
 from tests.test_node_support import copy_study, free_port, start_node, storescu, study_status, wait_for
 from tests.test_viewer_ohif import _launch, _wait
+from tests.timing import quiet_period
 
 pytestmark = [pytest.mark.viewer, pytest.mark.network, pytest.mark.slow]
 
@@ -190,7 +190,7 @@ def test_a_reader_marks_another_slice_in_ohif_and_the_corrected_results_arrive(
             study = study_status(data, study_uid)
             assert study is not None and [j["state"] for j in study["jobs"]] == ["superseded", "done"]
             # the node's new results, stored in Orthanc, are not routed back: nothing more happens
-            time.sleep(2 + 1.5 + 4)
+            quiet_period(2 + 1.5 + 4)
             routed = [
                 line.split("routed stable ")[1].split()[0]
                 for line in orthanc.log.read_text().splitlines()

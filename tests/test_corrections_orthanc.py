@@ -12,7 +12,6 @@ overlay, whose SR areas are the edited masks' areas and which names the SR it su
 from __future__ import annotations
 
 import io
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.orthanc import Orthanc
 from tests.test_corrections import areas, identity, predecessor, texts
 from tests.test_node_orthanc import routing_orthanc
 from tests.test_node_support import copy_study, free_port, start_node, storescu, study_status, wait_for
+from tests.timing import quiet_period
 from workers.encode.codes import TISSUES
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -162,7 +162,7 @@ def test_an_edited_seg_through_orthanc_gives_an_sr_with_the_edited_areas(
             assert study is not None and [j["state"] for j in study["jobs"]] == ["superseded", "done"]
             # the node's own results, stored in Orthanc, are not routed back (Manufacturer "bodycomp"):
             # past Orthanc's stable age, its recipe has routed the CT and the reader's SEG, nothing else
-            time.sleep(2 + 2)
+            quiet_period(2 + 2)
             routed = [
                 line.split("routed stable ")[1].split()[0]
                 for line in orthanc.log.read_text().splitlines()

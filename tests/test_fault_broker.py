@@ -48,6 +48,7 @@ from tests.test_node_support import (
     storescu,
     wait_for,
 )
+from tests.timing import quiet_period
 from workers.load.selection import SelectionPolicy
 
 # Fault scenarios (private Redis and RabbitMQ servers): the full suite only, like every test_fault_*.
@@ -180,7 +181,7 @@ def broker_outage(broker: str, example: Path, tmp_path: Path, tally: Tally) -> N
                     wait_for(
                         "every study analysed and delivered", drained, DRAIN_TIMEOUT, [node.log, worker.log]
                     )
-                    time.sleep(3)  # a duplicate delivery, if any, would arrive now
+                    quiet_period(3)  # a duplicate delivery, if any, would arrive now
             finally:
                 node.stop()
                 worker.stop()

@@ -20,6 +20,7 @@ import pytest
 
 from tests.reliability import recorded
 from tests.test_node_support import copy_study, start_node, storescu, wait_for
+from tests.timing import quiet_period
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -89,7 +90,7 @@ def test_clock_steps_neither_hold_a_study_nor_analyse_half_of_one(
             time.sleep(STABLE_SECONDS / 2)
             outputs.append(storescu(node.port, files_b[half:]))
             wait_for("study B to be dispatched", lambda: dispatched(node.data_dir, study_b), 60, node.log)
-            time.sleep(2 * STABLE_SECONDS)  # (a first job of half the study would be superseded by now)
+            quiet_period(2 * STABLE_SECONDS)  # (a first job of half the study would be superseded by now)
             jobs_b = jobs_of(node.data_dir, study_b)
             alive = node.process.poll() is None
         finally:

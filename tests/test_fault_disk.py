@@ -57,6 +57,7 @@ from tests.test_node_support import (
     study_status,
     wait_for,
 )
+from tests.timing import quiet_period
 
 # Fault scenarios (size-limited tmpfs mounts, as root): the full suite only, like every test_fault_*.
 pytestmark = pytest.mark.slow
@@ -238,7 +239,7 @@ def test_disk_full_answers_out_of_resources_keeps_data_and_recovers(
                 wait_for(
                     f"study {uid} delivered", functools.partial(delivered, uid), RESULT_TIMEOUT, node.log
                 )
-            time.sleep(2)  # a duplicate delivery, if any, would arrive now
+            quiet_period(2)  # a duplicate delivery, if any, would arrive now
             final = {s["study_uid"]: s for s in status(data)["studies"]}
             files, problems = spool_report(data)
         finally:

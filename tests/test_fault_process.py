@@ -63,6 +63,7 @@ from tests.test_node_support import (
     storescu,
     wait_for,
 )
+from tests.timing import quiet_period
 from workers.job import STARTED, JobSpec
 from workers.tasks import WorkerConfig, job_lock, run_job
 
@@ -359,7 +360,7 @@ def test_kill_9_node_mid_association_keeps_every_acknowledged_instance_and_analy
                     time.sleep(rng.uniform(0.0, 1.0))
                 # Every study analysed once and its results delivered (the last node stays up).
                 studies = wait_all_delivered(node, study_uids, ANALYSIS_TIMEOUT * 2)
-                time.sleep(3)  # a late duplicate delivery would show up here
+                quiet_period(3)  # a late duplicate delivery would show up here
             finally:
                 node.stop()
             results = check_results(data, dest, study_uids)
@@ -441,7 +442,7 @@ def test_kill_9_worker_mid_analysis_runs_again_and_delivers_one_result_set(
                 [worker] = [pid for pid in children(node.process.pid) if child in children(pid)]
                 os.kill(worker, signal.SIGKILL)
             studies = wait_all_delivered(node, [study_uid], ANALYSIS_TIMEOUT)
-            time.sleep(3)
+            quiet_period(3)
         finally:
             node.stop()
         results = check_results(node.data_dir, dest, [study_uid])
@@ -538,7 +539,7 @@ def pacs_outage(example: Path, tmp_path: Path, tally: Tally, outage: float, stud
         tally.extra["outage_s"] = round(time.monotonic() - down_since)
         with pacs(dest, port=port):
             studies = wait_all_delivered(node, list(sent), 120)
-            time.sleep(5)  # a second delivery would show up here
+            quiet_period(5)  # a second delivery would show up here
     finally:
         node.stop()
     results = check_results(data, dest, list(sent))
@@ -657,7 +658,7 @@ def test_hung_and_crashing_analyses_fail_with_a_reason_while_another_study_is_de
                     ANALYSIS_TIMEOUT + 3 * time_limit,
                     node.log,
                 )
-                time.sleep(3)
+                quiet_period(3)
             finally:
                 stop.set()
                 thread.join(5)

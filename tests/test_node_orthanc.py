@@ -12,7 +12,6 @@ machine) and a separate ``bodycomp worker`` process.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.test_node_support import (
     study_status,
     wait_for,
 )
+from tests.timing import quiet_period
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ def late_copy_resends_the_series(orthanc: Orthanc, node: NodeProc, files: list[P
         60,
         node.log,
     )
-    time.sleep(1.5 + 3)
+    quiet_period(1.5 + 3)
 
 
 @pytest.mark.parametrize("broker", list(BROKERS))

@@ -69,7 +69,7 @@ class Proc:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=timeout)
+                self.process.wait(timeout=scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -145,7 +145,7 @@ def status(data_dir: Path) -> dict[str, Any]:
         [BODYCOMP, "status", "--data-dir", str(data_dir), "--json"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
@@ -165,7 +165,7 @@ def storescu(port: int, files: Sequence[Path], calling: str = "STORESCU", called
         + [str(f) for f in files],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=scaled(180),
         env={"TCP_NODELAY": "1"},
     )
     return result.stdout + result.stderr

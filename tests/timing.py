@@ -5,7 +5,8 @@
   machine gets more time without a code change, e.g. ``BODYCOMP_TEST_TIMEOUT_SCALE=3``. It never
   shortens a test: a wait on an event returns as soon as the event is there.
 * :func:`wait_until`: poll a condition until it holds, with a deadline and a message naming what
-  did not happen, instead of a fixed ``time.sleep``.
+  did not happen, instead of a fixed ``time.sleep``; :func:`quiet_period`: the wait before checking
+  that something did *not* happen (scaled too).
 * :func:`free_port`: a free loopback port. Under xdist each worker draws from its own slice of
   20000-32767, below Linux's ephemeral range (32768-60999): a port one worker picked and has not
   bound yet cannot be handed to another worker's ``bind(0)`` or outgoing connection meanwhile.
@@ -41,6 +42,13 @@ TIMEOUT_SCALE = _scale()
 def scaled(seconds: float) -> float:
     """``seconds`` times :data:`TIMEOUT_SCALE`: the deadline for something expected to happen."""
     return seconds * TIMEOUT_SCALE
+
+
+def quiet_period(seconds: float) -> None:
+    """Wait ``scaled(seconds)``: the time in which something that must *not* happen (a second
+    delivery, a new job) would have happened. No event marks its absence, so this is a plain sleep,
+    longer on a machine that asks for more time."""
+    time.sleep(scaled(seconds))
 
 
 def wait_until(
