@@ -169,19 +169,9 @@ def request_correction(index: Index, settings: NodeSettings, study_uid: str, cor
         f"{input_hash((r['sop_uid'], r['digest']) for r in rows)}|correction|{key}".encode()
     ).hexdigest()
     rel_dir = job_dir_for(study_uid, series_uid, digest)
-    job_id, created = index.create_job(study_uid, series_uid, digest, rel_dir, str(base["calling_ae"]))
-    if not created:
-        log.info(
-            "event=correction_exists study=%s job=%d (the same correction: not queued again)",
-            study_uid,
-            job_id,
-        )
-        return job_id
     job_dir = settings.data_dir / rel_dir
     edited = None
     if correction.edited_seg is not None:
-        (job_dir / CORRECTION_DIR).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(correction.edited_seg, job_dir / CORRECTION_DIR / EDITED_SEG)
         edited = f"{CORRECTION_DIR}/{EDITED_SEG}"
     spec_correction = CorrectionSpec(
         kinds=correction.kinds,
@@ -198,18 +188,37 @@ def request_correction(index: Index, settings: NodeSettings, study_uid: str, cor
         previous_job_dir=None if previous is None else str(previous["result_dir"]),
         previous_sr_uids=None if previous is None else _sr_uids(settings.data_dir / previous["result_dir"]),
     )
-    spec = JobSpec(
-        job_id=job_id,
-        study_uid=study_uid,
-        series_uid=series_uid,
-        input_hash=digest,
-        job_dir=rel_dir,
-        instances=len(rows),
-        flags=tuple(job_flags(index, study_uid, series_uid)),
-        patient_fallbacks=patient_fallbacks(index, settings, rows),
-        correction=spec_correction,
+    flags = tuple(job_flags(index, study_uid, series_uid))
+    fallbacks = patient_fallbacks(index, settings, rows)
+
+    def prepare(job_id: int) -> None:
+        if correction.edited_seg is not None:
+            (job_dir / CORRECTION_DIR).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(correction.edited_seg, job_dir / CORRECTION_DIR / EDITED_SEG)
+        spec = JobSpec(
+            job_id=job_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            input_hash=digest,
+            job_dir=rel_dir,
+            instances=len(rows),
+            flags=flags,
+            patient_fallbacks=fallbacks,
+            correction=spec_correction,
+        )
+        prepare_job_dir(job_dir, [r["path"] for r in rows], spec)
+
+    # the job and its folder together: the running node must not see one without the other
+    job_id, created = index.create_job(
+        study_uid, series_uid, digest, rel_dir, str(base["calling_ae"]), prepare=prepare
     )
-    prepare_job_dir(job_dir, [r["path"] for r in rows], spec)
+    if not created:
+        log.info(
+            "event=correction_exists study=%s job=%d (the same correction: not queued again)",
+            study_uid,
+            job_id,
+        )
+        return job_id
     index.reopen_for_correction(study_uid)
     log.info(
         "event=correction_queued study=%s series=%s job=%d kinds=%s source=%s supersedes=%s",

@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -579,13 +579,24 @@ class Index:
             )
 
     def create_job(
-        self, study_uid: str, series_uid: str, digest: str, result_dir: str, calling_ae: str
+        self,
+        study_uid: str,
+        series_uid: str,
+        digest: str,
+        result_dir: str,
+        calling_ae: str,
+        prepare: Callable[[int], None] | None = None,
     ) -> tuple[int, bool]:
         """Create the job for (study, series, input hash) unless it exists; return (id, created).
 
         Older jobs of the same series of the same study are marked ``superseded`` and their
         undelivered results cancelled: the PACS should get the analysis of the complete series, not
         both. A job of another study is never touched, whatever its Series Instance UID.
+
+        ``prepare(job_id)``, for a job created by another process than the node (``bodycomp
+        reanalyze``): runs inside the transaction, so the running node sees the job only with its
+        folder prepared (a scheduler round in between would fail it as "job folder missing"); when
+        it raises, no job is created.
         """
         now = time.time()
         with self.transaction() as db:
@@ -618,6 +629,8 @@ class Index:
                     "UPDATE outbox SET state='cancelled', last_error=? WHERE job_id=? AND state='pending'",
                     (f"superseded by job {job_id}", old_id),
                 )
+            if prepare is not None:
+                prepare(job_id)
             return job_id, True
 
     def jobs_of(self, study_uid: str) -> list[sqlite3.Row]:
