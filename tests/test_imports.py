@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import subprocess
 import sys
@@ -31,7 +32,10 @@ LOADED_FORBIDDEN = ("celery", "kombu", "pynetdicom", "socketserver")
 NODE_ALLOWED = {"node.privacy", "node.logs"}
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
+    """Every module of ``node`` and ``workers`` by dotted name (walked once: the tree does not
+    change during a run, and the folder check asks for it per import)."""
     modules = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
